@@ -1,0 +1,14 @@
+//! Code the Troupe binaries share: the run config, environments, the policy network, telemetry,
+//! errors and process lifecycle helpers.
+
+pub mod client;
+pub mod config;
+pub mod env;
+pub mod error;
+#[cfg(feature = "torch")]
+pub mod policy;
+pub mod process;
+pub mod telemetry;
+
+pub use config::RunConfig;
+pub use error::Error;

@@ -1,0 +1,132 @@
+//! Process lifecycle helpers every binary uses: signals, the ready file tests and scripts wait
+//! on, gRPC client endpoints, and retry backoff.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for a bad config or bad flags (BSD `EX_USAGE`).
+pub const EXIT_USAGE: i32 = 64;
+
+/// A token cancelled on the first SIGINT or SIGTERM. A second signal exits at once.
+pub fn shutdown_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received, draining (send again to exit now)");
+        t.cancel();
+        wait_for_signal().await;
+        tracing::warn!("second signal, exiting now");
+        std::process::exit(130);
+    });
+    token
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Writes `value` as JSON to `path` atomically (write then rename), so a reader never sees half.
+pub fn write_ready_file(path: &Path, value: &serde_json::Value) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)?;
+    std::fs::rename(tmp, path)
+}
+
+/// A lazily connecting gRPC channel with connect/keepalive deadlines, so a dead peer is noticed
+/// and the channel reconnects on the next call.
+pub fn grpc_channel(address: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    Ok(tonic::transport::Endpoint::from_shared(address.to_string())?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .http2_adaptive_window(true)
+        .connect_lazy())
+}
+
+/// Exponential backoff with full jitter, for reconnect loops.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff { min, max, current: min }
+    }
+
+    /// The next delay: uniform in [min, current], then current doubles up to max.
+    pub fn next_delay(&mut self) -> Duration {
+        let hi = self.current.max(self.min);
+        let d = rand::rng().random_range(self.min..=hi);
+        self.current = (self.current * 2).min(self.max);
+        d
+    }
+
+    pub fn reset(&mut self) {
+        self.current = self.min;
+    }
+
+    /// Sleeps for the next delay; returns false if `shutdown` fired first.
+    pub async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
+        let d = self.next_delay();
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = shutdown.cancelled() => false,
+        }
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(10), Duration::from_millis(80));
+        let mut max_seen = Duration::ZERO;
+        for _ in 0..50 {
+            let d = b.next_delay();
+            assert!(
+                d >= Duration::from_millis(10) && d <= Duration::from_millis(80),
+                "{d:?}"
+            );
+            max_seen = max_seen.max(d);
+        }
+        assert!(
+            max_seen > Duration::from_millis(40),
+            "jitter reaches near the cap: {max_seen:?}"
+        );
+        b.reset();
+        let d = b.next_delay();
+        assert!(d <= Duration::from_millis(10));
+    }
+
+    #[test]
+    fn ready_file_is_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ready.json");
+        write_ready_file(&p, &serde_json::json!({"grpc": "127.0.0.1:1"})).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        assert_eq!(v["grpc"], "127.0.0.1:1");
+        assert!(!p.with_extension("tmp").exists());
+    }
+}

@@ -1,0 +1,217 @@
+//! Logs and metrics. Every metric Troupe exports is named here, with its description; each
+//! process serves them in Prometheus text format on its own port (`/metrics`).
+//!
+//! Names follow Prometheus habits: snake_case with a unit, counters end in `_total`, labels come
+//! from small fixed sets (never an actor id).
+
+use std::net::SocketAddr;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub mod names {
+    // Actor.
+    pub const ACTOR_FRAMES: &str = "troupe_actor_frames_total";
+    pub const ACTOR_EPISODES: &str = "troupe_actor_episodes_total";
+    pub const ACTOR_EPISODE_RETURN: &str = "troupe_actor_episode_return";
+    pub const ACTOR_EPISODE_LENGTH: &str = "troupe_actor_episode_length";
+    pub const ACTOR_POLICY_VERSION: &str = "troupe_actor_policy_version";
+    pub const ACTOR_ROLLOUTS_SENT: &str = "troupe_actor_rollouts_sent_total";
+    pub const ACTOR_SEND_WAIT_SECONDS: &str = "troupe_actor_send_wait_seconds";
+    pub const ACTOR_OUTBOX_DEPTH: &str = "troupe_actor_outbox_depth";
+    pub const ACTOR_RECONNECTS: &str = "troupe_actor_reconnects_total";
+    pub const ACTOR_POLICY_SWITCHES: &str = "troupe_actor_policy_switches_total";
+    // Learner.
+    pub const LEARNER_ROLLOUTS: &str = "troupe_learner_rollouts_total";
+    pub const LEARNER_ROLLOUTS_REJECTED: &str = "troupe_learner_rollouts_rejected_total";
+    pub const LEARNER_FRAMES: &str = "troupe_learner_frames_total";
+    pub const LEARNER_QUEUE_DEPTH: &str = "troupe_learner_rollout_queue_depth";
+    pub const LEARNER_QUEUE_CAPACITY: &str = "troupe_learner_rollout_queue_capacity";
+    pub const LEARNER_STREAMS: &str = "troupe_learner_rollout_streams";
+    pub const LEARNER_UPDATES: &str = "troupe_learner_updates_total";
+    pub const LEARNER_UPDATE_SECONDS: &str = "troupe_learner_update_seconds";
+    pub const LEARNER_LOSS: &str = "troupe_learner_loss";
+    pub const LEARNER_ENTROPY: &str = "troupe_learner_entropy";
+    pub const LEARNER_GRAD_NORM: &str = "troupe_learner_grad_norm";
+    pub const LEARNER_POLICY_VERSION: &str = "troupe_learner_policy_version";
+    pub const LEARNER_POLICY_LAG: &str = "troupe_learner_policy_lag";
+    pub const LEARNER_DEVICE: &str = "troupe_learner_device_info";
+    pub const LEARNER_PUBLISH_FAILURES: &str = "troupe_learner_publish_failures_total";
+    // Coordinator.
+    pub const COORD_POLICY_VERSION: &str = "troupe_coordinator_policy_version";
+    pub const COORD_POLICIES_PUBLISHED: &str = "troupe_coordinator_policies_published_total";
+    pub const COORD_POLICIES_STORED: &str = "troupe_coordinator_policies_stored";
+    pub const COORD_ACTORS: &str = "troupe_coordinator_actors";
+    pub const COORD_REGISTRATIONS: &str = "troupe_coordinator_registrations_total";
+    pub const COORD_FRAMES: &str = "troupe_coordinator_frames_total";
+    pub const COORD_EPISODES: &str = "troupe_coordinator_episodes_total";
+    pub const COORD_MEAN_RETURN_100: &str = "troupe_coordinator_mean_return_100";
+    pub const COORD_WATCHERS: &str = "troupe_coordinator_policy_watchers";
+    pub const COORD_REDIS_ERRORS: &str = "troupe_coordinator_redis_errors_total";
+}
+
+fn describe_all() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    use names::*;
+    describe_counter!(ACTOR_FRAMES, Unit::Count, "environment steps taken by this actor");
+    describe_counter!(ACTOR_EPISODES, Unit::Count, "episodes finished by this actor");
+    describe_histogram!(ACTOR_EPISODE_RETURN, "undiscounted return of finished episodes");
+    describe_histogram!(
+        ACTOR_EPISODE_LENGTH,
+        Unit::Count,
+        "length of finished episodes, in steps"
+    );
+    describe_gauge!(ACTOR_POLICY_VERSION, "policy version the actor is acting with");
+    describe_counter!(
+        ACTOR_ROLLOUTS_SENT,
+        Unit::Count,
+        "rollouts handed to the learner stream"
+    );
+    describe_histogram!(
+        ACTOR_SEND_WAIT_SECONDS,
+        Unit::Seconds,
+        "time the actor waited for room to send a rollout (backpressure)"
+    );
+    describe_gauge!(ACTOR_OUTBOX_DEPTH, "rollouts waiting in the actor's bounded send queue");
+    describe_counter!(
+        ACTOR_RECONNECTS,
+        Unit::Count,
+        "times the actor reconnected to a peer, by peer"
+    );
+    describe_counter!(
+        ACTOR_POLICY_SWITCHES,
+        Unit::Count,
+        "times the actor switched to a newer policy version"
+    );
+    describe_counter!(LEARNER_ROLLOUTS, Unit::Count, "rollouts accepted by the learner");
+    describe_counter!(
+        LEARNER_ROLLOUTS_REJECTED,
+        Unit::Count,
+        "malformed rollouts rejected, by reason"
+    );
+    describe_counter!(
+        LEARNER_FRAMES,
+        Unit::Count,
+        "environment steps consumed by learner updates"
+    );
+    describe_gauge!(LEARNER_QUEUE_DEPTH, "rollouts waiting in the learner's bounded queue");
+    describe_gauge!(LEARNER_QUEUE_CAPACITY, "capacity of the learner's rollout queue");
+    describe_gauge!(LEARNER_STREAMS, "open actor rollout streams");
+    describe_counter!(LEARNER_UPDATES, Unit::Count, "optimizer steps taken");
+    describe_histogram!(
+        LEARNER_UPDATE_SECONDS,
+        Unit::Seconds,
+        "wall time of one update (batch to tensors, forward, backward, step)"
+    );
+    describe_gauge!(
+        LEARNER_LOSS,
+        "loss terms of the last update, by term (total, pg, baseline, entropy)"
+    );
+    describe_gauge!(LEARNER_ENTROPY, "mean policy entropy of the last batch, in nats");
+    describe_gauge!(LEARNER_GRAD_NORM, "gradient norm before clipping, last update");
+    describe_gauge!(LEARNER_POLICY_VERSION, "latest policy version the learner published");
+    describe_histogram!(
+        LEARNER_POLICY_LAG,
+        "learner version minus the version that produced a rollout"
+    );
+    describe_gauge!(LEARNER_DEVICE, "1, labelled with the device the learner trains on");
+    describe_counter!(
+        LEARNER_PUBLISH_FAILURES,
+        Unit::Count,
+        "failed attempts to publish a policy version"
+    );
+    describe_gauge!(COORD_POLICY_VERSION, "latest stored policy version");
+    describe_counter!(COORD_POLICIES_PUBLISHED, Unit::Count, "policy versions stored");
+    describe_gauge!(COORD_POLICIES_STORED, "policy versions currently kept in Redis");
+    describe_gauge!(COORD_ACTORS, "actors that sent a heartbeat within the timeout");
+    describe_counter!(COORD_REGISTRATIONS, Unit::Count, "registrations, by role");
+    describe_counter!(COORD_FRAMES, Unit::Count, "environment steps reported by all actors");
+    describe_counter!(COORD_EPISODES, Unit::Count, "episodes reported by all actors");
+    describe_gauge!(
+        COORD_MEAN_RETURN_100,
+        "mean return of the last 100 episodes over all actors"
+    );
+    describe_gauge!(COORD_WATCHERS, "open policy-version watch streams");
+    describe_counter!(COORD_REDIS_ERRORS, Unit::Count, "failed Redis commands");
+}
+
+/// Installs the global Prometheus recorder (before any metric is described or touched).
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(names::LEARNER_UPDATE_SECONDS.to_string()),
+            &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(names::ACTOR_SEND_WAIT_SECONDS.to_string()),
+            &[0.0001, 0.001, 0.01, 0.1, 1.0, 10.0],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(names::ACTOR_EPISODE_RETURN.to_string()),
+            &[10.0, 25.0, 50.0, 100.0, 200.0, 300.0, 400.0, 475.0, 500.0],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(names::ACTOR_EPISODE_LENGTH.to_string()),
+            &[10.0, 25.0, 50.0, 100.0, 200.0, 300.0, 400.0, 475.0, 500.0],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(names::LEARNER_POLICY_LAG.to_string()),
+            &[0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
+        )?
+        .install_recorder()?;
+    describe_all();
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(5));
+            upkeep.run_upkeep();
+        })?;
+    Ok(handle)
+}
+
+/// Serves `/metrics` (Prometheus text format 0.0.4) and `/healthz` until `shutdown` fires.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    use axum::{http::header, routing::get, Router};
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let body = handle.render();
+                async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body) }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// Structured logs to stderr, filtered by `RUST_LOG` (default `info`), as text or JSON lines.
+pub fn init_tracing(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Binds a metrics listener; `None` turns metrics serving off.
+pub async fn bind_metrics(addr: Option<SocketAddr>) -> std::io::Result<Option<TcpListener>> {
+    match addr {
+        Some(a) => Ok(Some(TcpListener::bind(a).await?)),
+        None => Ok(None),
+    }
+}
