@@ -1,0 +1,242 @@
+//! The actor: steps N environments with the current policy and streams T-step rollouts to the
+//! learner.
+//!
+//! Pieces, each in its own task or thread:
+//! - [`runner`]: the env + policy loop, on a dedicated thread (tch tensors are not `Sync`).
+//! - [`policy_follower`]: follows the coordinator's policy versions and fetches new weights.
+//! - [`rollout_sender`]: the long-lived stream to the learner, reconnecting with backoff.
+//! - [`heartbeat`]: reports frames and finished episodes to the coordinator.
+//!
+//! They talk through bounded channels; when the learner is behind, the runner waits to send.
+
+pub mod heartbeat;
+pub mod policy_follower;
+pub mod rollout_sender;
+pub mod runner;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use proto::v1::coordinator_client::CoordinatorClient;
+use proto::v1::{EpisodeStat, RegisterActorRequest, Rollout};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use troupe::process::{grpc_channel, Backoff};
+use troupe::telemetry::names;
+use troupe::RunConfig;
+
+/// Process-level settings (the run config comes from the coordinator).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "actor",
+    about = "Troupe actor: steps environments and streams rollouts to the learner"
+)]
+pub struct Args {
+    /// Coordinator gRPC address.
+    #[arg(long, env = "TROUPE_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    pub coordinator: String,
+    /// Where to serve Prometheus metrics (`/metrics`); port 0 picks a free port.
+    #[arg(long, env = "TROUPE_METRICS_LISTEN", default_value = "127.0.0.1:9101")]
+    pub metrics_listen: SocketAddr,
+    /// Once registered, write {"actor_id", "metrics"} as JSON here.
+    #[arg(long, env = "TROUPE_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
+    /// Log JSON lines instead of text.
+    #[arg(long, env = "TROUPE_LOG_JSON")]
+    pub log_json: bool,
+    /// Rollouts waiting to be sent before the env loop waits.
+    #[arg(long, env = "TROUPE_ACTOR_OUTBOX", default_value_t = 2)]
+    pub outbox_capacity: usize,
+}
+
+/// What registration gave us.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub actor_id: u64,
+    pub config: RunConfig,
+    pub env_seeds: Vec<u64>,
+    pub learner_address: String,
+}
+
+/// New weights for the runner: a version and its safetensors blob.
+#[derive(Debug)]
+pub struct PolicyUpdate {
+    pub version: u64,
+    pub blob: bytes::Bytes,
+}
+
+/// Counters the runner fills and the heartbeat drains. Episodes are capped so a coordinator that
+/// is away for long cannot make this grow without bound (the oldest are dropped and counted).
+#[derive(Default)]
+pub struct Progress {
+    pub frames: u64,
+    pub episodes: std::collections::VecDeque<EpisodeStat>,
+    pub dropped_episodes: u64,
+    pub policy_version: u64,
+}
+
+pub const MAX_PENDING_EPISODES: usize = 10_000;
+
+impl Progress {
+    pub fn push_episode(&mut self, e: EpisodeStat) {
+        if self.episodes.len() >= MAX_PENDING_EPISODES {
+            self.episodes.pop_front();
+            self.dropped_episodes += 1;
+        }
+        self.episodes.push_back(e);
+    }
+}
+
+/// Registers with the coordinator, retrying with backoff until it answers or `shutdown` fires.
+pub async fn register(coordinator: &str, shutdown: &CancellationToken) -> anyhow::Result<Option<Registration>> {
+    let channel = grpc_channel(coordinator).context("coordinator address")?;
+    let mut client = CoordinatorClient::new(channel);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(3));
+    let hostname = std::fs::read_to_string("/etc/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    loop {
+        let req = tonic::Request::new(RegisterActorRequest {
+            hostname: hostname.clone(),
+        });
+        match client.register_actor(req).await {
+            Ok(resp) => {
+                let r = resp.into_inner();
+                // A bad config from the coordinator is a deployment error: say so and stop.
+                let config = RunConfig::from_toml(&r.run_config_toml)?;
+                if r.env_seeds.len() != config.actor.num_envs {
+                    anyhow::bail!(
+                        "coordinator sent {} env seeds, expected actor.num_envs = {}",
+                        r.env_seeds.len(),
+                        config.actor.num_envs
+                    );
+                }
+                return Ok(Some(Registration {
+                    actor_id: r.actor_id,
+                    config,
+                    env_seeds: r.env_seeds,
+                    learner_address: r.learner_address,
+                }));
+            }
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "registration failed, retrying");
+                if !backoff.wait(shutdown).await {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+/// Runs an actor until `shutdown` fires.
+pub async fn run(args: Args, reg: Registration, shutdown: CancellationToken) -> anyhow::Result<()> {
+    tracing::info!(actor_id = reg.actor_id, learner = %reg.learner_address, num_envs = reg.config.actor.num_envs, "registered");
+    let coordinator = grpc_channel(&args.coordinator)?;
+    let progress = Arc::new(Mutex::new(Progress::default()));
+    let (policy_tx, policy_rx) = watch::channel::<Option<Arc<PolicyUpdate>>>(None);
+    let (learner_tx, learner_rx) = watch::channel(reg.learner_address.clone());
+    let (outbox_tx, outbox_rx) = mpsc::channel::<Rollout>(args.outbox_capacity.max(1));
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(policy_follower::run(coordinator.clone(), policy_tx, shutdown.clone()));
+    tasks.spawn(heartbeat::run(
+        coordinator.clone(),
+        reg.actor_id,
+        Duration::from_secs_f64(reg.config.actor.heartbeat_interval_s),
+        progress.clone(),
+        learner_tx,
+        shutdown.clone(),
+    ));
+    tasks.spawn(rollout_sender::run(learner_rx, outbox_rx, shutdown.clone()));
+
+    let runtime = tokio::runtime::Handle::current();
+    let runner_shutdown = shutdown.clone();
+    let runner = std::thread::Builder::new()
+        .name("env-runner".into())
+        .spawn(move || run_envs(reg, policy_rx, outbox_tx, progress, runtime, runner_shutdown))?;
+
+    shutdown.cancelled().await;
+    // Tasks watch the token; give them a bounded time to finish.
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+        tracing::warn!("tasks did not stop within 5 s");
+    }
+    let _ = tokio::task::spawn_blocking(move || runner.join()).await;
+    Ok(())
+}
+
+/// The env loop: waits for the first policy, then unrolls forever, switching weights between
+/// unrolls when a newer version has arrived.
+fn run_envs(
+    reg: Registration,
+    mut policy_rx: watch::Receiver<Option<Arc<PolicyUpdate>>>,
+    outbox: mpsc::Sender<Rollout>,
+    progress: Arc<Mutex<Progress>>,
+    runtime: tokio::runtime::Handle,
+    shutdown: CancellationToken,
+) {
+    tch::set_num_threads(1);
+    tch::set_num_interop_threads(1);
+    let spec = runner::EnvRunner::policy_spec(&reg.config);
+    let mut net = runner::cpu_policy(&spec);
+    let mut envs = runner::EnvRunner::new(&reg.config, &reg.env_seeds);
+    let mut version = 0u64;
+    let first = runtime.block_on(async {
+        tokio::select! {
+            r = policy_rx.wait_for(|p| p.is_some()) => r.is_ok(),
+            _ = shutdown.cancelled() => false,
+        }
+    });
+    if !first {
+        return;
+    }
+    let frames_per_unroll = (reg.config.actor.unroll_length * envs.num_envs()) as u64;
+    while !shutdown.is_cancelled() {
+        // Switch weights between unrolls when a newer version has arrived.
+        let newest = policy_rx.borrow_and_update().clone();
+        if let Some(u) = newest.filter(|u| u.version != version) {
+            match net.load_safetensors(&u.blob) {
+                Ok(()) => {
+                    if version != 0 {
+                        metrics::counter!(names::ACTOR_POLICY_SWITCHES).increment(1);
+                    }
+                    version = u.version;
+                    metrics::gauge!(names::ACTOR_POLICY_VERSION).set(version as f64);
+                    progress.lock().expect("progress lock").policy_version = version;
+                }
+                Err(e) => tracing::error!(version = u.version, error = %e, "cannot load policy, keeping the old one"),
+            }
+        }
+        let mut finished = Vec::new();
+        let rollout = envs.unroll(&net, reg.actor_id, version, &mut |e| finished.push(e));
+        {
+            let mut p = progress.lock().expect("progress lock");
+            p.frames += frames_per_unroll;
+            for e in finished {
+                metrics::histogram!(names::ACTOR_EPISODE_RETURN).record(e.episode_return as f64);
+                metrics::histogram!(names::ACTOR_EPISODE_LENGTH).record(e.length as f64);
+                metrics::counter!(names::ACTOR_EPISODES).increment(1);
+                p.push_episode(e);
+            }
+        }
+        metrics::counter!(names::ACTOR_FRAMES).increment(frames_per_unroll);
+        // Backpressure: wait for room in the bounded outbox, but never past shutdown.
+        let start = Instant::now();
+        let sent = runtime.block_on(async {
+            tokio::select! {
+                r = outbox.send(rollout) => r.is_ok(),
+                _ = shutdown.cancelled() => false,
+            }
+        });
+        metrics::histogram!(names::ACTOR_SEND_WAIT_SECONDS).record(start.elapsed().as_secs_f64());
+        metrics::gauge!(names::ACTOR_OUTBOX_DEPTH).set((outbox.max_capacity() - outbox.capacity()) as f64);
+        if !sent {
+            return;
+        }
+        metrics::counter!(names::ACTOR_ROLLOUTS_SENT).increment(1);
+    }
+}

@@ -1,0 +1,58 @@
+//! Follows the coordinator's policy versions (a server stream) and fetches each new version's
+//! weights, chunk by chunk. Reconnects with backoff when the coordinator goes away. A slow
+//! actor skips versions: only the newest matters.
+
+use std::sync::Arc;
+
+use proto::v1::coordinator_client::CoordinatorClient;
+use proto::v1::WatchPoliciesRequest;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use troupe::process::Backoff;
+use troupe::telemetry::names;
+
+use crate::PolicyUpdate;
+
+pub async fn run(channel: Channel, tx: watch::Sender<Option<Arc<PolicyUpdate>>>, shutdown: CancellationToken) {
+    let mut client = CoordinatorClient::new(channel).max_decoding_message_size(proto::MAX_MESSAGE_BYTES);
+    let mut backoff = Backoff::default();
+    let mut current = 0u64;
+    loop {
+        let result = tokio::select! {
+            r = follow(&mut client, &tx, &mut current, &mut backoff) => r,
+            _ = shutdown.cancelled() => return,
+        };
+        if let Err(status) = result {
+            tracing::warn!(code = ?status.code(), message = status.message(), "policy watch broke, reconnecting");
+            metrics::counter!(names::ACTOR_RECONNECTS, "peer" => "coordinator").increment(1);
+        }
+        if !backoff.wait(&shutdown).await {
+            return;
+        }
+    }
+}
+
+async fn follow(
+    client: &mut CoordinatorClient<Channel>,
+    tx: &watch::Sender<Option<Arc<PolicyUpdate>>>,
+    current: &mut u64,
+    backoff: &mut Backoff,
+) -> Result<(), tonic::Status> {
+    let mut stream = client.watch_policies(WatchPoliciesRequest {}).await?.into_inner();
+    backoff.reset();
+    // Each message says "version V exists". Fetch the newest we have heard of.
+    while let Some(meta) = stream.message().await? {
+        if meta.version <= *current {
+            continue;
+        }
+        let (_, blob) = troupe::client::fetch_policy(client, meta.version).await?;
+        *current = meta.version;
+        tracing::debug!(version = meta.version, bytes = blob.len(), "fetched policy");
+        tx.send_replace(Some(Arc::new(PolicyUpdate {
+            version: meta.version,
+            blob,
+        })));
+    }
+    Err(tonic::Status::unavailable("policy watch stream ended"))
+}
