@@ -1,0 +1,193 @@
+//! The learner: takes rollout streams from actors, assembles [T, B] batches, runs IMPALA
+//! (V-trace) updates on CUDA or CPU, and publishes the weights as policy versions.
+//!
+//! - [`ingest`]: the gRPC edge; validates rollouts into a bounded queue.
+//! - [`batch`]: columns of rollouts into [T, B] batches.
+//! - [`trainer`]: the model thread (network, optimizer, loss).
+//! - [`vtrace`]: the targets.
+//! - [`publisher`]: weight snapshots to the coordinator.
+
+pub mod batch;
+pub mod device;
+pub mod ingest;
+pub mod publisher;
+pub mod trainer;
+pub mod vtrace;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use proto::v1::coordinator_client::CoordinatorClient;
+use proto::v1::learner_server::LearnerServer;
+use proto::v1::RegisterLearnerRequest;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use troupe::process::{grpc_channel, write_ready_file, Backoff};
+use troupe::telemetry::names;
+use troupe::RunConfig;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "learner",
+    about = "Troupe learner: IMPALA/V-trace updates from actor rollout streams"
+)]
+pub struct Args {
+    /// Coordinator gRPC address.
+    #[arg(long, env = "TROUPE_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    pub coordinator: String,
+    /// Where actors stream rollouts to; port 0 picks a free port.
+    #[arg(long, env = "TROUPE_LEARNER_LISTEN", default_value = "127.0.0.1:50052")]
+    pub listen: SocketAddr,
+    /// The address actors should dial (default: http://<listen address>; set it when listening
+    /// on 0.0.0.0).
+    #[arg(long, env = "TROUPE_LEARNER_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Where to serve Prometheus metrics; port 0 picks a free port.
+    #[arg(long, env = "TROUPE_METRICS_LISTEN", default_value = "127.0.0.1:9102")]
+    pub metrics_listen: SocketAddr,
+    #[arg(long, env = "TROUPE_DEVICE", value_enum, default_value = "auto")]
+    pub device: device::DeviceChoice,
+    /// Seed for weight initialisation.
+    #[arg(long, env = "TROUPE_SEED", default_value_t = 0)]
+    pub seed: i64,
+    /// Once serving, write {"grpc", "metrics", "device"} as JSON here.
+    #[arg(long, env = "TROUPE_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
+    #[arg(long, env = "TROUPE_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// Registers with the coordinator (retrying until it answers): the run config and latest version.
+async fn register(
+    client: &mut CoordinatorClient<tonic::transport::Channel>,
+    advertise: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<(RunConfig, u64)>> {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(3));
+    loop {
+        let req = RegisterLearnerRequest {
+            advertise_address: advertise.to_string(),
+        };
+        match client.register_learner(req).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                return Ok(Some((RunConfig::from_toml(&r.run_config_toml)?, r.latest_version)));
+            }
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "registration failed, retrying");
+                if !backoff.wait(shutdown).await {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+pub async fn run(
+    args: Args,
+    listener: TcpListener,
+    metrics_addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let local = listener.local_addr()?;
+    let advertise = args.advertise.clone().unwrap_or_else(|| format!("http://{local}"));
+    let device = device::select(args.device)?;
+    let device_name = device::name(device);
+    tracing::info!(device = %device_name, "learner device");
+    metrics::gauge!(names::LEARNER_DEVICE, "device" => device_name.clone()).set(1.0);
+
+    let coordinator = grpc_channel(&args.coordinator).context("coordinator address")?;
+    let mut client = CoordinatorClient::new(coordinator.clone()).max_decoding_message_size(proto::MAX_MESSAGE_BYTES);
+    let Some((config, latest)) = register(&mut client, &advertise, &shutdown).await? else {
+        return Ok(());
+    };
+    tracing::info!(advertise = %advertise, latest_version = latest, "registered with the coordinator");
+
+    let (obs_size, num_actions) = troupe::env::spec(&config.env.id).expect("validated env id");
+    let spec = troupe::policy::PolicySpec {
+        observation_size: obs_size,
+        num_actions,
+        hidden_sizes: config.model.hidden_sizes.clone(),
+    };
+    tch::manual_seed(args.seed);
+    let mut trainer = trainer::Trainer::new(&config, &spec, device)?;
+    if latest > 0 {
+        let (meta, blob) = troupe::client::fetch_policy(&mut client, latest)
+            .await
+            .context("fetching the latest policy to resume from")?;
+        trainer.load(meta.version, meta.learner_step, meta.frames, &blob)?;
+        tracing::info!(
+            version = meta.version,
+            learner_step = meta.learner_step,
+            "resumed from the latest stored policy"
+        );
+    }
+
+    let known_version = Arc::new(AtomicU64::new(latest));
+    let (queue_tx, queue_rx) = mpsc::channel(config.learner.queue_capacity);
+    metrics::gauge!(names::LEARNER_QUEUE_CAPACITY).set(config.learner.queue_capacity as f64);
+    let (snap_tx, snap_rx) = watch::channel(None);
+    let publisher = tokio::spawn(publisher::run(coordinator, snap_rx, latest));
+
+    let trainer_loop = trainer::TrainerLoop {
+        trainer,
+        batch_size: config.learner.batch_size,
+        publish_every: config.learner.publish_every,
+        queue: queue_rx,
+        snapshots: snap_tx,
+        known_version: known_version.clone(),
+        runtime: tokio::runtime::Handle::current(),
+        shutdown: shutdown.clone(),
+    };
+    let model_thread = std::thread::Builder::new()
+        .name("model".into())
+        .spawn(move || trainer_loop.run())?;
+
+    let service = ingest::LearnerService {
+        spec: ingest::RolloutSpec {
+            unroll_length: config.actor.unroll_length,
+            obs_size,
+            num_actions,
+            max_envs: 4096,
+        },
+        latest_version: known_version,
+        queue: queue_tx,
+        shutdown: shutdown.clone(),
+    };
+    if let Some(path) = &args.ready_file {
+        write_ready_file(
+            path,
+            &serde_json::json!({"grpc": local.to_string(), "metrics": metrics_addr.to_string(), "device": device_name}),
+        )?;
+    }
+    tracing::info!(listen = %local, "serving rollout streams");
+    let server = tonic::transport::Server::builder()
+        .http2_adaptive_window(Some(true))
+        .http2_keepalive_interval(Some(Duration::from_secs(5)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .add_service(
+            LearnerServer::new(service)
+                .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned());
+    server.await?;
+
+    // Drain: the model thread finishes its update and snapshots once more; the publisher
+    // sends that checkpoint. Both within a deadline.
+    let joined = tokio::task::spawn_blocking(move || model_thread.join());
+    if tokio::time::timeout(Duration::from_secs(20), joined).await.is_err() {
+        tracing::warn!("model thread did not stop within 20 s");
+    }
+    match tokio::time::timeout(Duration::from_secs(20), publisher).await {
+        Ok(_) => tracing::info!("drained"),
+        Err(_) => tracing::warn!("final publish did not finish within 20 s"),
+    }
+    Ok(())
+}
