@@ -1,0 +1,153 @@
+//! Follows a run through the coordinator's Status: one live progress line, then, when the mean
+//! return over the last 100 episodes reaches the target or the budget ends, writes
+//! `summary.json`, `policy.safetensors` and `learning_curve.png` into the output folder.
+//!
+//! Exit code: 0 when solved, 3 when the budget ended first.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use coordinator::report::{plot_curve, Point, Summary};
+use proto::v1::coordinator_client::CoordinatorClient;
+use proto::v1::StatusRequest;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "troupe-watch",
+    about = "Follow a Troupe run and write its summary, policy and learning curve"
+)]
+struct Args {
+    #[arg(long, env = "TROUPE_COORDINATOR", default_value = "http://127.0.0.1:50051")]
+    coordinator: String,
+    /// Output folder.
+    #[arg(long, default_value = "out")]
+    out: PathBuf,
+    /// Stop when the mean return of the last 100 episodes reaches this.
+    #[arg(long, default_value_t = 475.0)]
+    target_return: f64,
+    /// Stop after this many seconds even if not solved.
+    #[arg(long, default_value_t = 600.0)]
+    budget_s: f64,
+    #[arg(long, default_value_t = 0.5)]
+    interval_s: f64,
+    /// Print plain lines instead of one updating line.
+    #[arg(long)]
+    plain: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let channel = troupe::process::grpc_channel(&args.coordinator)?;
+    let mut client = CoordinatorClient::new(channel).max_decoding_message_size(proto::MAX_MESSAGE_BYTES);
+    let bar = if args.plain {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new_spinner()
+    };
+    bar.set_style(indicatif::ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {msg}",
+    )?);
+
+    let start = Instant::now();
+    let mut curve: Vec<Point> = Vec::new();
+    let mut last = (Instant::now(), 0u64);
+    let mut rate = 0.0;
+    let mut solved_at: Option<(f64, u64)> = None;
+    let mut latest = None;
+    let mut stop = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        let elapsed = start.elapsed().as_secs_f64();
+        let mut req = tonic::Request::new(StatusRequest {});
+        req.set_timeout(Duration::from_secs(5));
+        match client.status(req).await {
+            Ok(s) => {
+                let s = s.into_inner();
+                let now = Instant::now();
+                let dt = now.duration_since(last.0).as_secs_f64();
+                if dt >= 1.0 {
+                    rate = (s.frames.saturating_sub(last.1)) as f64 / dt;
+                    last = (now, s.frames);
+                }
+                curve.push(Point {
+                    wall_s: elapsed,
+                    frames: s.frames,
+                    mean_return_100: s.mean_return_100,
+                });
+                let msg = format!(
+                    "frames {:>9} | {:>7.0} frames/s | mean return(100) {:>6.1} | policy v{} | actors {}",
+                    s.frames,
+                    rate,
+                    s.mean_return_100,
+                    s.latest_version,
+                    s.actors.len()
+                );
+                if args.plain {
+                    println!("{elapsed:7.1}s {msg}");
+                } else {
+                    bar.set_message(msg);
+                    bar.tick();
+                }
+                let full_window = s.episodes_in_mean as usize >= coordinator::store::RETURN_WINDOW;
+                if full_window && s.mean_return_100 >= args.target_return {
+                    solved_at = Some((elapsed, s.frames));
+                }
+                latest = Some(s);
+            }
+            Err(status) => bar.set_message(format!("coordinator unreachable: {}", status.message())),
+        }
+        if solved_at.is_some() || elapsed >= args.budget_s {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs_f64(args.interval_s)) => {}
+            _ = &mut stop => { bar.println("interrupted"); break; }
+        }
+    }
+    bar.finish();
+
+    let wall_s = start.elapsed().as_secs_f64();
+    let mut policy_path = None;
+    let mut policy_version = 0;
+    match troupe::client::fetch_policy(&mut client, 0).await {
+        Ok((meta, blob)) => {
+            let p = args.out.join("policy.safetensors");
+            std::fs::write(&p, &blob)?;
+            policy_version = meta.version;
+            policy_path = Some(p.display().to_string());
+        }
+        Err(status) => eprintln!("troupe-watch: could not fetch the policy: {}", status.message()),
+    }
+    if let Err(e) = plot_curve(&curve, args.target_return, &args.out.join("learning_curve.png")) {
+        eprintln!("troupe-watch: could not plot the learning curve: {e:#}");
+    }
+    let s = latest.unwrap_or_default();
+    let summary = Summary {
+        solved: solved_at.is_some(),
+        target_return: args.target_return,
+        mean_return_100: s.mean_return_100.is_finite().then_some(s.mean_return_100),
+        episodes: s.episodes,
+        frames: s.frames,
+        wall_s,
+        time_to_solve_s: solved_at.map(|x| x.0),
+        frames_to_solve: solved_at.map(|x| x.1),
+        frames_per_s: s.frames as f64 / wall_s.max(1e-9),
+        policy_version,
+        policy_path,
+        curve,
+    };
+    std::fs::write(args.out.join("summary.json"), serde_json::to_vec_pretty(&summary)?)?;
+    println!(
+        "{} after {:.1}s: mean return(100) {:.1}, {} frames, policy v{} -> {}",
+        if summary.solved { "solved" } else { "not solved" },
+        wall_s,
+        s.mean_return_100,
+        s.frames,
+        policy_version,
+        args.out.display()
+    );
+    std::process::exit(if summary.solved { 0 } else { 3 });
+}

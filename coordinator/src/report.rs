@@ -1,0 +1,89 @@
+//! What a run leaves behind: `summary.json` and `learning_curve.png`.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+/// One observation of the run's progress.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Point {
+    pub wall_s: f64,
+    pub frames: u64,
+    pub mean_return_100: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub solved: bool,
+    pub target_return: f64,
+    pub mean_return_100: Option<f64>,
+    pub episodes: u64,
+    pub frames: u64,
+    pub wall_s: f64,
+    pub time_to_solve_s: Option<f64>,
+    pub frames_to_solve: Option<u64>,
+    pub frames_per_s: f64,
+    pub policy_version: u64,
+    pub policy_path: Option<String>,
+    pub curve: Vec<Point>,
+}
+
+/// Plots mean return (last 100 episodes) against frames.
+pub fn plot_curve(points: &[Point], target: f64, path: &Path) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+    static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+    plotters::style::register_font("sans-serif", FontStyle::Normal, FONT).map_err(|_| anyhow::anyhow!("bad font"))?;
+    let root = BitMapBackend::new(path, (900, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let pts: Vec<(f64, f64)> = points
+        .iter()
+        .filter(|p| p.mean_return_100.is_finite())
+        .map(|p| (p.frames as f64, p.mean_return_100))
+        .collect();
+    let max_x = pts.iter().map(|p| p.0).fold(1.0, f64::max);
+    let max_y = pts.iter().map(|p| p.1).fold(target * 1.05, f64::max);
+    let mut chart = ChartBuilder::on(&root)
+        .caption("Troupe: mean return (last 100 episodes) vs frames", ("sans-serif", 22))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..max_x, 0.0..max_y)?;
+    chart.configure_mesh().x_desc("frames").y_desc("mean return").draw()?;
+    chart
+        .draw_series(LineSeries::new([(0.0, target), (max_x, target)], RED.mix(0.6)))?
+        .label(format!("target {target}"))
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
+    chart
+        .draw_series(LineSeries::new(pts, BLUE.stroke_width(2)))?
+        .label("mean return (100)")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE));
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn curve_is_a_png() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.png");
+        let pts: Vec<Point> = (0..50)
+            .map(|i| Point {
+                wall_s: i as f64,
+                frames: i * 1000,
+                mean_return_100: if i == 0 { f64::NAN } else { (i * 10) as f64 },
+            })
+            .collect();
+        plot_curve(&pts, 475.0, &path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+        assert!(bytes.len() > 5000);
+    }
+}

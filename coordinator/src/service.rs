@@ -1,0 +1,437 @@
+//! The coordinator's gRPC service: registration, policy versions (publish, watch, fetch, pin),
+//! heartbeats and status.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use proto::v1::coordinator_server::Coordinator;
+use proto::v1::*;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use troupe::telemetry::names;
+use troupe::{Error, RunConfig};
+
+use crate::store::{Store, Totals, RETURN_WINDOW};
+
+/// Largest policy blob accepted (1 GiB).
+pub const MAX_POLICY_BYTES: u64 = 1 << 30;
+
+struct ActorEntry {
+    hostname: String,
+    policy_version: u64,
+    frames: u64,
+    episodes: u64,
+    last_seen: Instant,
+}
+
+#[derive(Default)]
+struct RunStats {
+    frames: u64,
+    episodes: u64,
+    returns: VecDeque<f32>,
+}
+
+impl RunStats {
+    fn mean_return(&self) -> f64 {
+        if self.returns.is_empty() {
+            f64::NAN
+        } else {
+            self.returns.iter().map(|&r| r as f64).sum::<f64>() / self.returns.len() as f64
+        }
+    }
+}
+
+pub struct CoordinatorService {
+    config: RunConfig,
+    config_toml: String,
+    store: Store,
+    latest: watch::Sender<Option<PolicyMeta>>,
+    /// Serialises publishes so versions only go up.
+    publish_lock: tokio::sync::Mutex<()>,
+    learner_address: Mutex<String>,
+    actors: Mutex<HashMap<u64, ActorEntry>>,
+    stats: Mutex<RunStats>,
+    shutdown: CancellationToken,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl CoordinatorService {
+    /// Builds the service from what Redis holds (the recovery path after a restart).
+    pub async fn recover(
+        config: RunConfig,
+        store: Store,
+        shutdown: CancellationToken,
+    ) -> Result<CoordinatorService, Error> {
+        let latest = store.latest().await?;
+        let learner = store.learner_address().await?.unwrap_or_default();
+        let Totals {
+            frames,
+            episodes,
+            returns,
+        } = store.totals().await?;
+        if let Some(m) = &latest {
+            tracing::info!(version = m.version, frames, episodes, "recovered from redis");
+            metrics::gauge!(names::COORD_POLICY_VERSION).set(m.version as f64);
+        }
+        metrics::gauge!(names::COORD_POLICIES_STORED).set(store.versions().await?.len() as f64);
+        let config_toml = config.to_toml();
+        Ok(CoordinatorService {
+            config,
+            config_toml,
+            store,
+            latest: watch::channel(latest).0,
+            publish_lock: tokio::sync::Mutex::new(()),
+            learner_address: Mutex::new(learner),
+            actors: Mutex::new(HashMap::new()),
+            stats: Mutex::new(RunStats {
+                frames,
+                episodes,
+                returns: returns.into_iter().collect(),
+            }),
+            shutdown,
+        })
+    }
+
+    fn latest_version(&self) -> u64 {
+        self.latest.borrow().as_ref().map_or(0, |m| m.version)
+    }
+
+    fn learner_address(&self) -> String {
+        self.learner_address.lock().expect("lock").clone()
+    }
+
+    /// Reads a publish stream: the first chunk carries the metadata, the blob follows in order.
+    async fn read_publish(&self, mut stream: Streaming<PolicyChunk>) -> Result<(PolicyMeta, Vec<u8>), Status> {
+        let first = stream.message().await?.ok_or_else(|| {
+            Error::InvalidArgument("PolicyChunk stream is empty, expected a first chunk with meta".into())
+        })?;
+        let meta = first
+            .meta
+            .ok_or_else(|| Error::InvalidArgument("PolicyChunk.meta: missing on the first chunk".into()))?;
+        if meta.version == 0 {
+            return Err(Error::InvalidArgument("PolicyChunk.meta.version: expected >= 1, got 0".into()).into());
+        }
+        if meta.size_bytes > MAX_POLICY_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "PolicyChunk.meta.size_bytes: expected at most {MAX_POLICY_BYTES}, got {}",
+                meta.size_bytes
+            ))
+            .into());
+        }
+        let mut blob = Vec::with_capacity(meta.size_bytes as usize);
+        blob.extend_from_slice(&first.data);
+        while let Some(chunk) = stream.message().await? {
+            if chunk.meta.is_some() {
+                return Err(
+                    Error::InvalidArgument("PolicyChunk.meta: only the first chunk may carry meta".into()).into(),
+                );
+            }
+            if blob.len() + chunk.data.len() > meta.size_bytes as usize {
+                return Err(Error::InvalidArgument(format!(
+                    "PolicyChunk.data: more than meta.size_bytes = {} bytes",
+                    meta.size_bytes
+                ))
+                .into());
+            }
+            blob.extend_from_slice(&chunk.data);
+        }
+        if blob.len() as u64 != meta.size_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "PolicyChunk.data: got {} bytes, meta.size_bytes says {}",
+                blob.len(),
+                meta.size_bytes
+            ))
+            .into());
+        }
+        if let Err(e) = safetensors::SafeTensors::deserialize(&blob) {
+            return Err(Error::InvalidArgument(format!("PolicyChunk.data: not a safetensors blob: {e}")).into());
+        }
+        Ok((meta, blob))
+    }
+}
+
+#[tonic::async_trait]
+impl Coordinator for CoordinatorService {
+    async fn register_actor(
+        &self,
+        request: Request<RegisterActorRequest>,
+    ) -> Result<Response<RegisterActorResponse>, Status> {
+        let learner_address = self.learner_address();
+        if learner_address.is_empty() {
+            return Err(Error::Unavailable("no learner has registered yet; retry".into()).into());
+        }
+        let actor_id = self.store.next_actor_id().await?;
+        let n = self.config.actor.num_envs as u64;
+        // Actor ids start at 1; each actor's envs get seeds no other actor gets.
+        let base = self.config.env.seed.wrapping_add((actor_id - 1).wrapping_mul(n));
+        let env_seeds = (0..n).map(|i| base.wrapping_add(i)).collect();
+        let hostname = request.into_inner().hostname;
+        self.actors.lock().expect("lock").insert(
+            actor_id,
+            ActorEntry {
+                hostname: hostname.clone(),
+                policy_version: 0,
+                frames: 0,
+                episodes: 0,
+                last_seen: Instant::now(),
+            },
+        );
+        metrics::counter!(names::COORD_REGISTRATIONS, "role" => "actor").increment(1);
+        tracing::info!(actor_id, hostname = %hostname, "actor registered");
+        Ok(Response::new(RegisterActorResponse {
+            actor_id,
+            run_config_toml: self.config_toml.clone(),
+            env_seeds,
+            learner_address,
+        }))
+    }
+
+    async fn register_learner(
+        &self,
+        request: Request<RegisterLearnerRequest>,
+    ) -> Result<Response<RegisterLearnerResponse>, Status> {
+        let addr = request.into_inner().advertise_address;
+        if !(addr.starts_with("http://") || addr.starts_with("https://")) {
+            return Err(Error::InvalidArgument(format!(
+                "advertise_address: expected an http:// or https:// URL, got {addr:?}"
+            ))
+            .into());
+        }
+        self.store.set_learner_address(&addr).await?;
+        *self.learner_address.lock().expect("lock") = addr.clone();
+        metrics::counter!(names::COORD_REGISTRATIONS, "role" => "learner").increment(1);
+        tracing::info!(address = %addr, "learner registered");
+        Ok(Response::new(RegisterLearnerResponse {
+            run_config_toml: self.config_toml.clone(),
+            latest_version: self.latest_version(),
+        }))
+    }
+
+    type WatchPoliciesStream = ReceiverStream<Result<PolicyMeta, Status>>;
+
+    async fn watch_policies(
+        &self,
+        _: Request<WatchPoliciesRequest>,
+    ) -> Result<Response<Self::WatchPoliciesStream>, Status> {
+        let mut rx = self.latest.subscribe();
+        let (tx, out) = mpsc::channel(4);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            metrics::gauge!(names::COORD_WATCHERS).increment(1.0);
+            loop {
+                let current = *rx.borrow_and_update();
+                if let Some(meta) = current {
+                    if tx.send(Ok(meta)).await.is_err() {
+                        break; // the watcher went away
+                    }
+                }
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { break },
+                    _ = tx.closed() => break,
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+            metrics::gauge!(names::COORD_WATCHERS).decrement(1.0);
+        });
+        Ok(Response::new(ReceiverStream::new(out)))
+    }
+
+    type GetPolicyStream = ReceiverStream<Result<PolicyChunk, Status>>;
+
+    async fn get_policy(&self, request: Request<GetPolicyRequest>) -> Result<Response<Self::GetPolicyStream>, Status> {
+        let asked = request.into_inner().version;
+        let version = if asked == 0 { self.latest_version() } else { asked };
+        let not_found = || {
+            let stored = self.latest.borrow().as_ref().map(|m| m.version);
+            Error::NotFound(match (asked, stored) {
+                (0, None) => "no policy version has been published yet".to_string(),
+                (_, Some(l)) => {
+                    format!("policy version {version} not found (latest is {l}; older ones may have been dropped)")
+                }
+                (_, None) => format!("policy version {version} not found (none published yet)"),
+            })
+        };
+        if version == 0 {
+            return Err(not_found().into());
+        }
+        let meta = self.store.meta(version).await?.ok_or_else(not_found)?;
+        let blob = self.store.blob(version).await?.ok_or_else(not_found)?;
+        let (tx, out) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut first = Some(meta);
+            let mut pieces = blob.chunks(proto::POLICY_CHUNK_BYTES).peekable();
+            if pieces.peek().is_none() {
+                let _ = tx
+                    .send(Ok(PolicyChunk {
+                        meta: first.take(),
+                        data: Default::default(),
+                    }))
+                    .await;
+                return;
+            }
+            for piece in pieces {
+                let chunk = PolicyChunk {
+                    meta: first.take(),
+                    data: bytes::Bytes::copy_from_slice(piece),
+                };
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(out)))
+    }
+
+    async fn publish_policy(
+        &self,
+        request: Request<Streaming<PolicyChunk>>,
+    ) -> Result<Response<PublishPolicyResponse>, Status> {
+        let (mut meta, blob) = self.read_publish(request.into_inner()).await?;
+        let _guard = self.publish_lock.lock().await;
+        let latest = self.latest_version();
+        if meta.version <= latest {
+            return Err(Error::FailedPrecondition(format!(
+                "PolicyChunk.meta.version: {} is not newer than the latest stored version {latest}",
+                meta.version
+            ))
+            .into());
+        }
+        meta.created_unix_ms = now_ms();
+        meta.pinned = false;
+        let dropped = self
+            .store
+            .put(&meta, &blob, self.config.coordinator.keep_versions)
+            .await?;
+        if !dropped.is_empty() {
+            tracing::debug!(?dropped, "dropped old policy versions");
+        }
+        metrics::counter!(names::COORD_POLICIES_PUBLISHED).increment(1);
+        metrics::gauge!(names::COORD_POLICY_VERSION).set(meta.version as f64);
+        if let Ok(v) = self.store.versions().await {
+            metrics::gauge!(names::COORD_POLICIES_STORED).set(v.len() as f64);
+        }
+        tracing::debug!(version = meta.version, bytes = blob.len(), "stored policy");
+        self.latest.send_replace(Some(meta));
+        Ok(Response::new(PublishPolicyResponse { meta: Some(meta) }))
+    }
+
+    async fn pin_policy(&self, request: Request<PinPolicyRequest>) -> Result<Response<PolicyMeta>, Status> {
+        let r = request.into_inner();
+        if self.store.meta(r.version).await?.is_none() {
+            return Err(Error::NotFound(format!("policy version {} not found", r.version)).into());
+        }
+        self.store.set_pinned(r.version, r.pinned).await?;
+        let meta = self
+            .store
+            .meta(r.version)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("policy version {} not found", r.version)))?;
+        Ok(Response::new(meta))
+    }
+
+    async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        let r = request.into_inner();
+        if let Some((i, e)) = r
+            .episodes
+            .iter()
+            .enumerate()
+            .find(|(_, e)| !e.episode_return.is_finite())
+        {
+            return Err(Error::InvalidArgument(format!(
+                "episodes[{i}].episode_return: expected a finite number, got {}",
+                e.episode_return
+            ))
+            .into());
+        }
+        let returns: Vec<f32> = r.episodes.iter().map(|e| e.episode_return).collect();
+        self.store.add_progress(r.frames, &returns).await?;
+        {
+            let mut actors = self.actors.lock().expect("lock");
+            let entry = actors.entry(r.actor_id).or_insert_with(|| ActorEntry {
+                hostname: String::new(),
+                policy_version: 0,
+                frames: 0,
+                episodes: 0,
+                last_seen: Instant::now(),
+            });
+            entry.policy_version = r.policy_version;
+            entry.frames += r.frames;
+            entry.episodes += returns.len() as u64;
+            entry.last_seen = Instant::now();
+        }
+        let mean = {
+            let mut s = self.stats.lock().expect("lock");
+            s.frames += r.frames;
+            s.episodes += returns.len() as u64;
+            for x in returns {
+                if s.returns.len() == RETURN_WINDOW {
+                    s.returns.pop_front();
+                }
+                s.returns.push_back(x);
+            }
+            s.mean_return()
+        };
+        metrics::counter!(names::COORD_FRAMES).increment(r.frames);
+        metrics::counter!(names::COORD_EPISODES).increment(r.episodes.len() as u64);
+        if mean.is_finite() {
+            metrics::gauge!(names::COORD_MEAN_RETURN_100).set(mean);
+        }
+        Ok(Response::new(HeartbeatResponse {
+            latest_version: self.latest_version(),
+            learner_address: self.learner_address(),
+        }))
+    }
+
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let timeout = Duration::from_secs_f64(self.config.coordinator.actor_timeout_s);
+        let actors: Vec<ActorStatus> = {
+            let mut map = self.actors.lock().expect("lock");
+            // Forget actors that have been silent for 10 timeouts.
+            map.retain(|_, a| a.last_seen.elapsed() < timeout * 10);
+            let mut v: Vec<ActorStatus> = map
+                .iter()
+                .filter(|(_, a)| a.last_seen.elapsed() < timeout)
+                .map(|(&id, a)| ActorStatus {
+                    actor_id: id,
+                    hostname: a.hostname.clone(),
+                    policy_version: a.policy_version,
+                    frames: a.frames,
+                    episodes: a.episodes,
+                    seconds_since_heartbeat: a.last_seen.elapsed().as_secs_f64(),
+                })
+                .collect();
+            v.sort_by_key(|a| a.actor_id);
+            v
+        };
+        metrics::gauge!(names::COORD_ACTORS).set(actors.len() as f64);
+        let (frames, episodes, mean, n) = {
+            let s = self.stats.lock().expect("lock");
+            (s.frames, s.episodes, s.mean_return(), s.returns.len())
+        };
+        let mut policies = Vec::new();
+        for v in self.store.versions().await? {
+            if let Some(m) = self.store.meta(v).await? {
+                policies.push(m);
+            }
+        }
+        Ok(Response::new(StatusResponse {
+            latest_version: self.latest_version(),
+            frames,
+            episodes,
+            mean_return_100: mean,
+            episodes_in_mean: n as u32,
+            actors,
+            learner_address: self.learner_address(),
+            policies,
+        }))
+    }
+}
