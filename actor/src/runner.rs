@@ -92,7 +92,7 @@ impl EnvRunner {
             b.observations.extend_from_slice(&self.obs);
             let logits = tch::no_grad(|| {
                 let x = Tensor::from_slice(&self.obs).view([n as i64, o as i64]);
-                let (logits, _) = net.forward(&x);
+                let logits = net.logits(&x);
                 Vec::<f32>::try_from(logits.to_kind(Kind::Float).flatten(0, -1)).expect("f32 logits")
             });
             for (i, env) in self.envs.iter_mut().enumerate() {

@@ -1,17 +1,18 @@
-//! The policy network: an MLP torso with a policy head (logits over actions) and a value head.
+//! The policy network: two MLPs of the same widths, one for the policy (logits over actions) and
+//! one for the value. They share no layers: with a shared torso the value loss (returns in the
+//! hundreds) swamps the policy's gradients and CartPole training collapses again and again.
 //!
 //! Weights leave a process as a **safetensors** blob with these tensors (f32, PyTorch layout,
-//! `weight` is `[out, in]`):
+//! `weight` is `[out, in]`), for `net` in `policy`, `value`:
 //!
 //! | name | shape |
 //! |---|---|
-//! | `torso.{i}.weight`, `torso.{i}.bias` | `[hidden_sizes[i], in_i]`, `[hidden_sizes[i]]` |
-//! | `policy.weight`, `policy.bias` | `[num_actions, hidden_sizes[-1]]`, `[num_actions]` |
-//! | `value.weight`, `value.bias` | `[1, hidden_sizes[-1]]`, `[1]` |
+//! | `{net}.torso.{i}.weight`, `{net}.torso.{i}.bias` | `[hidden_sizes[i], in_i]`, `[hidden_sizes[i]]` |
+//! | `policy.head.weight`, `policy.head.bias` | `[num_actions, hidden_sizes[-1]]`, `[num_actions]` |
+//! | `value.head.weight`, `value.head.bias` | `[1, hidden_sizes[-1]]`, `[1]` |
 //!
-//! The forward pass is `h = relu(torso.i(h))` for each layer, then `logits = policy(h)` and
-//! `value = value(h)`. The blob's metadata records `env`, `observation_size`, `num_actions` and
-//! `hidden_sizes`.
+//! The forward pass of each net is `h = relu(torso.i(h))` for each layer, then `head(h)`. The
+//! blob's metadata records `env`, `observation_size`, `num_actions` and `hidden_sizes`.
 
 use std::collections::HashMap;
 
@@ -37,11 +38,38 @@ pub struct PolicySpec {
     pub hidden_sizes: Vec<usize>,
 }
 
+/// An MLP: ReLU hidden layers and a linear head.
+struct Mlp {
+    torso: Vec<nn::Linear>,
+    head: nn::Linear,
+}
+
+impl Mlp {
+    fn new(path: nn::Path<'_>, input: usize, hidden: &[usize], output: usize) -> Mlp {
+        let torso_path = &path / "torso";
+        let mut torso = Vec::with_capacity(hidden.len());
+        let mut width = input as i64;
+        for (i, &h) in hidden.iter().enumerate() {
+            torso.push(nn::linear(&torso_path / i, width, h as i64, Default::default()));
+            width = h as i64;
+        }
+        let head = nn::linear(&path / "head", width, output as i64, Default::default());
+        Mlp { torso, head }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let mut h = x.shallow_clone();
+        for layer in &self.torso {
+            h = layer.forward(&h).relu();
+        }
+        self.head.forward(&h)
+    }
+}
+
 pub struct PolicyNet {
     vs: nn::VarStore,
-    torso: Vec<nn::Linear>,
-    policy: nn::Linear,
-    value: nn::Linear,
+    policy: Mlp,
+    value: Mlp,
     spec: PolicySpec,
 }
 
@@ -49,18 +77,15 @@ impl PolicyNet {
     pub fn new(spec: &PolicySpec, device: Device) -> PolicyNet {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
-        let torso_path = &root / "torso";
-        let mut torso = Vec::with_capacity(spec.hidden_sizes.len());
-        let mut width = spec.observation_size as i64;
-        for (i, &h) in spec.hidden_sizes.iter().enumerate() {
-            torso.push(nn::linear(&torso_path / i, width, h as i64, Default::default()));
-            width = h as i64;
-        }
-        let policy = nn::linear(&root / "policy", width, spec.num_actions as i64, Default::default());
-        let value = nn::linear(&root / "value", width, 1, Default::default());
+        let policy = Mlp::new(
+            &root / "policy",
+            spec.observation_size,
+            &spec.hidden_sizes,
+            spec.num_actions,
+        );
+        let value = Mlp::new(&root / "value", spec.observation_size, &spec.hidden_sizes, 1);
         PolicyNet {
             vs,
-            torso,
             policy,
             value,
             spec: spec.clone(),
@@ -85,11 +110,12 @@ impl PolicyNet {
 
     /// `obs` is `[.., observation_size]`; returns logits `[.., num_actions]` and values `[..]`.
     pub fn forward(&self, obs: &Tensor) -> (Tensor, Tensor) {
-        let mut h = obs.shallow_clone();
-        for layer in &self.torso {
-            h = layer.forward(&h).relu();
-        }
-        (self.policy.forward(&h), self.value.forward(&h).squeeze_dim(-1))
+        (self.policy.forward(obs), self.value.forward(obs).squeeze_dim(-1))
+    }
+
+    /// Logits only (what an actor needs).
+    pub fn logits(&self, obs: &Tensor) -> Tensor {
+        self.policy.forward(obs)
     }
 
     /// The weights as a safetensors blob (see the module docs for the names).
@@ -207,18 +233,22 @@ mod tests {
         assert_eq!(
             names,
             [
-                "policy.bias",
-                "policy.weight",
-                "torso.0.bias",
-                "torso.0.weight",
-                "torso.1.bias",
-                "torso.1.weight",
-                "value.bias",
-                "value.weight"
+                "policy.head.bias",
+                "policy.head.weight",
+                "policy.torso.0.bias",
+                "policy.torso.0.weight",
+                "policy.torso.1.bias",
+                "policy.torso.1.weight",
+                "value.head.bias",
+                "value.head.weight",
+                "value.torso.0.bias",
+                "value.torso.0.weight",
+                "value.torso.1.bias",
+                "value.torso.1.weight",
             ]
         );
-        assert_eq!(st.tensor("torso.0.weight").unwrap().shape(), &[8, 4]);
-        assert_eq!(st.tensor("value.weight").unwrap().shape(), &[1, 6]);
+        assert_eq!(st.tensor("policy.torso.0.weight").unwrap().shape(), &[8, 4]);
+        assert_eq!(st.tensor("value.head.weight").unwrap().shape(), &[1, 6]);
     }
 
     #[test]
