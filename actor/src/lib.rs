@@ -48,7 +48,7 @@ pub struct Args {
     #[arg(long, env = "TROUPE_LOG_JSON")]
     pub log_json: bool,
     /// Rollouts waiting to be sent before the env loop waits.
-    #[arg(long, env = "TROUPE_ACTOR_OUTBOX", default_value_t = 2)]
+    #[arg(long, env = "TROUPE_ACTOR_OUTBOX", default_value_t = 1)]
     pub outbox_capacity: usize,
 }
 
@@ -151,7 +151,12 @@ pub async fn run(args: Args, reg: Registration, shutdown: CancellationToken) -> 
         learner_tx,
         shutdown.clone(),
     ));
-    tasks.spawn(rollout_sender::run(learner_rx, outbox_rx, shutdown.clone()));
+    tasks.spawn(rollout_sender::run(
+        learner_rx,
+        outbox_rx,
+        reg.config.actor.max_in_flight,
+        shutdown.clone(),
+    ));
 
     let runtime = tokio::runtime::Handle::current();
     let runner_shutdown = shutdown.clone();

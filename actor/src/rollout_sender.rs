@@ -1,10 +1,13 @@
-//! The long-lived rollout stream to the learner.
+//! The long-lived rollout stream to the learner, with credit-based flow control.
 //!
-//! Rollouts come from the runner through a bounded outbox. For each connection the sender opens
-//! one client stream and forwards rollouts into it only when the stream has room (a one-slot
-//! channel in front of HTTP/2 flow control), so a learner that falls behind makes the runner
-//! wait instead of piling rollouts up. When the stream breaks, the rollout in hand is kept for
-//! the next connection and the sender reconnects with backoff.
+//! Rollouts come from the runner through a bounded outbox. On each connection the sender opens
+//! one bidirectional stream and keeps at most `max_in_flight` rollouts unacknowledged: the
+//! learner acks a rollout once it has room for it, so a learner that falls behind makes the
+//! runner wait, and no rollout grows stale in transport buffers. When the stream breaks, the
+//! rollout in hand is kept for the next connection (up to `max_in_flight` unacknowledged ones
+//! may be lost with the stream) and the sender reconnects with backoff.
+
+use std::time::Duration;
 
 use proto::v1::learner_client::LearnerClient;
 use proto::v1::Rollout;
@@ -14,93 +17,115 @@ use tokio_util::sync::CancellationToken;
 use troupe::process::{grpc_channel, Backoff};
 use troupe::telemetry::names;
 
+/// How one stream ended.
+enum Ended {
+    Status(tonic::Status),
+    Closed,
+    Moved,
+    /// Shutdown, or the runner is gone: stop for good.
+    Stop,
+}
+
 pub async fn run(
     mut learner_address: watch::Receiver<String>,
     mut outbox: mpsc::Receiver<Rollout>,
+    max_in_flight: usize,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::default();
     let mut pending: Option<Rollout> = None;
     loop {
         let address = learner_address.borrow_and_update().clone();
-        let channel = match grpc_channel(&address) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(learner = %address, error = %e, "bad learner address");
-                if !backoff.wait(&shutdown).await {
-                    return;
-                }
-                continue;
+        let ended = match grpc_channel(&address) {
+            Ok(channel) => {
+                let client = LearnerClient::new(channel)
+                    .max_encoding_message_size(proto::MAX_MESSAGE_BYTES)
+                    .max_decoding_message_size(proto::MAX_MESSAGE_BYTES);
+                let stream = Stream {
+                    outbox: &mut outbox,
+                    pending: &mut pending,
+                    max_in_flight: max_in_flight as u64,
+                };
+                stream.run(client, &mut learner_address, &mut backoff, &shutdown).await
             }
-        };
-        let mut client = LearnerClient::new(channel)
-            .max_encoding_message_size(proto::MAX_MESSAGE_BYTES)
-            .max_decoding_message_size(proto::MAX_MESSAGE_BYTES);
-        let (tx, rx) = mpsc::channel::<Rollout>(1);
-        let mut call = tokio::spawn(async move { client.stream_rollouts(ReceiverStream::new(rx)).await });
-        let mut sent_on_this_stream = 0u64;
-        let ended = loop {
-            let rollout = match pending.take() {
-                Some(r) => r,
-                None => tokio::select! {
-                    r = outbox.recv() => match r {
-                        Some(r) => r,
-                        None => { call.abort(); return; }
-                    },
-                    res = &mut call => break Some(res),
-                    _ = shutdown.cancelled() => {
-                        drop(tx);
-                        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), call).await;
-                        return;
-                    }
-                },
-            };
-            let stop = tokio::select! {
-                permit = tx.reserve() => match permit {
-                    Ok(p) => {
-                        p.send(rollout);
-                        sent_on_this_stream += 1;
-                        if sent_on_this_stream == 2 {
-                            backoff.reset();
-                        }
-                        false
-                    }
-                    Err(_) => {
-                        // The stream is gone; its call says why.
-                        pending = Some(rollout);
-                        break tokio::time::timeout(std::time::Duration::from_secs(2), &mut call).await.ok();
-                    }
-                },
-                res = &mut call => { pending = Some(rollout); break Some(res); }
-                _ = learner_address.changed() => {
-                    pending = Some(rollout);
-                    tracing::info!("learner moved, reconnecting");
-                    call.abort();
-                    break None;
-                }
-                _ = shutdown.cancelled() => true,
-            };
-            if stop {
-                // Close our side so the learner ends the stream, and wait for it briefly.
-                drop(tx);
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), call).await;
-                return;
-            }
+            Err(e) => Ended::Status(tonic::Status::invalid_argument(format!(
+                "learner address {address:?}: {e}"
+            ))),
         };
         match ended {
-            Some(Ok(Ok(summary))) => tracing::info!(
-                accepted = summary.into_inner().accepted,
-                "learner closed the rollout stream"
-            ),
-            Some(Ok(Err(status))) => {
-                tracing::warn!(code = ?status.code(), message = status.message(), "rollout stream ended")
-            }
-            Some(Err(e)) => tracing::warn!(error = %e, "rollout stream task failed"),
-            None => tracing::warn!("rollout stream closed"),
+            Ended::Stop => return,
+            Ended::Status(s) => tracing::warn!(code = ?s.code(), message = s.message(), "rollout stream ended"),
+            Ended::Closed => tracing::warn!("learner closed the rollout stream"),
+            Ended::Moved => tracing::info!("learner moved, reconnecting"),
         }
         metrics::counter!(names::ACTOR_RECONNECTS, "peer" => "learner").increment(1);
         if !backoff.wait(&shutdown).await {
             return;
+        }
+    }
+}
+
+struct Stream<'a> {
+    outbox: &'a mut mpsc::Receiver<Rollout>,
+    pending: &'a mut Option<Rollout>,
+    max_in_flight: u64,
+}
+
+impl Stream<'_> {
+    async fn run(
+        self,
+        mut client: LearnerClient<tonic::transport::Channel>,
+        learner_address: &mut watch::Receiver<String>,
+        backoff: &mut Backoff,
+        shutdown: &CancellationToken,
+    ) -> Ended {
+        // Never more than max_in_flight rollouts are unacked, so this never fills.
+        let (tx, rx) = mpsc::channel::<Rollout>(self.max_in_flight as usize);
+        let open = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(10), client.stream_rollouts(ReceiverStream::new(rx))) => r,
+            _ = shutdown.cancelled() => return Ended::Stop,
+        };
+        let mut acks = match open {
+            Ok(Ok(resp)) => resp.into_inner(),
+            Ok(Err(status)) => return Ended::Status(status),
+            Err(_) => {
+                return Ended::Status(tonic::Status::deadline_exceeded(
+                    "opening the rollout stream took over 10 s",
+                ))
+            }
+        };
+        let (mut sent, mut acked) = (0u64, 0u64);
+        let pending = self.pending;
+        let outbox = self.outbox;
+        loop {
+            let has_credit = sent - acked < self.max_in_flight;
+            tokio::select! {
+                ack = acks.message() => match ack {
+                    Ok(Some(a)) => {
+                        acked = a.accepted.min(sent);
+                        if acked >= 2 {
+                            backoff.reset();
+                        }
+                    }
+                    Ok(None) => return Ended::Closed,
+                    Err(status) => return Ended::Status(status),
+                },
+                next = async { match pending.take() { Some(r) => Some(r), None => outbox.recv().await } }, if has_credit => {
+                    let Some(rollout) = next else { return Ended::Stop };
+                    if let Err(e) = tx.try_send(rollout) {
+                        *pending = Some(e.into_inner());
+                        return Ended::Closed;
+                    }
+                    sent += 1;
+                }
+                _ = learner_address.changed() => return Ended::Moved,
+                _ = shutdown.cancelled() => {
+                    // Close our side and let the learner take what it has.
+                    drop(tx);
+                    let _ = tokio::time::timeout(Duration::from_secs(2), async { while let Ok(Some(_)) = acks.message().await {} }).await;
+                    return Ended::Stop;
+                }
+            }
         }
     }
 }

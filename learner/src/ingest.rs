@@ -3,16 +3,18 @@
 //! Each rollout is checked here (dtypes, shapes, finiteness, action range, a known policy
 //! version) and turned into plain [`Columns`]. A malformed rollout ends the stream with
 //! `InvalidArgument` naming the problem; other streams and training go on. Accepted rollouts go
-//! into a bounded queue; when it is full this stream stops reading, HTTP/2 flow control fills
-//! up, and the actor's send waits.
+//! into a bounded queue and are acknowledged once there: the ack is the actor's credit for its
+//! next rollout, so when the learner falls behind, actors wait, and no rollout sits in
+//! transport buffers for long (that lag would make the data stale).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use proto::v1::learner_server::Learner;
-use proto::v1::{Rollout, RolloutStreamSummary};
+use proto::v1::{Rollout, RolloutAck};
 use proto::TensorView;
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use troupe::telemetry::names;
 use troupe::Error;
@@ -132,43 +134,68 @@ fn reject_reason(e: &Error) -> &'static str {
 
 #[tonic::async_trait]
 impl Learner for LearnerService {
+    type StreamRolloutsStream = ReceiverStream<Result<RolloutAck, tonic::Status>>;
+
     async fn stream_rollouts(
         &self,
         request: tonic::Request<tonic::Streaming<Rollout>>,
-    ) -> Result<tonic::Response<RolloutStreamSummary>, tonic::Status> {
-        let _gauge = StreamGauge::open();
-        let mut stream = request.into_inner();
-        let mut accepted = 0u64;
-        loop {
-            let next = tokio::select! {
-                m = stream.message() => m?,
-                _ = self.shutdown.cancelled() => None,
-            };
-            let Some(rollout) = next else { break };
-            let actor_id = rollout.actor_id;
-            let cols = match validate(&rollout, &self.spec, self.latest_version.load(Ordering::Acquire)) {
-                Ok(c) => c,
-                Err(e) => {
-                    metrics::counter!(names::LEARNER_ROLLOUTS_REJECTED, "reason" => reject_reason(&e)).increment(1);
-                    tracing::warn!(actor_id, error = %e, "rejected a malformed rollout");
-                    return Err(e.into());
+    ) -> Result<tonic::Response<Self::StreamRolloutsStream>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        let (acks, out) = mpsc::channel(ACK_BUFFER);
+        let (spec, latest, queue, shutdown) = (
+            self.spec.clone(),
+            self.latest_version.clone(),
+            self.queue.clone(),
+            self.shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            let _gauge = StreamGauge::open();
+            let mut accepted = 0u64;
+            loop {
+                let next = tokio::select! {
+                    m = inbound.message() => m,
+                    _ = shutdown.cancelled() => return,
+                };
+                let rollout = match next {
+                    Ok(Some(r)) => r,
+                    Ok(None) => return, // the actor closed its side
+                    Err(status) => {
+                        tracing::debug!(code = ?status.code(), "rollout stream broke");
+                        return;
+                    }
+                };
+                let cols = match validate(&rollout, &spec, latest.load(Ordering::Acquire)) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        metrics::counter!(names::LEARNER_ROLLOUTS_REJECTED, "reason" => reject_reason(&e)).increment(1);
+                        tracing::warn!(actor_id = rollout.actor_id, error = %e, "rejected a malformed rollout");
+                        let _ = acks.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                // Bounded: the ack (the actor's next credit) waits until there is room.
+                let queued = tokio::select! {
+                    r = queue.send(cols) => r.is_ok(),
+                    _ = shutdown.cancelled() => false,
+                };
+                if !queued {
+                    return;
                 }
-            };
-            // Bounded: waits (and so stops reading this stream) while the learner is behind.
-            let sent = tokio::select! {
-                r = self.queue.send(cols) => r.is_ok(),
-                _ = self.shutdown.cancelled() => false,
-            };
-            if !sent {
-                break;
+                metrics::gauge!(names::LEARNER_QUEUE_DEPTH).set((queue.max_capacity() - queue.capacity()) as f64);
+                metrics::counter!(names::LEARNER_ROLLOUTS).increment(1);
+                accepted += 1;
+                if acks.send(Ok(RolloutAck { accepted })).await.is_err() {
+                    return; // the actor went away
+                }
             }
-            metrics::gauge!(names::LEARNER_QUEUE_DEPTH).set((self.queue.max_capacity() - self.queue.capacity()) as f64);
-            metrics::counter!(names::LEARNER_ROLLOUTS).increment(1);
-            accepted += 1;
-        }
-        Ok(tonic::Response::new(RolloutStreamSummary { accepted }))
+        });
+        Ok(tonic::Response::new(ReceiverStream::new(out)))
     }
 }
+
+/// Acks waiting to be read by the actor; it holds at most max_in_flight unacked rollouts, so a
+/// few slots are plenty.
+const ACK_BUFFER: usize = 8;
 
 #[cfg(test)]
 mod tests {
