@@ -156,7 +156,14 @@ impl Trainer {
             },
         );
         let values = values_all.narrow(0, 0, t);
-        let pg_loss = -(&action_log_probs * &vt.pg_advantages).mean(Kind::Float);
+        let advantages = if self.cfg.normalize_advantages {
+            // Without this, a value net that lags rising returns makes nearly every advantage
+            // large and positive, and the policy drifts into always taking one action.
+            (&vt.pg_advantages - vt.pg_advantages.mean(Kind::Float)) / (vt.pg_advantages.std(true) + 1e-8)
+        } else {
+            vt.pg_advantages.shallow_clone()
+        };
+        let pg_loss = -(&action_log_probs * &advantages).mean(Kind::Float);
         let baseline_loss = (&vt.vs - &values).square().mean(Kind::Float) * 0.5;
         let entropy = -(log_probs.exp() * &log_probs)
             .sum_dim_intlist(-1, false, Kind::Float)

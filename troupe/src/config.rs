@@ -48,6 +48,8 @@ pub struct ActorConfig {
     pub unroll_length: usize,
     /// Seconds between heartbeats to the coordinator.
     pub heartbeat_interval_s: f64,
+    /// Rollouts an actor may have sent that the learner has not yet acknowledged.
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +78,8 @@ pub struct LearnerConfig {
     pub pg_rho_bar: f64,
     pub baseline_cost: f64,
     pub entropy_cost: f64,
+    /// Normalise the policy-gradient advantages of each batch to mean 0, std 1.
+    pub normalize_advantages: bool,
     pub max_grad_norm: f64,
     /// Publish the weights as a new policy version every K updates.
     pub publish_every: u64,
@@ -119,6 +123,7 @@ impl Default for ActorConfig {
             num_envs: 16,
             unroll_length: 32,
             heartbeat_interval_s: 1.0,
+            max_in_flight: 2,
         }
     }
 }
@@ -137,6 +142,7 @@ impl Default for LearnerConfig {
             pg_rho_bar: 1.0,
             baseline_cost: 0.5,
             entropy_cost: 0.01,
+            normalize_advantages: true,
             max_grad_norm: 40.0,
             publish_every: 4,
             queue_capacity: 16,
