@@ -131,9 +131,9 @@ impl Default for ActorConfig {
 impl Default for LearnerConfig {
     fn default() -> Self {
         LearnerConfig {
-            batch_size: 32,
+            batch_size: 64,
             optimizer: Optimizer::Adam,
-            learning_rate: 1e-3,
+            learning_rate: 5e-4,
             rmsprop_alpha: 0.99,
             rmsprop_eps: 1e-5,
             discount: 0.99,
@@ -144,8 +144,8 @@ impl Default for LearnerConfig {
             entropy_cost: 0.01,
             normalize_advantages: true,
             max_grad_norm: 40.0,
-            publish_every: 4,
-            queue_capacity: 16,
+            publish_every: 1,
+            queue_capacity: 4,
         }
     }
 }
