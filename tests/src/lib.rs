@@ -1,0 +1,340 @@
+//! A harness for cluster tests: starts Redis and the real `coordinator`, `learner` and `actor`
+//! binaries as processes on port 0, waits for their ready files, and talks to them over gRPC.
+//!
+//! The binaries are found next to the test executable (`target/<profile>/`); build them first
+//! (`cargo build --release --workspace --bins`, as scripts/test.sh does).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use proto::v1::coordinator_client::CoordinatorClient;
+use proto::v1::{StatusRequest, StatusResponse};
+use tonic::transport::Channel;
+
+/// Where the workspace's binaries are: the test executable lives in target/<profile>/deps.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --release --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Polls `check` until it returns `Ok(Some(v))` or `patience` runs out.
+pub async fn eventually<T, F, Fut>(what: &str, patience: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + patience;
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: not within {patience:?} (last error: {last_err:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A child process killed (SIGKILL) when dropped. Its output goes to a log file.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+    pub ready: Option<PathBuf>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, dir: &Path, mut cmd: Command) -> anyhow::Result<Proc> {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log)?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .env("RUST_LOG", "info")
+            .spawn()
+            .with_context(|| format!("spawning {name}"))?;
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+            log,
+            ready: None,
+        })
+    }
+
+    /// Waits for the ready file and returns its JSON.
+    pub async fn wait_ready(&mut self, patience: Duration) -> anyhow::Result<serde_json::Value> {
+        let path = self.ready.clone().context("no ready file")?;
+        let name = self.name.clone();
+        let res = eventually(&format!("{name} ready"), patience, || {
+            let exited = self.child.try_wait().ok().flatten();
+            let path = path.clone();
+            async move {
+                if let Some(status) = exited {
+                    bail!("exited at start-up with {status}");
+                }
+                match std::fs::read(&path) {
+                    Ok(b) => Ok(Some(serde_json::from_slice(&b)?)),
+                    Err(_) => Ok(None),
+                }
+            }
+        })
+        .await;
+        res.map_err(|e| anyhow::anyhow!("{e}\n--- {} log ---\n{}", self.name, self.log_tail(30)))
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid touches no memory of ours.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait up to `patience` for a clean exit; returns the exit status.
+    pub fn terminate(&mut self, patience: Duration) -> Option<std::process::ExitStatus> {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + patience;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A private Redis on a unix socket in the cluster's temp dir.
+pub fn start_redis(dir: &Path) -> anyhow::Result<(Proc, String)> {
+    let sock = dir.join("redis.sock");
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        "0",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--unixsocket",
+    ])
+    .arg(&sock);
+    let proc = Proc::spawn("redis", dir, cmd)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        if Instant::now() > deadline {
+            bail!("redis did not create its socket: {}", proc.log_tail(10));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((proc, format!("redis+unix://{}", sock.display())))
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub redis: Proc,
+    pub redis_url: String,
+    pub config_path: PathBuf,
+    pub coordinator: Proc,
+    pub coordinator_addr: String,
+    pub learner: Option<Proc>,
+    pub learner_metrics: String,
+    pub learner_addr: String,
+    pub actors: Vec<Proc>,
+    next_actor: usize,
+}
+
+impl Cluster {
+    /// Redis, a coordinator with `config` (TOML text) and a learner; no actors yet.
+    pub async fn start(config: &troupe::RunConfig) -> anyhow::Result<Cluster> {
+        let dir = tempfile::tempdir()?;
+        let (redis, redis_url) = start_redis(dir.path())?;
+        let config_path = dir.path().join("run.toml");
+        std::fs::write(&config_path, config.to_toml())?;
+        let (coordinator, coordinator_addr) =
+            start_coordinator(dir.path(), &config_path, &redis_url, "127.0.0.1:0").await?;
+        let mut cluster = Cluster {
+            dir,
+            redis,
+            redis_url,
+            config_path,
+            coordinator,
+            coordinator_addr,
+            learner: None,
+            learner_metrics: String::new(),
+            learner_addr: String::new(),
+            actors: Vec::new(),
+            next_actor: 0,
+        };
+        cluster.start_learner().await?;
+        Ok(cluster)
+    }
+
+    pub async fn start_learner(&mut self) -> anyhow::Result<()> {
+        let ready = self.dir.path().join("learner.json");
+        let _ = std::fs::remove_file(&ready);
+        let mut cmd = Command::new(bin("learner"));
+        cmd.args([
+            "--coordinator",
+            &self.coordinator_addr,
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--device",
+            "cpu",
+            "--ready-file",
+        ])
+        .arg(&ready);
+        let mut p = Proc::spawn("learner", self.dir.path(), cmd)?;
+        p.ready = Some(ready);
+        let info = p.wait_ready(Duration::from_secs(60)).await?;
+        self.learner_addr = format!("http://{}", info["grpc"].as_str().context("grpc")?);
+        self.learner_metrics = info["metrics"].as_str().context("metrics")?.to_string();
+        self.learner = Some(p);
+        Ok(())
+    }
+
+    /// Starts one more actor and waits until it has registered.
+    pub async fn add_actor(&mut self) -> anyhow::Result<u64> {
+        self.next_actor += 1;
+        let name = format!("actor-{}", self.next_actor);
+        let ready = self.dir.path().join(format!("{name}.json"));
+        let mut cmd = Command::new(bin("actor"));
+        cmd.args([
+            "--coordinator",
+            &self.coordinator_addr,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--ready-file",
+        ])
+        .arg(&ready);
+        let mut p = Proc::spawn(&name, self.dir.path(), cmd)?;
+        p.ready = Some(ready);
+        let info = p.wait_ready(Duration::from_secs(60)).await?;
+        self.actors.push(p);
+        info["actor_id"].as_u64().context("actor_id")
+    }
+
+    pub async fn client(&self) -> anyhow::Result<CoordinatorClient<Channel>> {
+        Ok(
+            CoordinatorClient::new(troupe::process::grpc_channel(&self.coordinator_addr)?)
+                .max_decoding_message_size(proto::MAX_MESSAGE_BYTES),
+        )
+    }
+
+    pub async fn status(&self) -> anyhow::Result<StatusResponse> {
+        Ok(self.client().await?.status(StatusRequest {}).await?.into_inner())
+    }
+
+    /// Kills the coordinator (SIGKILL) and starts a new one on the same port and Redis.
+    pub async fn restart_coordinator(&mut self) -> anyhow::Result<()> {
+        self.coordinator.kill9();
+        let addr = self.coordinator_addr.trim_start_matches("http://").to_string();
+        let (c, a) = start_coordinator(self.dir.path(), &self.config_path, &self.redis_url, &addr).await?;
+        self.coordinator = c;
+        self.coordinator_addr = a;
+        Ok(())
+    }
+
+    /// Logs of every process, for a failed test's message.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        let procs = std::iter::once(&self.coordinator)
+            .chain(self.learner.iter())
+            .chain(self.actors.iter());
+        for p in procs {
+            out.push_str(&format!("\n--- {} ---\n{}\n", p.name, p.log_tail(15)));
+        }
+        out
+    }
+}
+
+async fn start_coordinator(dir: &Path, config: &Path, redis_url: &str, listen: &str) -> anyhow::Result<(Proc, String)> {
+    let ready = dir.join("coordinator.json");
+    let _ = std::fs::remove_file(&ready);
+    let mut cmd = Command::new(bin("coordinator"));
+    cmd.arg("--config")
+        .arg(config)
+        .args([
+            "--listen",
+            listen,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--redis-url",
+            redis_url,
+            "--ready-file",
+        ])
+        .arg(&ready);
+    let mut p = Proc::spawn("coordinator", dir, cmd)?;
+    p.ready = Some(ready);
+    let info = p.wait_ready(Duration::from_secs(30)).await?;
+    let addr = format!("http://{}", info["grpc"].as_str().context("grpc")?);
+    Ok((p, addr))
+}
+
+/// GETs a Prometheus scrape over plain HTTP/1.0.
+pub fn scrape(addr: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body)
+}
+
+/// The value of a metric line (first match of `name` followed by optional labels).
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(name) && (l[name.len()..].starts_with(' ') || l[name.len()..].starts_with('{')))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The shipped CartPole config, for a test to adjust.
+pub fn cartpole_config() -> troupe::RunConfig {
+    troupe::RunConfig::from_file(&repo_root().join("configs/cartpole.toml")).expect("configs/cartpole.toml")
+}

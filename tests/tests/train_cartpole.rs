@@ -1,0 +1,121 @@
+//! Learning is tested: the shipped config trains CartPole-v1 on a real cluster (Redis, the
+//! coordinator, the learner and 2 actors as processes) to a mean return of at least 475 over
+//! the last 100 episodes, within a time bound that holds on 2 cores.
+
+use std::time::{Duration, Instant};
+
+use tests::{cartpole_config, eventually, metric, scrape, Cluster};
+
+/// Measured here at about 30 s on 2 cores; the bound leaves room for a slow CI machine.
+const SOLVE_WITHIN: Duration = Duration::from_secs(300);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cartpole_is_solved_by_a_local_cluster() -> anyhow::Result<()> {
+    let config = cartpole_config();
+    let mut cluster = Cluster::start(&config).await?;
+    cluster.add_actor().await?;
+    cluster.add_actor().await?;
+    let start = Instant::now();
+    let solved = eventually("mean return of the last 100 episodes >= 475", SOLVE_WITHIN, || async {
+        let s = cluster.status().await?;
+        Ok((s.episodes_in_mean == 100 && s.mean_return_100 >= 475.0).then_some(s))
+    })
+    .await;
+    let s = match solved {
+        Ok(s) => s,
+        Err(e) => panic!(
+            "{e}\nlast status: {:?}\n{}",
+            cluster
+                .status()
+                .await
+                .ok()
+                .map(|s| (s.frames, s.mean_return_100, s.latest_version)),
+            cluster.logs()
+        ),
+    };
+    println!(
+        "solved in {:.1}s: {} frames, mean return {:.1}, policy v{}",
+        start.elapsed().as_secs_f64(),
+        s.frames,
+        s.mean_return_100,
+        s.latest_version
+    );
+    assert!(s.mean_return_100 <= 500.0, "CartPole-v1 returns are capped at 500");
+    assert_eq!(s.actors.len(), 2);
+    assert!(s.latest_version > 1, "the learner published trained versions");
+
+    // The learner trained on what the actors sent, on the CPU, and says so in its metrics.
+    let m = scrape(&cluster.learner_metrics)?;
+    let updates = metric(&m, "troupe_learner_updates_total").unwrap_or(0.0);
+    let frames = metric(&m, "troupe_learner_frames_total").unwrap_or(0.0);
+    assert!(updates > 10.0, "{updates}");
+    let per_update = (config.actor.unroll_length * config.learner.batch_size) as f64;
+    assert!(
+        (frames - updates * per_update).abs() <= per_update,
+        "each update consumes T x B frames: {frames} frames, {updates} updates"
+    );
+    assert!(m.contains("troupe_learner_device_info{device=\"cpu\"} 1"), "{m}");
+
+    // The solved policy is a safetensors blob with the documented tensor names.
+    let mut client = cluster.client().await?;
+    let (meta, blob) = troupe::client::fetch_policy(&mut client, 0).await?;
+    assert!(meta.version >= s.latest_version);
+    assert!(meta.learner_step > 0 && meta.frames > 0 && meta.parent_version + 1 == meta.version);
+    let st = safetensors::SafeTensors::deserialize(&blob)?;
+    let mut names: Vec<&str> = st.names().into_iter().collect();
+    names.sort();
+    let mut want = Vec::new();
+    for net in ["policy", "value"] {
+        want.extend([format!("{net}.head.bias"), format!("{net}.head.weight")]);
+        for i in 0..2 {
+            want.extend([format!("{net}.torso.{i}.bias"), format!("{net}.torso.{i}.weight")]);
+        }
+    }
+    want.sort();
+    assert_eq!(names, want);
+    assert_eq!(st.tensor("policy.torso.0.weight")?.shape(), &[64, 4]);
+    assert_eq!(st.tensor("policy.head.weight")?.shape(), &[2, 64]);
+
+    // A user can load it in PyTorch (strict names and shapes) and it plays CartPole well.
+    let path = cluster.dir.path().join("policy.safetensors");
+    std::fs::write(&path, &blob)?;
+    let out = std::process::Command::new("python3")
+        .arg(tests::repo_root().join("scripts/load_policy.py"))
+        .arg(&path)
+        .args(["--episodes", "20"])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "load_policy.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let greedy = report["mean_return"].as_f64().unwrap_or(0.0);
+    println!("greedy return of the solved policy in PyTorch: {greedy}");
+    assert!(greedy >= 300.0, "{report}");
+
+    // Every process drains on SIGTERM and exits cleanly.
+    for a in &mut cluster.actors {
+        assert_eq!(
+            a.terminate(Duration::from_secs(15)).map(|s| s.success()),
+            Some(true),
+            "{} exits 0",
+            a.name
+        );
+    }
+    let learner = cluster.learner.as_mut().unwrap();
+    assert_eq!(
+        learner.terminate(Duration::from_secs(30)).map(|s| s.success()),
+        Some(true),
+        "learner exits 0"
+    );
+    assert_eq!(
+        cluster
+            .coordinator
+            .terminate(Duration::from_secs(15))
+            .map(|s| s.success()),
+        Some(true),
+        "coordinator exits 0"
+    );
+    Ok(())
+}
