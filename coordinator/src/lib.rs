@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use proto::v1::coordinator_server::CoordinatorServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use troupe::RunConfig;
 
@@ -77,7 +76,7 @@ pub async fn run(
                 .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(troupe::process::incoming(listener), shutdown.cancelled_owned())
         .await?;
     tracing::info!("drained");
     Ok(())

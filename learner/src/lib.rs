@@ -26,7 +26,6 @@ use proto::v1::learner_server::LearnerServer;
 use proto::v1::RegisterLearnerRequest;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use troupe::process::{grpc_channel, write_ready_file, Backoff};
 use troupe::telemetry::names;
@@ -176,7 +175,7 @@ pub async fn run(
                 .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(troupe::process::incoming(listener), shutdown.clone().cancelled_owned());
     server.await?;
 
     // Drain: the model thread finishes its update and snapshots once more; the publisher
