@@ -6,11 +6,8 @@ use troupe::telemetry;
 async fn main() -> anyhow::Result<()> {
     let args = actor::Args::parse();
     telemetry::init_tracing(args.log_json);
-    let metrics = telemetry::install_metrics()?;
-    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen).await?;
-    let metrics_addr = metrics_listener.local_addr()?;
     let shutdown = shutdown_token();
-    tokio::spawn(telemetry::serve_metrics(metrics_listener, metrics, shutdown.clone()));
+    let metrics_addr = telemetry::start_metrics(args.metrics_listen, shutdown.clone()).await?;
 
     let reg = match actor::register(&args.coordinator, &shutdown).await {
         Ok(Some(reg)) => reg,

@@ -67,10 +67,7 @@ pub async fn run(
         )?;
     }
     tracing::info!(listen = %local, "coordinator serving");
-    tonic::transport::Server::builder()
-        .http2_adaptive_window(Some(true))
-        .http2_keepalive_interval(Some(Duration::from_secs(5)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+    troupe::process::grpc_server()
         .add_service(
             CoordinatorServer::new(service)
                 .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)

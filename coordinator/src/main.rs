@@ -14,11 +14,8 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(EXIT_USAGE);
         }
     };
-    let metrics = telemetry::install_metrics()?;
-    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_listen).await?;
-    let metrics_addr = metrics_listener.local_addr()?;
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let shutdown = shutdown_token();
-    tokio::spawn(telemetry::serve_metrics(metrics_listener, metrics, shutdown.clone()));
+    let metrics_addr = telemetry::start_metrics(args.metrics_listen, shutdown.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
     coordinator::run(args, config, listener, metrics_addr, shutdown).await
 }

@@ -45,7 +45,7 @@ pub fn train(config: &RunConfig, updates: u64, seed: i64, lag: usize) -> (f64, f
         let cols = validate(&r, &rollout_spec, version).unwrap();
         if let Some(batch) = batcher.push(cols) {
             let stats = trainer.update(&batch);
-            if trainer.updates % config.learner.publish_every == 0 {
+            if trainer.updates.is_multiple_of(config.learner.publish_every) {
                 in_flight.push_back(trainer.snapshot());
                 if in_flight.len() > lag {
                     let snap = in_flight.pop_front().unwrap();
@@ -57,7 +57,7 @@ pub fn train(config: &RunConfig, updates: u64, seed: i64, lag: usize) -> (f64, f
             if returns.len() == 100 && mean >= 475.0 && solved_at.is_none() {
                 solved_at = Some(trainer.updates);
             }
-            if trainer.updates % 250 == 0 {
+            if trainer.updates.is_multiple_of(250) {
                 eprintln!(
                     "updates {} mean return {mean:.1} entropy {:.3}",
                     trainer.updates, stats.entropy

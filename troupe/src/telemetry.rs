@@ -208,10 +208,12 @@ pub fn init_tracing(json: bool) {
     }
 }
 
-/// Binds a metrics listener; `None` turns metrics serving off.
-pub async fn bind_metrics(addr: Option<SocketAddr>) -> std::io::Result<Option<TcpListener>> {
-    match addr {
-        Some(a) => Ok(Some(TcpListener::bind(a).await?)),
-        None => Ok(None),
-    }
+/// Installs the recorder, binds `addr` and serves `/metrics` there until `shutdown`; returns the
+/// bound address (port 0 picks a free one).
+pub async fn start_metrics(addr: SocketAddr, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
+    let handle = install_metrics()?;
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(serve_metrics(listener, handle, shutdown));
+    Ok(bound)
 }
