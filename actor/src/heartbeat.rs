@@ -25,10 +25,12 @@ pub async fn run(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut was_failing = false;
-    loop {
+    let mut last = false;
+    while !last {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = shutdown.cancelled() => break,
+            // One last report of what is left, then stop.
+            _ = shutdown.cancelled() => last = true,
         }
         let req = {
             let mut p = progress.lock().expect("progress lock");
@@ -40,7 +42,11 @@ pub async fn run(
             }
         };
         let mut call = tonic::Request::new(req.clone());
-        call.set_timeout(Duration::from_secs(5));
+        call.set_timeout(if last {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(5)
+        });
         match client.heartbeat(call).await {
             Ok(resp) => {
                 if was_failing {

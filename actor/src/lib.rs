@@ -160,18 +160,35 @@ pub async fn run(args: Args, reg: Registration, shutdown: CancellationToken) -> 
 
     let runtime = tokio::runtime::Handle::current();
     let runner_shutdown = shutdown.clone();
-    let runner = std::thread::Builder::new()
-        .name("env-runner".into())
-        .spawn(move || run_envs(reg, policy_rx, outbox_tx, progress, runtime, runner_shutdown))?;
+    let (runner_done_tx, runner_done) = tokio::sync::oneshot::channel::<()>();
+    let runner = std::thread::Builder::new().name("env-runner".into()).spawn(move || {
+        run_envs(reg, policy_rx, outbox_tx, progress, runtime, runner_shutdown);
+        let _ = runner_done_tx.send(());
+    })?;
 
-    shutdown.cancelled().await;
+    // Run until a signal, or until the env thread or a task stops on its own (a bug or a
+    // panic): then stop everything rather than live on doing nothing.
+    let failure = tokio::select! {
+        // Tasks end as soon as the token is cancelled, so a signal must win the race.
+        biased;
+        _ = shutdown.cancelled() => None,
+        _ = runner_done => Some("the env loop stopped"),
+        _ = tasks.join_next() => Some("a background task stopped"),
+    };
+    // Only the signal handler cancels the token: if it is cancelled, this is a signal stop.
+    let failure = failure.filter(|_| !shutdown.is_cancelled());
+    shutdown.cancel();
     // Tasks watch the token; give them a bounded time to finish.
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
         tracing::warn!("tasks did not stop within 5 s");
     }
-    let _ = tokio::task::spawn_blocking(move || runner.join()).await;
-    Ok(())
+    let joined = tokio::task::spawn_blocking(move || runner.join()).await;
+    match (failure, joined) {
+        (None, Ok(Ok(()))) => Ok(()),
+        (Some(why), _) => anyhow::bail!("actor stopping: {why}"),
+        (None, _) => anyhow::bail!("actor stopping: the env loop panicked"),
+    }
 }
 
 /// The env loop: waits for the first policy, then unrolls forever, switching weights between

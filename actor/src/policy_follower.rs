@@ -46,7 +46,19 @@ async fn follow(
         if meta.version <= *current {
             continue;
         }
-        let (_, blob) = troupe::client::fetch_policy(client, meta.version).await?;
+        let blob = match troupe::client::fetch_policy(client, meta.version).await {
+            Ok((_, blob)) => blob,
+            // Retention dropped it before we got there (versions come fast): a newer one is
+            // on its way on the watch stream.
+            Err(status) if status.code() == tonic::Code::NotFound => {
+                tracing::debug!(
+                    version = meta.version,
+                    "policy version gone before fetch, waiting for a newer one"
+                );
+                continue;
+            }
+            Err(status) => return Err(status),
+        };
         *current = meta.version;
         tracing::debug!(version = meta.version, bytes = blob.len(), "fetched policy");
         tx.send_replace(Some(Arc::new(PolicyUpdate {

@@ -16,6 +16,9 @@ use troupe::{Error, RunConfig};
 
 use crate::store::{Store, Totals, RETURN_WINDOW};
 
+/// Largest frame count one heartbeat may report (a sanity bound: 2^40).
+pub const MAX_FRAMES_PER_HEARTBEAT: u64 = 1 << 40;
+
 /// Largest policy blob accepted (1 GiB).
 pub const MAX_POLICY_BYTES: u64 = 1 << 30;
 
@@ -127,7 +130,8 @@ impl CoordinatorService {
             ))
             .into());
         }
-        let mut blob = Vec::with_capacity(meta.size_bytes as usize);
+        // Grow with the data rather than trusting the declared size up front.
+        let mut blob = Vec::with_capacity((meta.size_bytes as usize).min(proto::MAX_MESSAGE_BYTES));
         blob.extend_from_slice(&first.data);
         while let Some(chunk) = stream.message().await? {
             if chunk.meta.is_some() {
@@ -326,6 +330,8 @@ impl Coordinator for CoordinatorService {
 
     async fn pin_policy(&self, request: Request<PinPolicyRequest>) -> Result<Response<PolicyMeta>, Status> {
         let r = request.into_inner();
+        // Under the publish lock, so retention cannot drop the version between check and pin.
+        let _guard = self.publish_lock.lock().await;
         if self.store.meta(r.version).await?.is_none() {
             return Err(Error::NotFound(format!("policy version {} not found", r.version)).into());
         }
@@ -340,6 +346,18 @@ impl Coordinator for CoordinatorService {
 
     async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
         let r = request.into_inner();
+        if r.actor_id == 0 {
+            return Err(
+                Error::InvalidArgument("actor_id: expected an id from RegisterActor (>= 1), got 0".into()).into(),
+            );
+        }
+        if r.frames > MAX_FRAMES_PER_HEARTBEAT {
+            return Err(Error::InvalidArgument(format!(
+                "frames: expected at most {MAX_FRAMES_PER_HEARTBEAT} per heartbeat, got {}",
+                r.frames
+            ))
+            .into());
+        }
         if let Some((i, e)) = r
             .episodes
             .iter()
@@ -356,6 +374,9 @@ impl Coordinator for CoordinatorService {
         self.store.add_progress(r.frames, &returns).await?;
         {
             let mut actors = self.actors.lock().expect("lock");
+            // Forget actors silent for 10 timeouts, so restarts do not grow the map.
+            let forget = Duration::from_secs_f64(self.config.coordinator.actor_timeout_s) * 10;
+            actors.retain(|_, a| a.last_seen.elapsed() < forget);
             let entry = actors.entry(r.actor_id).or_insert_with(|| ActorEntry {
                 hostname: String::new(),
                 policy_version: 0,
@@ -364,13 +385,13 @@ impl Coordinator for CoordinatorService {
                 last_seen: Instant::now(),
             });
             entry.policy_version = r.policy_version;
-            entry.frames += r.frames;
+            entry.frames = entry.frames.saturating_add(r.frames);
             entry.episodes += returns.len() as u64;
             entry.last_seen = Instant::now();
         }
         let mean = {
             let mut s = self.stats.lock().expect("lock");
-            s.frames += r.frames;
+            s.frames = s.frames.saturating_add(r.frames);
             s.episodes += returns.len() as u64;
             for x in returns {
                 if s.returns.len() == RETURN_WINDOW {

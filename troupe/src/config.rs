@@ -239,6 +239,7 @@ impl RunConfig {
             0.01,
             60.0,
         )?;
+        check_range("actor.max_in_flight", self.actor.max_in_flight as f64, 1.0, 1024.0)?;
         check_range("learner.batch_size", l.batch_size as f64, 1.0, 65536.0)?;
         check_open_range("learner.learning_rate", l.learning_rate, 0.0, 1.0)?;
         check_open_range("learner.rmsprop_alpha", l.rmsprop_alpha, 0.0, 1.0)?;
@@ -351,6 +352,10 @@ mod tests {
             (
                 "[actor]\nnum_envs = 0",
                 "actor.num_envs: expected a value in [1, 4096], got 0",
+            ),
+            (
+                "[actor]\nmax_in_flight = 0",
+                "actor.max_in_flight: expected a value in [1, 1024], got 0",
             ),
             (
                 "[env]\nid = \"Pong\"",
