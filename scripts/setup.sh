@@ -29,6 +29,16 @@ troupe_install_redis() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
 }
 
+# promtool lints the /metrics output in the tests (Debian's prometheus package ships it).
+troupe_install_promtool() {
+  if command -v promtool >/dev/null 2>&1; then return; fi
+  troupe_log "installing promtool (apt: prometheus)"
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+}
+
 troupe_build() {
   troupe_log "building (release; target dir $CARGO_TARGET_DIR)"
   (cd "$TROUPE_ROOT" && cargo build --release --workspace --bins "$@")

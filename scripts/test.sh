@@ -6,6 +6,7 @@
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
 troupe_setup
+troupe_install_promtool
 cd "$TROUPE_ROOT"
 # Cluster tests start several processes each; run the test binaries one at a time (cargo's
 # default) and keep a failure in one from hiding the others.

@@ -178,10 +178,12 @@ pub struct Cluster {
     pub config_path: PathBuf,
     pub coordinator: Proc,
     pub coordinator_addr: String,
+    pub coordinator_metrics: String,
     pub learner: Option<Proc>,
     pub learner_metrics: String,
     pub learner_addr: String,
     pub actors: Vec<Proc>,
+    pub actor_metrics: Vec<String>,
     next_actor: usize,
 }
 
@@ -192,7 +194,7 @@ impl Cluster {
         let (redis, redis_url) = start_redis(dir.path())?;
         let config_path = dir.path().join("run.toml");
         std::fs::write(&config_path, config.to_toml())?;
-        let (coordinator, coordinator_addr) =
+        let (coordinator, coordinator_addr, coordinator_metrics) =
             start_coordinator(dir.path(), &config_path, &redis_url, "127.0.0.1:0").await?;
         let mut cluster = Cluster {
             dir,
@@ -201,10 +203,12 @@ impl Cluster {
             config_path,
             coordinator,
             coordinator_addr,
+            coordinator_metrics,
             learner: None,
             learner_metrics: String::new(),
             learner_addr: String::new(),
             actors: Vec::new(),
+            actor_metrics: Vec::new(),
             next_actor: 0,
         };
         cluster.start_learner().await?;
@@ -254,6 +258,8 @@ impl Cluster {
         p.ready = Some(ready);
         let info = p.wait_ready(Duration::from_secs(60)).await?;
         self.actors.push(p);
+        self.actor_metrics
+            .push(info["metrics"].as_str().context("metrics")?.to_string());
         info["actor_id"].as_u64().context("actor_id")
     }
 
@@ -272,9 +278,10 @@ impl Cluster {
     pub async fn restart_coordinator(&mut self) -> anyhow::Result<()> {
         self.coordinator.kill9();
         let addr = self.coordinator_addr.trim_start_matches("http://").to_string();
-        let (c, a) = start_coordinator(self.dir.path(), &self.config_path, &self.redis_url, &addr).await?;
+        let (c, a, m) = start_coordinator(self.dir.path(), &self.config_path, &self.redis_url, &addr).await?;
         self.coordinator = c;
         self.coordinator_addr = a;
+        self.coordinator_metrics = m;
         Ok(())
     }
 
@@ -291,7 +298,13 @@ impl Cluster {
     }
 }
 
-async fn start_coordinator(dir: &Path, config: &Path, redis_url: &str, listen: &str) -> anyhow::Result<(Proc, String)> {
+/// Returns the process, its gRPC URL and its metrics address.
+async fn start_coordinator(
+    dir: &Path,
+    config: &Path,
+    redis_url: &str,
+    listen: &str,
+) -> anyhow::Result<(Proc, String, String)> {
     let ready = dir.join("coordinator.json");
     let _ = std::fs::remove_file(&ready);
     let mut cmd = Command::new(bin("coordinator"));
@@ -311,7 +324,8 @@ async fn start_coordinator(dir: &Path, config: &Path, redis_url: &str, listen: &
     p.ready = Some(ready);
     let info = p.wait_ready(Duration::from_secs(30)).await?;
     let addr = format!("http://{}", info["grpc"].as_str().context("grpc")?);
-    Ok((p, addr))
+    let metrics = info["metrics"].as_str().context("metrics")?.to_string();
+    Ok((p, addr, metrics))
 }
 
 /// GETs a Prometheus scrape over plain HTTP/1.0.
