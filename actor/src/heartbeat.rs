@@ -34,6 +34,10 @@ pub async fn run(
         }
         let req = {
             let mut p = progress.lock().expect("progress lock");
+            let dropped = std::mem::take(&mut p.dropped_episodes);
+            if dropped > 0 {
+                tracing::warn!(dropped, "episode reports dropped while the coordinator was unreachable");
+            }
             HeartbeatRequest {
                 actor_id,
                 frames: std::mem::take(&mut p.frames),
