@@ -20,7 +20,7 @@ fn main() {
     let n = config.actor.num_envs;
     let seeds: Vec<u64> = (0..n as u64).collect();
     let mut runner = EnvRunner::new(&config, &seeds);
-    let net = cpu_policy(&EnvRunner::policy_spec(&config));
+    let net = cpu_policy(&troupe::policy::PolicySpec::for_run(&config));
     let mut episodes = 0u64;
     // Warm up, then measure.
     for _ in 0..20 {

@@ -203,7 +203,7 @@ fn run_envs(
 ) {
     tch::set_num_threads(1);
     tch::set_num_interop_threads(1);
-    let spec = runner::EnvRunner::policy_spec(&reg.config);
+    let spec = troupe::policy::PolicySpec::for_run(&reg.config);
     let mut net = runner::cpu_policy(&spec);
     let mut envs = runner::EnvRunner::new(&reg.config, &reg.env_seeds);
     let mut version = 0u64;

@@ -57,15 +57,6 @@ impl EnvRunner {
         }
     }
 
-    pub fn policy_spec(cfg: &RunConfig) -> PolicySpec {
-        let (observation_size, num_actions) = env::spec(&cfg.env.id).expect("validated env id");
-        PolicySpec {
-            observation_size,
-            num_actions,
-            hidden_sizes: cfg.model.hidden_sizes.clone(),
-        }
-    }
-
     pub fn num_envs(&self) -> usize {
         self.envs.len()
     }
@@ -182,7 +173,7 @@ mod tests {
         let mut cfg = RunConfig::default();
         cfg.actor.unroll_length = 64;
         let mut runner = EnvRunner::new(&cfg, &[1, 2, 3]);
-        let net = cpu_policy(&EnvRunner::policy_spec(&cfg));
+        let net = cpu_policy(&troupe::policy::PolicySpec::for_run(&cfg));
         let mut episodes = Vec::new();
         let r = runner.unroll(&net, 7, 3, &mut |e| episodes.push(e));
         assert_eq!((r.actor_id, r.policy_version), (7, 3));

@@ -108,12 +108,8 @@ pub async fn run(
     };
     tracing::info!(advertise = %advertise, latest_version = latest, "registered with the coordinator");
 
-    let (obs_size, num_actions) = troupe::env::spec(&config.env.id).expect("validated env id");
-    let spec = troupe::policy::PolicySpec {
-        observation_size: obs_size,
-        num_actions,
-        hidden_sizes: config.model.hidden_sizes.clone(),
-    };
+    let spec = troupe::policy::PolicySpec::for_run(&config);
+    let (obs_size, num_actions) = (spec.observation_size, spec.num_actions);
     tch::manual_seed(args.seed);
     let mut trainer = trainer::Trainer::new(&config, &spec, device)?;
     if latest > 0 {

@@ -75,10 +75,6 @@ impl Trainer {
         })
     }
 
-    pub fn net(&self) -> &PolicyNet {
-        &self.net
-    }
-
     /// Starts from stored weights (a restarted learner resumes from the latest version).
     pub fn load(&mut self, version: u64, learner_step: u64, frames: u64, blob: &[u8]) -> anyhow::Result<()> {
         self.net.load_safetensors(blob)?;

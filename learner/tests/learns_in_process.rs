@@ -15,7 +15,7 @@ use troupe::RunConfig;
 pub fn train(config: &RunConfig, updates: u64, seed: i64, lag: usize) -> (f64, f64) {
     tch::manual_seed(seed);
     tch::set_num_threads(1);
-    let spec = EnvRunner::policy_spec(config);
+    let spec = troupe::policy::PolicySpec::for_run(config);
     let seeds: Vec<u64> = (0..config.actor.num_envs as u64)
         .map(|i| i + 1000 * seed as u64)
         .collect();

@@ -183,14 +183,6 @@ impl<'a> TensorView<'a> {
         })
     }
 
-    pub fn len(&self) -> usize {
-        self.shape.iter().product()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Decodes the elements. The dtype was checked in [`TensorView::new`].
     pub fn to_vec<T: ElementType>(&self) -> Vec<T> {
         self.data.chunks_exact(T::SIZE).map(T::read_le).collect()

@@ -38,6 +38,18 @@ pub struct PolicySpec {
     pub hidden_sizes: Vec<usize>,
 }
 
+impl PolicySpec {
+    /// The network a run config asks for: its environment's sizes and the model's widths.
+    pub fn for_run(cfg: &crate::RunConfig) -> PolicySpec {
+        let (observation_size, num_actions) = crate::env::spec(&cfg.env.id).expect("validated env id");
+        PolicySpec {
+            observation_size,
+            num_actions,
+            hidden_sizes: cfg.model.hidden_sizes.clone(),
+        }
+    }
+}
+
 /// An MLP: ReLU hidden layers and a linear head.
 struct Mlp {
     torso: Vec<nn::Linear>,
@@ -98,14 +110,6 @@ impl PolicyNet {
 
     pub fn var_store(&self) -> &nn::VarStore {
         &self.vs
-    }
-
-    pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
-        &mut self.vs
-    }
-
-    pub fn device(&self) -> Device {
-        self.vs.device()
     }
 
     /// `obs` is `[.., observation_size]`; returns logits `[.., num_actions]` and values `[..]`.
