@@ -438,12 +438,7 @@ impl Coordinator for CoordinatorService {
             let s = self.stats.lock().expect("lock");
             (s.frames, s.episodes, s.mean_return(), s.returns.len())
         };
-        let mut policies = Vec::new();
-        for v in self.store.versions().await? {
-            if let Some(m) = self.store.meta(v).await? {
-                policies.push(m);
-            }
-        }
+        let policies = self.store.all_meta().await?;
         Ok(Response::new(StatusResponse {
             latest_version: self.latest_version(),
             frames,

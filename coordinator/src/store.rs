@@ -33,6 +33,23 @@ pub struct Store {
     prefix: String,
 }
 
+/// A version's metadata from its Redis hash; `None` if the hash is gone (dropped by retention).
+fn meta_from_hash(h: &HashMap<String, u64>, pinned: bool) -> Option<PolicyMeta> {
+    if h.is_empty() {
+        return None;
+    }
+    let get = |k: &str| h.get(k).copied().unwrap_or(0);
+    Some(PolicyMeta {
+        version: get("version"),
+        learner_step: get("learner_step"),
+        frames: get("frames"),
+        created_unix_ms: get("created_unix_ms"),
+        parent_version: get("parent_version"),
+        size_bytes: get("size_bytes"),
+        pinned,
+    })
+}
+
 /// Totals recovered at start-up.
 #[derive(Debug, Default, Clone)]
 pub struct Totals {
@@ -92,21 +109,34 @@ impl Store {
 
     pub async fn meta(&self, version: u64) -> Result<Option<PolicyMeta>, Error> {
         let mut c = self.conn.clone();
-        let h: HashMap<String, u64> = c.hgetall(self.meta_key(version)).await.map_err(redis_err)?;
-        if h.is_empty() {
-            return Ok(None);
+        let (h, pinned): (HashMap<String, u64>, bool) = redis::pipe()
+            .hgetall(self.meta_key(version))
+            .sismember(self.key("pinned"), version)
+            .query_async(&mut c)
+            .await
+            .map_err(redis_err)?;
+        Ok(meta_from_hash(&h, pinned))
+    }
+
+    /// Metadata of every stored version, oldest first, in one round trip.
+    pub async fn all_meta(&self) -> Result<Vec<PolicyMeta>, Error> {
+        let mut c = self.conn.clone();
+        let (versions, pinned): (Vec<u64>, Vec<u64>) = redis::pipe()
+            .zrange(self.key("policies"), 0, -1)
+            .smembers(self.key("pinned"))
+            .query_async(&mut c)
+            .await
+            .map_err(redis_err)?;
+        let mut p = redis::pipe();
+        for &v in &versions {
+            p.hgetall(self.meta_key(v));
         }
-        let pinned: bool = c.sismember(self.key("pinned"), version).await.map_err(redis_err)?;
-        let get = |k: &str| h.get(k).copied().unwrap_or(0);
-        Ok(Some(PolicyMeta {
-            version: get("version"),
-            learner_step: get("learner_step"),
-            frames: get("frames"),
-            created_unix_ms: get("created_unix_ms"),
-            parent_version: get("parent_version"),
-            size_bytes: get("size_bytes"),
-            pinned,
-        }))
+        let hashes: Vec<HashMap<String, u64>> = p.query_async(&mut c).await.map_err(redis_err)?;
+        Ok(hashes
+            .iter()
+            .zip(&versions)
+            .filter_map(|(h, v)| meta_from_hash(h, pinned.contains(v)))
+            .collect())
     }
 
     pub async fn latest(&self) -> Result<Option<PolicyMeta>, Error> {
