@@ -2,11 +2,20 @@
 # Everything expensive lives under ~/.cache/troupe, keyed by version, so a repeat run is fast and
 # a fresh machine still works.
 TORCH_VERSION=2.11.0
+TROUPE_ROOT=${TROUPE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 TROUPE_CACHE=${TROUPE_CACHE:-$HOME/.cache/troupe}
 TROUPE_VENV=$TROUPE_CACHE/torch-$TORCH_VERSION
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$TROUPE_CACHE/target}
 export LIBTORCH_USE_PYTORCH=1
-export PATH="$TROUPE_VENV/bin:$PATH"
-if [ -d "$TROUPE_VENV" ]; then
-  export LD_LIBRARY_PATH="$("$TROUPE_VENV/bin/python3" -c 'import os,torch;print(os.path.join(os.path.dirname(torch.__file__),"lib"))' 2>/dev/null):${LD_LIBRARY_PATH:-}"
+# The actor embeds this machine's CPython (3.11, built shared) through PyO3; hosted envs import
+# their packages from the envs venv (scripts/requirements-envs.txt), put on PYTHONPATH at run time.
+if [ -z "${PYO3_PYTHON:-}" ]; then
+  export PYO3_PYTHON=$(python3 -c 'import sys; print(sys.executable)')
 fi
+ENVS_REQ_HASH=$(sha256sum "$TROUPE_ROOT/scripts/requirements-envs.txt" | cut -c1-12)
+TROUPE_ENVS_VENV=$TROUPE_CACHE/envs-py311-$ENVS_REQ_HASH
+export TROUPE_PYTHON=$TROUPE_ENVS_VENV/bin/python
+export TROUPE_ENVS_SITE=$TROUPE_ENVS_VENV/lib/python3.11/site-packages
+export PATH="$TROUPE_VENV/bin:$PATH"
+# libtorch's directory, without importing torch (that takes seconds).
+export LD_LIBRARY_PATH="$TROUPE_VENV/lib/python3.11/site-packages/torch/lib:${LD_LIBRARY_PATH:-}"

@@ -17,7 +17,19 @@ troupe_install_torch() {
   python3 -m venv "$TROUPE_VENV"
   "$TROUPE_VENV/bin/pip" install --quiet --disable-pip-version-check "torch==$TORCH_VERSION" "safetensors>=0.4" numpy
   touch "$TROUPE_VENV/.complete"
-  export LD_LIBRARY_PATH="$("$TROUPE_VENV/bin/python3" -c 'import os,torch;print(os.path.join(os.path.dirname(torch.__file__),"lib"))'):${LD_LIBRARY_PATH:-}"
+}
+
+# The Python packages hosted envs import (gymnasium, minatar, ale-py...), pinned, in their own
+# venv keyed by the requirements file's hash. The actor embeds CPython and finds them through
+# PYTHONPATH; the tests compare native envs against Gymnasium with this venv's python.
+troupe_install_envs() {
+  if [ -f "$TROUPE_ENVS_VENV/.complete" ]; then return; fi
+  troupe_log "installing hosted-env packages into $TROUPE_ENVS_VENV (once)"
+  rm -rf "$TROUPE_ENVS_VENV"
+  mkdir -p "$TROUPE_CACHE"
+  python3 -m venv "$TROUPE_ENVS_VENV"
+  "$TROUPE_ENVS_VENV/bin/pip" install --quiet --disable-pip-version-check -r "$TROUPE_ROOT/scripts/requirements-envs.txt"
+  touch "$TROUPE_ENVS_VENV/.complete"
 }
 
 troupe_install_redis() {
@@ -47,6 +59,7 @@ troupe_build() {
 
 troupe_setup() {
   troupe_install_torch
+  troupe_install_envs
   troupe_install_redis
   troupe_build "$@"
 }

@@ -1,37 +1,47 @@
 //! Benchmark (a): one actor's bare loop, env steps plus the batched CPU policy forward, in one
 //! process with no network. Prints one JSON line.
 //!
-//!   cargo bench --workspace --bench bare_loop [-- SECONDS]
+//!   cargo bench -p actor --bench bare_loop [-- SECONDS [CONFIG]]
+//!
+//! CONFIG defaults to configs/cartpole.toml; with a Python-hosted env config (PYTHONPATH at
+//! the envs venv) it measures the host's overhead.
 
 use std::time::Instant;
 
-use actor::runner::{cpu_policy, EnvRunner};
+use actor::runner::EnvRunner;
+use troupe::model::{Model, ModelSpec};
 use troupe::RunConfig;
 
 fn main() {
-    let seconds: f64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(5.0);
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let seconds: f64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(5.0);
+    let path = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/cartpole.toml").to_string());
     tch::set_num_threads(1);
     tch::set_num_interop_threads(1);
-    let config = RunConfig::from_file(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../configs/cartpole.toml"
-    )))
-    .expect("configs/cartpole.toml");
+    let config = RunConfig::from_file(std::path::Path::new(&path)).expect("run config");
     let n = config.actor.num_envs;
     let seeds: Vec<u64> = (0..n as u64).collect();
-    let mut runner = EnvRunner::new(&config, &seeds);
-    let net = cpu_policy(&troupe::policy::PolicySpec::for_run(&config));
+    let env = actor::envs::make(&config.env, &seeds).expect("env");
+    let spec = ModelSpec {
+        env: env.spec().clone(),
+        model: config.model.clone(),
+    };
+    let net = Model::new(&spec, tch::Device::Cpu).expect("model");
+    let mut runner = EnvRunner::new(env, config.actor.unroll_length, net.state_size(), 1).expect("runner");
     let mut episodes = 0u64;
     // Warm up, then measure.
     for _ in 0..20 {
-        runner.unroll(&net, 1, 1, &mut |_| {});
+        runner.unroll(&net, 1, 1, &mut |_| {}).expect("unroll");
     }
     let start = Instant::now();
     let mut steps = 0u64;
     let mut bytes = 0usize;
     while start.elapsed().as_secs_f64() < seconds {
-        let r = runner.unroll(&net, 1, 1, &mut |_| episodes += 1);
-        bytes += prost::Message::encoded_len(&r);
+        let parts = runner.unroll(&net, 1, 1, &mut |_| episodes += 1).expect("unroll");
+        bytes += parts.iter().map(prost::Message::encoded_len).sum::<usize>();
         steps += (config.actor.unroll_length * n) as u64;
     }
     let secs = start.elapsed().as_secs_f64();
@@ -39,6 +49,8 @@ fn main() {
         "{}",
         serde_json::json!({
             "bench": "bare_loop",
+            "env": config.env.id,
+            "backend": config.env.backend,
             "num_envs": n,
             "unroll_length": config.actor.unroll_length,
             "seconds": secs,

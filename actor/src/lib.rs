@@ -9,8 +9,10 @@
 //!
 //! They talk through bounded channels; when the learner is behind, the runner waits to send.
 
+pub mod envs;
 pub mod heartbeat;
 pub mod policy_follower;
+pub mod pyhost;
 pub mod rollout_sender;
 pub mod runner;
 
@@ -21,10 +23,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use proto::v1::coordinator_client::CoordinatorClient;
-use proto::v1::{EpisodeStat, RegisterActorRequest, Rollout};
+use proto::v1::{EpisodeStat, RegisterActorRequest, ReportEnvSpecRequest, Rollout};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use troupe::model::{Model, ModelSpec};
 use troupe::process::{grpc_channel, Backoff};
+use troupe::spaces::EnvSpec;
 use troupe::telemetry::names;
 use troupe::RunConfig;
 
@@ -161,9 +165,22 @@ pub async fn run(args: Args, reg: Registration, shutdown: CancellationToken) -> 
     let runtime = tokio::runtime::Handle::current();
     let runner_shutdown = shutdown.clone();
     let (runner_done_tx, runner_done) = tokio::sync::oneshot::channel::<()>();
+    let env_coordinator = coordinator.clone();
     let runner = std::thread::Builder::new().name("env-runner".into()).spawn(move || {
-        run_envs(reg, policy_rx, outbox_tx, progress, runtime, runner_shutdown);
+        let result = run_envs(
+            reg,
+            env_coordinator,
+            policy_rx,
+            outbox_tx,
+            progress,
+            runtime,
+            runner_shutdown,
+        );
+        if let Err(e) = &result {
+            tracing::error!(error = %format!("{e:#}"), "env loop failed");
+        }
         let _ = runner_done_tx.send(());
+        result
     })?;
 
     // Run until a signal, or until the env thread or a task stops on its own (a bug or a
@@ -185,27 +202,44 @@ pub async fn run(args: Args, reg: Registration, shutdown: CancellationToken) -> 
     }
     let joined = tokio::task::spawn_blocking(move || runner.join()).await;
     match (failure, joined) {
-        (None, Ok(Ok(()))) => Ok(()),
+        (None, Ok(Ok(Ok(())))) => Ok(()),
+        (_, Ok(Ok(Err(e)))) => Err(e.context("actor stopping: the env loop failed")),
         (Some(why), _) => anyhow::bail!("actor stopping: {why}"),
         (None, _) => anyhow::bail!("actor stopping: the env loop panicked"),
     }
 }
 
-/// The env loop: waits for the first policy, then unrolls forever, switching weights between
-/// unrolls when a newer version has arrived.
+/// Builds the env, reports its spaces, waits for the first policy, then unrolls until
+/// shutdown, switching weights between unrolls when a newer version has arrived. An env that
+/// fails (a Python exception, a bad shape or value) is logged and rebuilt; the partial unroll
+/// is dropped.
 fn run_envs(
     reg: Registration,
+    coordinator: tonic::transport::Channel,
     mut policy_rx: watch::Receiver<Option<Arc<PolicyUpdate>>>,
     outbox: mpsc::Sender<Rollout>,
     progress: Arc<Mutex<Progress>>,
     runtime: tokio::runtime::Handle,
     shutdown: CancellationToken,
-) {
+) -> anyhow::Result<()> {
     tch::set_num_threads(1);
     tch::set_num_interop_threads(1);
-    let spec = troupe::policy::PolicySpec::for_run(&reg.config);
-    let mut net = runner::cpu_policy(&spec);
-    let mut envs = runner::EnvRunner::new(&reg.config, &reg.env_seeds);
+    let env = envs::make_with_retry(&reg.config.env, &reg.env_seeds, &shutdown)?;
+    let Some(env) = env else { return Ok(()) };
+    let spec = env.spec().clone();
+    if !report_spec(&coordinator, reg.actor_id, &spec, &runtime, &shutdown)? {
+        return Ok(());
+    }
+    let model_spec = ModelSpec {
+        env: spec.clone(),
+        model: reg.config.model.clone(),
+    };
+    let mut net = Model::new(&model_spec, tch::Device::Cpu)?;
+    let seed = reg
+        .env_seeds
+        .iter()
+        .fold(0x9e37_79b9_7f4a_7c15u64, |a, &s| a.rotate_left(7) ^ s);
+    let mut envs = runner::EnvRunner::new(env, reg.config.actor.unroll_length, net.state_size(), seed)?;
     let mut version = 0u64;
     let first = runtime.block_on(async {
         tokio::select! {
@@ -214,7 +248,7 @@ fn run_envs(
         }
     });
     if !first {
-        return;
+        return Ok(());
     }
     let frames_per_unroll = (reg.config.actor.unroll_length * envs.num_envs()) as u64;
     while !shutdown.is_cancelled() {
@@ -234,7 +268,24 @@ fn run_envs(
             }
         }
         let mut finished = Vec::new();
-        let rollout = envs.unroll(&net, reg.actor_id, version, &mut |e| finished.push(e));
+        let parts = match envs.unroll(&net, reg.actor_id, version, &mut |e| finished.push(e)) {
+            Ok(parts) => parts,
+            Err(e) => {
+                metrics::counter!(names::ACTOR_ENV_ERRORS).increment(1);
+                tracing::error!(error = %e, "env failed; rebuilding it and dropping this unroll");
+                match envs::make_with_retry(&reg.config.env, &reg.env_seeds, &shutdown)? {
+                    Some(env) if env.spec() == &spec => envs.replace_env(env),
+                    Some(env) => anyhow::bail!(
+                        "the rebuilt env {} has different spaces: {:?}, expected {:?}",
+                        spec.id,
+                        env.spec(),
+                        spec
+                    ),
+                    None => return Ok(()),
+                }
+                continue;
+            }
+        };
         {
             let mut p = progress.lock().expect("progress lock");
             p.frames += frames_per_unroll;
@@ -246,19 +297,56 @@ fn run_envs(
             }
         }
         metrics::counter!(names::ACTOR_FRAMES).increment(frames_per_unroll);
-        // Backpressure: wait for room in the bounded outbox, but never past shutdown.
-        let start = Instant::now();
-        let sent = runtime.block_on(async {
-            tokio::select! {
-                r = outbox.send(rollout) => r.is_ok(),
-                _ = shutdown.cancelled() => false,
+        for rollout in parts {
+            // Backpressure: wait for room in the bounded outbox, but never past shutdown.
+            let start = Instant::now();
+            let sent = runtime.block_on(async {
+                tokio::select! {
+                    r = outbox.send(rollout) => r.is_ok(),
+                    _ = shutdown.cancelled() => false,
+                }
+            });
+            metrics::histogram!(names::ACTOR_SEND_WAIT_SECONDS).record(start.elapsed().as_secs_f64());
+            metrics::gauge!(names::ACTOR_OUTBOX_DEPTH).set((outbox.max_capacity() - outbox.capacity()) as f64);
+            if !sent {
+                return Ok(());
             }
-        });
-        metrics::histogram!(names::ACTOR_SEND_WAIT_SECONDS).record(start.elapsed().as_secs_f64());
-        metrics::gauge!(names::ACTOR_OUTBOX_DEPTH).set((outbox.max_capacity() - outbox.capacity()) as f64);
-        if !sent {
-            return;
+            metrics::counter!(names::ACTOR_ROLLOUTS_SENT).increment(1);
         }
-        metrics::counter!(names::ACTOR_ROLLOUTS_SENT).increment(1);
     }
+    Ok(())
+}
+
+/// Tells the coordinator the env's spaces (retrying while it is away). A spec that differs
+/// from the run's is an error. Returns false on shutdown.
+fn report_spec(
+    channel: &tonic::transport::Channel,
+    actor_id: u64,
+    spec: &EnvSpec,
+    runtime: &tokio::runtime::Handle,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<bool> {
+    let mut client = CoordinatorClient::new(channel.clone());
+    let json = serde_json::to_string(spec)?;
+    runtime.block_on(async {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(3));
+        loop {
+            let req = ReportEnvSpecRequest {
+                actor_id,
+                spec: Some(proto::v1::EnvSpec { json: json.clone() }),
+            };
+            match client.report_env_spec(req).await {
+                Ok(_) => return Ok(true),
+                Err(s) if s.code() == tonic::Code::FailedPrecondition || s.code() == tonic::Code::InvalidArgument => {
+                    anyhow::bail!("the coordinator refused this env's spaces: {}", s.message())
+                }
+                Err(s) => {
+                    tracing::warn!(code = ?s.code(), message = s.message(), "reporting env spaces failed, retrying");
+                    if !backoff.wait(shutdown).await {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+    })
 }

@@ -36,6 +36,14 @@ pub async fn run(
     let mut pending: Option<Rollout> = None;
     loop {
         let address = learner_address.borrow_and_update().clone();
+        if address.is_empty() {
+            // No learner has registered yet: heartbeats will bring its address.
+            tokio::select! {
+                r = learner_address.changed() => if r.is_err() { return },
+                _ = shutdown.cancelled() => return,
+            }
+            continue;
+        }
         let ended = match grpc_channel(&address) {
             Ok(channel) => {
                 let client = LearnerClient::new(channel)

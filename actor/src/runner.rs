@@ -1,212 +1,415 @@
-//! The actor's inner loop: N environments stepped in lockstep, one batched policy forward per
-//! step (CPU, no_grad), unrolls of T steps packed into a [`Rollout`].
+//! The actor's inner loop: N env columns stepped together (any [`VecEnv`]), one batched policy
+//! forward per step (CPU, no_grad), unrolls of T steps packed into rollouts.
+//!
+//! The env writes each step's observations straight into row t + 1 of the rollout buffer (one
+//! copy, from the env or numpy). Actions are sampled on the CPU, restricted to the env's
+//! legal-action mask. With an LSTM core, the runner keeps each column's state, zeroes it where
+//! an episode ended, and sends the state at the start of each unroll.
 
-use proto::v1::{EpisodeStat, Rollout, Tensor as WireTensor};
+use bytes::Bytes;
+use proto::v1::{DType, EpisodeStat, Rollout, Tensor as WireTensor};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use tch::{Device, Kind, Tensor};
-use troupe::env::{self, Env};
-use troupe::policy::{PolicyNet, PolicySpec};
-use troupe::RunConfig;
+use rand::SeedableRng;
+use tch::{Kind, Tensor};
+use troupe::env::{Action, EnvError, ObsBuf, StepOut, VecEnv};
+use troupe::model::{dist, Model};
+use troupe::spaces::{ActionSpace, EnvSpec, ObsDType};
 
-pub struct EnvRunner {
-    envs: Vec<Box<dyn Env>>,
-    obs_size: usize,
-    num_actions: usize,
-    unroll_length: usize,
-    /// Current observation of each env, [N, obs].
-    obs: Vec<f32>,
-    episode_return: Vec<f32>,
-    episode_length: Vec<u32>,
-    rng: StdRng,
+/// Observations of T + 1 rows, in their dtype.
+enum ObsRows {
+    F32(Vec<f32>),
+    U8(Vec<u8>),
 }
 
-/// Space for one unroll, reused between unrolls.
-#[derive(Default)]
-struct Buffers {
-    observations: Vec<f32>,
-    actions: Vec<i64>,
+impl ObsRows {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            ObsRows::F32(v) => bytemuck::cast_slice(v),
+            ObsRows::U8(v) => v,
+        }
+    }
+}
+
+/// Actions of T rows, in their dtype.
+enum ActionRows {
+    Discrete(Vec<i64>),
+    Continuous(Vec<f32>),
+}
+
+impl ActionRows {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            ActionRows::Discrete(v) => bytemuck::cast_slice(v),
+            ActionRows::Continuous(v) => bytemuck::cast_slice(v),
+        }
+    }
+}
+
+/// A rollout that does not fit the message cap even as one column per message.
+#[derive(Debug, thiserror::Error)]
+#[error("one env column of an unroll is {column_bytes} bytes, over the {cap} byte rollout message cap: lower actor.unroll_length")]
+pub struct TooLarge {
+    pub column_bytes: usize,
+    pub cap: usize,
+}
+
+/// Largest encoded rollout part the runner aims for: half the message cap, so metadata and
+/// protobuf framing never push a part over it.
+pub const PART_BYTES: usize = proto::MAX_MESSAGE_BYTES / 2;
+
+pub struct EnvRunner {
+    env: Box<dyn VecEnv>,
+    spec: EnvSpec,
+    n: usize,
+    t_len: usize,
+    obs: ObsRows,
+    /// `[T + 1, N, M]` masks (row t for the observation of row t), when the env has them.
+    masks: Vec<u8>,
+    actions: ActionRows,
     rewards: Vec<f32>,
     terminated: Vec<u8>,
     truncated: Vec<u8>,
-    logits: Vec<f32>,
-    truncation_observations: Vec<f32>,
+    params: Vec<f32>,
+    /// (t, n) of each truncated step and its last observation's bytes, in (t, n) order.
+    truncations: Vec<(usize, usize)>,
+    truncation_obs: Vec<u8>,
+    /// Recurrent state for the next step `[N, S]` (S = 0 without a core).
+    state: Tensor,
+    initial_state: Vec<f32>,
+    episode_return: Vec<f32>,
+    episode_length: Vec<u32>,
+    rng: StdRng,
+    needs_reset: bool,
 }
 
 impl EnvRunner {
-    /// One environment per seed.
-    pub fn new(cfg: &RunConfig, seeds: &[u64]) -> EnvRunner {
-        let mut envs: Vec<Box<dyn Env>> = seeds.iter().map(|&s| env::make(&cfg.env, s)).collect();
-        let obs_size = envs[0].observation_size();
-        let num_actions = envs[0].num_actions();
-        let mut obs = vec![0f32; envs.len() * obs_size];
-        for (e, o) in envs.iter_mut().zip(obs.chunks_exact_mut(obs_size)) {
-            e.reset(o);
+    /// Runs `env` with a model of `state_size` floats of recurrent state. `seed` seeds the
+    /// action sampling, so a run is repeatable.
+    pub fn new(
+        env: Box<dyn VecEnv>,
+        unroll_length: usize,
+        state_size: usize,
+        seed: u64,
+    ) -> Result<EnvRunner, TooLarge> {
+        let spec = env.spec().clone();
+        let n = env.num_envs();
+        let t = unroll_length;
+        let o = spec.observation.size();
+        let d = spec.action.dim();
+        let m = if spec.action_mask {
+            spec.action.mask_width().unwrap_or(0)
+        } else {
+            0
+        };
+        let p = spec.action.dist_params();
+        let column_bytes = (t + 1) * spec.observation.bytes()
+            + t * (d * 8 + 4 + 2 + p * 4 + m)
+            + state_size * 4
+            // The worst case of truncation observations: every step.
+            + t * spec.observation.bytes();
+        if column_bytes > PART_BYTES {
+            return Err(TooLarge {
+                column_bytes,
+                cap: PART_BYTES,
+            });
         }
-        let n = envs.len();
-        EnvRunner {
-            envs,
-            obs_size,
-            num_actions,
-            unroll_length: cfg.actor.unroll_length,
+        let obs = match spec.observation.dtype {
+            ObsDType::F32 => ObsRows::F32(vec![0.0; (t + 1) * n * o]),
+            ObsDType::U8 => ObsRows::U8(vec![0; (t + 1) * n * o]),
+        };
+        let actions = if spec.action.is_continuous() {
+            ActionRows::Continuous(vec![0.0; t * n * d])
+        } else {
+            ActionRows::Discrete(vec![0; t * n * d])
+        };
+        Ok(EnvRunner {
+            env,
+            n,
+            t_len: t,
             obs,
+            masks: vec![1; (t + 1) * n * m],
+            actions,
+            rewards: vec![0.0; t * n],
+            terminated: vec![0; t * n],
+            truncated: vec![0; t * n],
+            params: vec![0.0; t * n * p],
+            truncations: Vec::new(),
+            truncation_obs: Vec::new(),
+            state: Tensor::zeros([n as i64, state_size as i64], (Kind::Float, tch::Device::Cpu)),
+            initial_state: Vec::new(),
             episode_return: vec![0.0; n],
             episode_length: vec![0; n],
-            // Action sampling is seeded from the env seeds, so a run is repeatable.
-            rng: StdRng::seed_from_u64(seeds.iter().fold(0x9e37_79b9_7f4a_7c15, |a, &s| a.rotate_left(7) ^ s)),
-        }
+            rng: StdRng::seed_from_u64(seed),
+            needs_reset: true,
+            spec,
+        })
     }
 
     pub fn num_envs(&self) -> usize {
-        self.envs.len()
+        self.n
     }
 
-    /// Runs T steps of every env with `net` and returns them as one rollout. Finished episodes
-    /// are handed to `on_episode`.
+    pub fn spec(&self) -> &EnvSpec {
+        &self.spec
+    }
+
+    /// Swaps in a new env (after the old one failed): every column starts a new episode.
+    pub fn replace_env(&mut self, env: Box<dyn VecEnv>) {
+        self.env = env;
+        self.needs_reset = true;
+    }
+
+    fn mask_width(&self) -> usize {
+        if self.spec.action_mask {
+            self.spec.action.mask_width().unwrap_or(0)
+        } else {
+            0
+        }
+    }
+
+    fn reset_all(&mut self) -> Result<(), EnvError> {
+        let o = self.spec.observation.size();
+        let m = self.mask_width();
+        let (n, t) = (self.n, self.t_len);
+        let masks = (m > 0).then(|| &mut self.masks[t * n * m..]);
+        let obs = match &mut self.obs {
+            ObsRows::F32(v) => ObsBuf::F32(&mut v[t * n * o..]),
+            ObsRows::U8(v) => ObsBuf::U8(&mut v[t * n * o..]),
+        };
+        self.env.reset(obs, masks)?;
+        let _ = self.state.zero_();
+        self.episode_return.fill(0.0);
+        self.episode_length.fill(0);
+        self.needs_reset = false;
+        Ok(())
+    }
+
+    /// Runs T steps of every column with `net` and returns them as one rollout, split by
+    /// columns into parts under the message cap. Finished episodes go to `on_episode`.
     pub fn unroll(
         &mut self,
-        net: &PolicyNet,
+        net: &Model,
         actor_id: u64,
         policy_version: u64,
         on_episode: &mut dyn FnMut(EpisodeStat),
-    ) -> Rollout {
-        let (t_len, n, o, a) = (self.unroll_length, self.envs.len(), self.obs_size, self.num_actions);
-        let mut b = Buffers::default();
-        b.observations.reserve(t_len * n * o);
-        b.actions.reserve(t_len * n);
-        b.rewards.reserve(t_len * n);
-        b.terminated.reserve(t_len * n);
-        b.truncated.reserve(t_len * n);
-        b.logits.reserve(t_len * n * a);
-        let mut probs = vec![0f32; a];
-        for _ in 0..t_len {
-            b.observations.extend_from_slice(&self.obs);
-            let logits = tch::no_grad(|| {
-                let x = Tensor::from_slice(&self.obs).view([n as i64, o as i64]);
-                let logits = net.logits(&x);
-                Vec::<f32>::try_from(logits.to_kind(Kind::Float).flatten(0, -1)).expect("f32 logits")
-            });
-            for (i, env) in self.envs.iter_mut().enumerate() {
-                let row = &logits[i * a..(i + 1) * a];
-                let action = sample(row, &mut probs, &mut self.rng);
-                let obs = &mut self.obs[i * o..(i + 1) * o];
-                let step = env.step(action, obs);
-                self.episode_return[i] += step.reward;
-                self.episode_length[i] += 1;
-                b.actions.push(action as i64);
-                b.rewards.push(step.reward);
-                b.terminated.push(step.terminated as u8);
-                b.truncated.push(step.truncated as u8);
-                if step.truncated {
-                    b.truncation_observations.extend_from_slice(obs);
+    ) -> Result<Vec<Rollout>, EnvError> {
+        if self.needs_reset {
+            self.reset_all()?;
+        }
+        let (t_len, n) = (self.t_len, self.n);
+        let o = self.spec.observation.size();
+        let d = self.spec.action.dim();
+        let p = self.spec.action.dist_params();
+        let m = self.mask_width();
+        // The observation (and mask) after the last step becomes row 0.
+        match &mut self.obs {
+            ObsRows::F32(v) => v.copy_within(t_len * n * o.., 0),
+            ObsRows::U8(v) => v.copy_within(t_len * n * o.., 0),
+        }
+        if m > 0 {
+            self.masks.copy_within(t_len * n * m.., 0);
+        }
+        self.truncations.clear();
+        self.truncation_obs.clear();
+        self.initial_state = Vec::<f32>::try_from(self.state.flatten(0, -1)).expect("f32 state");
+        let nvec = self.spec.action.nvec();
+        for t in 0..t_len {
+            let obs_t = {
+                let rows = &self.obs.bytes()
+                    [t * n * self.spec.observation.bytes()..(t + 1) * n * self.spec.observation.bytes()];
+                let mut shape = vec![n as i64];
+                shape.extend(self.spec.observation.shape.iter().map(|&x| x as i64));
+                let kind = match self.spec.observation.dtype {
+                    ObsDType::F32 => Kind::Float,
+                    ObsDType::U8 => Kind::Uint8,
+                };
+                Tensor::from_data_size(rows, &shape, kind)
+            };
+            let (params, next_state) = tch::no_grad(|| net.act(&net.prepare(&obs_t), &self.state));
+            let params = Vec::<f32>::try_from(params.to_kind(Kind::Float).flatten(0, -1)).expect("f32 params");
+            self.state = next_state;
+            self.params[t * n * p..(t + 1) * n * p].copy_from_slice(&params);
+            for i in 0..n {
+                let row = &params[i * p..(i + 1) * p];
+                let at = (t * n + i) * d;
+                match &mut self.actions {
+                    ActionRows::Discrete(a) => {
+                        let mask = (m > 0).then(|| &self.masks[(t * n + i) * m..(t * n + i + 1) * m]);
+                        dist::sample_discrete(&nvec, row, mask, &mut self.rng, &mut a[at..at + d]);
+                    }
+                    ActionRows::Continuous(a) => dist::sample_gaussian(row, &mut self.rng, &mut a[at..at + d]),
                 }
-                if step.terminated || step.truncated {
+            }
+            let before = self.truncation_obs.len();
+            {
+                let action = match &self.actions {
+                    ActionRows::Discrete(a) => Action::Discrete(&a[t * n * d..(t + 1) * n * d]),
+                    ActionRows::Continuous(a) => Action::Continuous(&a[t * n * d..(t + 1) * n * d]),
+                };
+                let obs = match &mut self.obs {
+                    ObsRows::F32(v) => ObsBuf::F32(&mut v[(t + 1) * n * o..(t + 2) * n * o]),
+                    ObsRows::U8(v) => ObsBuf::U8(&mut v[(t + 1) * n * o..(t + 2) * n * o]),
+                };
+                let masks = (m > 0).then(|| &mut self.masks[(t + 1) * n * m..(t + 2) * n * m]);
+                let step = self.env.step(
+                    action,
+                    StepOut {
+                        obs,
+                        rewards: &mut self.rewards[t * n..(t + 1) * n],
+                        terminated: &mut self.terminated[t * n..(t + 1) * n],
+                        truncated: &mut self.truncated[t * n..(t + 1) * n],
+                        masks,
+                        final_obs: &mut self.truncation_obs,
+                    },
+                );
+                if let Err(e) = step {
+                    self.needs_reset = true;
+                    return Err(e);
+                }
+            }
+            let ob = self.spec.observation.bytes();
+            let k = (self.truncation_obs.len() - before) / ob;
+            let truncated_now = self.truncated[t * n..(t + 1) * n].iter().filter(|&&x| x == 1).count();
+            if k != truncated_now {
+                self.needs_reset = true;
+                return Err(EnvError {
+                    env: self.spec.id.clone(),
+                    call: "step",
+                    field: "final_obs".into(),
+                    problem: format!("{k} final observations for {truncated_now} truncated episodes"),
+                });
+            }
+            for i in 0..n {
+                let (r, term, trunc) = (
+                    self.rewards[t * n + i],
+                    self.terminated[t * n + i],
+                    self.truncated[t * n + i],
+                );
+                self.episode_return[i] += r;
+                self.episode_length[i] += 1;
+                if trunc == 1 {
+                    self.truncations.push((t, i));
+                }
+                if term == 1 || trunc == 1 {
                     on_episode(EpisodeStat {
                         episode_return: self.episode_return[i],
                         length: self.episode_length[i],
                     });
                     self.episode_return[i] = 0.0;
                     self.episode_length[i] = 0;
-                    env.reset(obs);
+                    if self.state.size()[1] > 0 {
+                        let _ = self.state.get(i as i64).zero_();
+                    }
                 }
             }
-            b.logits.extend_from_slice(&logits);
         }
-        let k = b.truncation_observations.len() / o;
+        Ok(self.pack(actor_id, policy_version))
+    }
+
+    /// Packs the unroll into rollouts over disjoint column ranges, each under [`PART_BYTES`].
+    fn pack(&self, actor_id: u64, policy_version: u64) -> Vec<Rollout> {
+        let n = self.n;
+        let total = self.obs.bytes().len()
+            + self.actions.bytes().len()
+            + self.rewards.len() * 6
+            + self.params.len() * 4
+            + self.masks.len()
+            + self.initial_state.len() * 4
+            + self.truncation_obs.len();
+        let parts = total.div_ceil(PART_BYTES).clamp(1, n);
+        let per = n.div_ceil(parts);
+        (0..n)
+            .step_by(per)
+            .map(|c0| self.pack_columns(actor_id, policy_version, c0, (c0 + per).min(n)))
+            .collect()
+    }
+
+    fn pack_columns(&self, actor_id: u64, policy_version: u64, c0: usize, c1: usize) -> Rollout {
+        let (t, n, w) = (self.t_len, self.n, c1 - c0);
+        let obs_dims = &self.spec.observation.shape;
+        let with = |lead: &[usize], tail: &[usize]| -> Vec<usize> { lead.iter().chain(tail).copied().collect() };
+        // Columns c0..c1 of `[rows, N, width bytes]`.
+        let cols = |data: &[u8], rows: usize, width: usize| -> Bytes {
+            if c0 == 0 && c1 == n {
+                return Bytes::copy_from_slice(data);
+            }
+            let mut out = Vec::with_capacity(rows * w * width);
+            for r in 0..rows {
+                out.extend_from_slice(&data[(r * n + c0) * width..(r * n + c1) * width]);
+            }
+            Bytes::from(out)
+        };
+        let ob = self.spec.observation.bytes();
+        let obs_dtype = match self.spec.observation.dtype {
+            ObsDType::F32 => DType::DtypeF32,
+            ObsDType::U8 => DType::DtypeU8,
+        };
+        let d = self.spec.action.dim();
+        let (act_dtype, act_size) = match self.spec.action {
+            ActionSpace::Box { .. } => (DType::DtypeF32, 4),
+            _ => (DType::DtypeI64, 8),
+        };
+        let p = self.spec.action.dist_params();
+        let m = self.mask_width();
+        let mut trunc_obs = Vec::new();
+        let mut k = 0;
+        for (j, &(_, col)) in self.truncations.iter().enumerate() {
+            if (c0..c1).contains(&col) {
+                trunc_obs.extend_from_slice(&self.truncation_obs[j * ob..(j + 1) * ob]);
+                k += 1;
+            }
+        }
+        let state_size = self.state.size()[1] as usize;
         Rollout {
             actor_id,
             policy_version,
-            observations: Some(WireTensor::from_slice(&[t_len, n, o], &b.observations)),
-            actions: Some(WireTensor::from_slice(&[t_len, n], &b.actions)),
-            rewards: Some(WireTensor::from_slice(&[t_len, n], &b.rewards)),
-            terminated: Some(WireTensor::from_slice(&[t_len, n], &b.terminated)),
-            truncated: Some(WireTensor::from_slice(&[t_len, n], &b.truncated)),
-            behaviour_logits: Some(WireTensor::from_slice(&[t_len, n, a], &b.logits)),
-            bootstrap_observations: Some(WireTensor::from_slice(&[n, o], &self.obs)),
-            truncation_observations: Some(WireTensor::from_slice(&[k, o], &b.truncation_observations)),
+            observations: Some(WireTensor::from_bytes(
+                obs_dtype,
+                &with(&[t + 1, w], obs_dims),
+                cols(self.obs.bytes(), t + 1, ob),
+            )),
+            actions: Some(WireTensor::from_bytes(
+                act_dtype,
+                &[t, w, d],
+                cols(self.actions.bytes(), t, d * act_size),
+            )),
+            rewards: Some(WireTensor::from_bytes(
+                DType::DtypeF32,
+                &[t, w],
+                cols(bytemuck::cast_slice(&self.rewards), t, 4),
+            )),
+            terminated: Some(WireTensor::from_bytes(
+                DType::DtypeU8,
+                &[t, w],
+                cols(&self.terminated, t, 1),
+            )),
+            truncated: Some(WireTensor::from_bytes(
+                DType::DtypeU8,
+                &[t, w],
+                cols(&self.truncated, t, 1),
+            )),
+            behaviour_params: Some(WireTensor::from_bytes(
+                DType::DtypeF32,
+                &[t, w, p],
+                cols(bytemuck::cast_slice(&self.params), t, p * 4),
+            )),
+            truncation_observations: Some(WireTensor::from_bytes(
+                obs_dtype,
+                &with(&[k], obs_dims),
+                Bytes::from(trunc_obs),
+            )),
+            action_masks: (m > 0)
+                .then(|| WireTensor::from_bytes(DType::DtypeU8, &[t, w, m], cols(&self.masks[..t * n * m], t, m))),
+            initial_state: (state_size > 0).then(|| {
+                WireTensor::from_bytes(
+                    DType::DtypeF32,
+                    &[w, state_size],
+                    cols(bytemuck::cast_slice(&self.initial_state), 1, state_size * 4),
+                )
+            }),
         }
     }
-}
-
-/// Samples an action from softmax(logits).
-fn sample(logits: &[f32], probs: &mut [f32], rng: &mut StdRng) -> usize {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for (p, &l) in probs.iter_mut().zip(logits) {
-        *p = (l - max).exp();
-        sum += *p;
-    }
-    let mut u = rng.random::<f32>() * sum;
-    for (i, &p) in probs.iter().enumerate() {
-        if u < p {
-            return i;
-        }
-        u -= p;
-    }
-    probs.len() - 1
-}
-
-/// A policy network on the CPU for acting.
-pub fn cpu_policy(spec: &PolicySpec) -> PolicyNet {
-    PolicyNet::new(spec, Device::Cpu)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proto::TensorView;
-
-    #[test]
-    fn sampling_follows_the_softmax() {
-        let mut rng = StdRng::seed_from_u64(3);
-        let mut probs = [0f32; 2];
-        let logits = [0.0f32, (3.0f32).ln()]; // p = [0.25, 0.75]
-        let ones = (0..20000)
-            .filter(|_| sample(&logits, &mut probs, &mut rng) == 1)
-            .count();
-        let frac = ones as f64 / 20000.0;
-        assert!((frac - 0.75).abs() < 0.02, "{frac}");
-    }
-
-    #[test]
-    fn unroll_has_the_protocol_shapes_and_consistent_episode_ends() {
-        let mut cfg = RunConfig::default();
-        cfg.actor.unroll_length = 64;
-        let mut runner = EnvRunner::new(&cfg, &[1, 2, 3]);
-        let net = cpu_policy(&troupe::policy::PolicySpec::for_run(&cfg));
-        let mut episodes = Vec::new();
-        let r = runner.unroll(&net, 7, 3, &mut |e| episodes.push(e));
-        assert_eq!((r.actor_id, r.policy_version), (7, 3));
-        let obs = TensorView::new::<f32>("observations", r.observations.as_ref()).unwrap();
-        obs.expect_shape(&[Some(64), Some(3), Some(4)]).unwrap();
-        let term = TensorView::new::<u8>("terminated", r.terminated.as_ref())
-            .unwrap()
-            .to_flags()
-            .unwrap();
-        let trunc = TensorView::new::<u8>("truncated", r.truncated.as_ref())
-            .unwrap()
-            .to_flags()
-            .unwrap();
-        let ends = term.iter().zip(&trunc).filter(|(a, b)| **a || **b).count();
-        // A random policy ends CartPole episodes within ~10-40 steps.
-        assert!(ends >= 3, "{ends}");
-        assert_eq!(episodes.len(), ends);
-        let total: f32 = episodes.iter().map(|e| e.episode_return).sum();
-        assert!(total > 0.0);
-        let logits = TensorView::new::<f32>("behaviour_logits", r.behaviour_logits.as_ref()).unwrap();
-        logits.expect_shape(&[Some(64), Some(3), Some(2)]).unwrap();
-        let k = trunc.iter().filter(|&&x| x).count();
-        let tobs = TensorView::new::<f32>("truncation_observations", r.truncation_observations.as_ref()).unwrap();
-        tobs.expect_shape(&[Some(k), Some(4)]).unwrap();
-        // Observation at t+1 after an end is a fresh reset state (all |x| < 0.05).
-        let o = obs.to_finite_f32().unwrap();
-        for t in 0..63 {
-            for n in 0..3 {
-                if term[t * 3 + n] {
-                    let next = &o[((t + 1) * 3 + n) * 4..((t + 1) * 3 + n) * 4 + 4];
-                    assert!(next.iter().all(|v| v.abs() < 0.05), "{next:?}");
-                }
-            }
-        }
-    }
-}
+mod tests;

@@ -11,6 +11,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+use troupe::config::EnvBackend;
+use troupe::spaces::EnvSpec as EnvSpecValue;
 use troupe::telemetry::names;
 use troupe::{Error, RunConfig};
 
@@ -55,6 +57,8 @@ pub struct CoordinatorService {
     /// Serialises publishes so versions only go up.
     publish_lock: tokio::sync::Mutex<()>,
     learner_address: Mutex<String>,
+    /// The env's spaces: the native env's, or the first an actor reported (kept in Redis).
+    env_spec: Mutex<Option<EnvSpecValue>>,
     actors: Mutex<HashMap<u64, ActorEntry>>,
     stats: Mutex<RunStats>,
     shutdown: CancellationToken,
@@ -87,7 +91,19 @@ impl CoordinatorService {
         }
         metrics::gauge!(names::COORD_POLICIES_STORED).set(store.versions().await?.len() as f64);
         let config_toml = config.to_toml();
+        let env_spec = if config.env.backend == EnvBackend::Native {
+            troupe::env::native_spec(&config.env.id)
+        } else {
+            match store.env_spec().await? {
+                Some(json) => Some(
+                    serde_json::from_str(&json)
+                        .map_err(|e| Error::Internal(format!("stored env spec is not valid: {e}")))?,
+                ),
+                None => None,
+            }
+        };
         Ok(CoordinatorService {
+            env_spec: Mutex::new(env_spec),
             config,
             config_toml,
             store,
@@ -169,10 +185,9 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<RegisterActorRequest>,
     ) -> Result<Response<RegisterActorResponse>, Status> {
+        // May be empty: the learner registers once the env's spaces are known, which for a
+        // Python-hosted env takes an actor; heartbeats bring the address later.
         let learner_address = self.learner_address();
-        if learner_address.is_empty() {
-            return Err(Error::Unavailable("no learner has registered yet; retry".into()).into());
-        }
         let actor_id = self.store.next_actor_id().await?;
         let n = self.config.actor.num_envs as u64;
         // Actor ids start at 1; each actor's envs get seeds no other actor gets.
@@ -210,6 +225,12 @@ impl Coordinator for CoordinatorService {
             ))
             .into());
         }
+        let spec = self.env_spec.lock().expect("lock").clone().ok_or_else(|| {
+            Error::Unavailable(format!(
+                "the spaces of env {} are not known yet (the first actor reports them); retry",
+                self.config.env.id
+            ))
+        })?;
         self.store.set_learner_address(&addr).await?;
         *self.learner_address.lock().expect("lock") = addr.clone();
         metrics::counter!(names::COORD_REGISTRATIONS, "role" => "learner").increment(1);
@@ -217,6 +238,59 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(RegisterLearnerResponse {
             run_config_toml: self.config_toml.clone(),
             latest_version: self.latest_version(),
+            spec: Some(EnvSpec {
+                json: serde_json::to_string(&spec).expect("json"),
+            }),
+        }))
+    }
+
+    async fn report_env_spec(
+        &self,
+        request: Request<ReportEnvSpecRequest>,
+    ) -> Result<Response<ReportEnvSpecResponse>, Status> {
+        let req = request.into_inner();
+        let json = req
+            .spec
+            .map(|s| s.json)
+            .ok_or_else(|| Error::InvalidArgument("spec: missing".into()))?;
+        let reported: EnvSpecValue = serde_json::from_str(&json)
+            .map_err(|e| Error::InvalidArgument(format!("spec.json: not an env spec: {e}")))?;
+        reported
+            .validate()
+            .map_err(|e| Error::InvalidArgument(format!("spec: {e}")))?;
+        if reported.id != self.config.env.id {
+            return Err(Error::InvalidArgument(format!(
+                "spec.id: expected the run's env {}, got {}",
+                self.config.env.id, reported.id
+            ))
+            .into());
+        }
+        let known = self.env_spec.lock().expect("lock").clone();
+        let run_spec = match known {
+            Some(s) => s,
+            None => {
+                let stored = self.store.adopt_env_spec(&json).await?;
+                let s: EnvSpecValue = serde_json::from_str(&stored)
+                    .map_err(|e| Error::Internal(format!("stored env spec is not valid: {e}")))?;
+                tracing::info!(env = %s.id, spec = %stored, "adopted the env's spaces");
+                *self.env_spec.lock().expect("lock") = Some(s.clone());
+                s
+            }
+        };
+        if run_spec != reported {
+            return Err(Error::FailedPrecondition(format!(
+                "actor {}: env {} has different spaces than the run's: reported {}, the run has {}",
+                req.actor_id,
+                reported.id,
+                json,
+                serde_json::to_string(&run_spec).expect("json")
+            ))
+            .into());
+        }
+        Ok(Response::new(ReportEnvSpecResponse {
+            spec: Some(EnvSpec {
+                json: serde_json::to_string(&run_spec).expect("json"),
+            }),
         }))
     }
 

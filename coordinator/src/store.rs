@@ -220,6 +220,20 @@ impl Store {
         c.set(self.key("learner_address"), addr).await.map_err(redis_err)
     }
 
+    /// Stores the run's env spec (JSON) unless one is stored; returns the stored one.
+    pub async fn adopt_env_spec(&self, json: &str) -> Result<String, Error> {
+        let mut c = self.conn.clone();
+        let key = self.key("env_spec");
+        let _: bool = c.set_nx(&key, json).await.map_err(redis_err)?;
+        let stored: Option<String> = c.get(&key).await.map_err(redis_err)?;
+        Ok(stored.unwrap_or_else(|| json.to_string()))
+    }
+
+    pub async fn env_spec(&self) -> Result<Option<String>, Error> {
+        let mut c = self.conn.clone();
+        c.get(self.key("env_spec")).await.map_err(redis_err)
+    }
+
     pub async fn learner_address(&self) -> Result<Option<String>, Error> {
         let mut c = self.conn.clone();
         c.get(self.key("learner_address")).await.map_err(redis_err)

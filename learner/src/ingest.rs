@@ -19,80 +19,251 @@ use tokio_util::sync::CancellationToken;
 use troupe::telemetry::names;
 use troupe::Error;
 
-use crate::batch::Columns;
+use crate::batch::{Columns, Rows};
+use proto::v1::DType;
+use troupe::spaces::{ActionSpace, EnvSpec, ObsDType};
 
-/// What a rollout must look like.
+/// What a rollout must look like: the run's env spec and sizes.
 #[derive(Debug, Clone)]
 pub struct RolloutSpec {
     pub unroll_length: usize,
-    pub obs_size: usize,
-    pub num_actions: usize,
-    /// Largest N accepted in one rollout.
+    pub env: EnvSpec,
+    /// Floats of recurrent state per column (0 without an LSTM core).
+    pub state_size: usize,
+    /// Largest N accepted in one rollout: the run's `actor.num_envs` times agents per env.
     pub max_envs: usize,
 }
 
-/// Checks a rollout and decodes it. `latest_version` is the newest policy version there is.
-pub fn validate(r: &Rollout, spec: &RolloutSpec, latest_version: u64) -> Result<Columns, Error> {
+impl RolloutSpec {
+    fn obs_dtype(&self) -> DType {
+        match self.env.observation.dtype {
+            ObsDType::F32 => DType::DtypeF32,
+            ObsDType::U8 => DType::DtypeU8,
+        }
+    }
+}
+
+/// Why a rollout was refused: the metric label comes from this, never from the message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectKind {
+    UnknownVersion,
+    NotFinite,
+    Shape,
+    OutOfRange,
+    Missing,
+    DType,
+}
+
+impl RejectKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectKind::UnknownVersion => "unknown_version",
+            RejectKind::NotFinite => "not_finite",
+            RejectKind::Shape => "shape",
+            RejectKind::OutOfRange => "out_of_range",
+            RejectKind::Missing => "missing",
+            RejectKind::DType => "dtype",
+        }
+    }
+}
+
+/// A refused rollout: its kind and a message naming the field.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct RolloutError {
+    pub kind: RejectKind,
+    pub message: String,
+}
+
+impl From<proto::TensorError> for RolloutError {
+    fn from(e: proto::TensorError) -> RolloutError {
+        use proto::TensorError as T;
+        let kind = match &e {
+            T::Missing { .. } => RejectKind::Missing,
+            T::DType { .. } => RejectKind::DType,
+            T::Shape { .. } | T::Length { .. } => RejectKind::Shape,
+            T::NotFinite { .. } => RejectKind::NotFinite,
+            T::OutOfRange { .. } => RejectKind::OutOfRange,
+        };
+        RolloutError {
+            kind,
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<RolloutError> for Error {
+    fn from(e: RolloutError) -> Error {
+        Error::InvalidArgument(e.message)
+    }
+}
+
+fn shape_error(message: String) -> RolloutError {
+    RolloutError {
+        kind: RejectKind::Shape,
+        message,
+    }
+}
+
+/// Checks a rollout and decodes it (one copy of each array). `latest_version` is the newest
+/// policy version there is.
+pub fn validate(r: &Rollout, spec: &RolloutSpec, latest_version: u64) -> Result<Columns, RolloutError> {
     if r.policy_version == 0 || r.policy_version > latest_version {
-        return Err(Error::InvalidArgument(format!(
-            "policy_version: unknown version {} (the newest version is {latest_version})",
-            r.policy_version
-        )));
+        return Err(RolloutError {
+            kind: RejectKind::UnknownVersion,
+            message: format!(
+                "policy_version: unknown version {} (the newest version is {latest_version})",
+                r.policy_version
+            ),
+        });
     }
-    let (t, o, a) = (spec.unroll_length, spec.obs_size, spec.num_actions);
-    let obs = TensorView::new::<f32>("observations", r.observations.as_ref())?;
-    if obs.shape.len() != 3
-        || obs.shape[0] != t
-        || obs.shape[2] != o
-        || obs.shape[1] == 0
-        || obs.shape[1] > spec.max_envs
+    let t = spec.unroll_length;
+    let obs_shape = &spec.env.observation.shape;
+    let obs = TensorView::with_dtype("observations", r.observations.as_ref(), spec.obs_dtype())?;
+    let n = if obs.shape.len() == obs_shape.len() + 2 {
+        obs.shape[1]
+    } else {
+        0
+    };
+    if obs.shape.len() != obs_shape.len() + 2
+        || obs.shape[0] != t + 1
+        || &obs.shape[2..] != obs_shape.as_slice()
+        || n == 0
+        || n > spec.max_envs
     {
-        return Err(Error::InvalidArgument(format!(
-            "observations: expected shape [{t}, N, {o}] with 1 <= N <= {}, got {:?}",
-            spec.max_envs, obs.shape
+        let dims: Vec<String> = obs_shape.iter().map(|d| d.to_string()).collect();
+        return Err(shape_error(format!(
+            "observations: expected shape [{}, N, {}] with 1 <= N <= {}, got {:?}",
+            t + 1,
+            dims.join(", "),
+            spec.max_envs,
+            obs.shape
         )));
     }
-    let n = obs.shape[1];
-    let actions = TensorView::new::<i64>("actions", r.actions.as_ref())?;
-    actions.expect_shape(&[Some(t), Some(n)])?;
+    let with_obs =
+        |lead: &[usize]| -> Vec<Option<usize>> { lead.iter().chain(obs_shape.iter()).map(|&d| Some(d)).collect() };
+    let action = &spec.env.action;
+    let d = action.dim();
+    let actions = match action {
+        ActionSpace::Box { .. } => {
+            let a = TensorView::new::<f32>("actions", r.actions.as_ref())?;
+            a.expect_shape(&[Some(t), Some(n), Some(d)])?;
+            a.check_finite_f32()?;
+            a
+        }
+        _ => {
+            let a = TensorView::new::<i64>("actions", r.actions.as_ref())?;
+            a.expect_shape(&[Some(t), Some(n), Some(d)])?;
+            let bounds: Vec<i64> = action.nvec().iter().map(|&k| k as i64).collect();
+            a.check_i64_below(&bounds)?;
+            a
+        }
+    };
     let rewards = TensorView::new::<f32>("rewards", r.rewards.as_ref())?;
     rewards.expect_shape(&[Some(t), Some(n)])?;
+    rewards.check_finite_f32()?;
     let terminated = TensorView::new::<u8>("terminated", r.terminated.as_ref())?;
     terminated.expect_shape(&[Some(t), Some(n)])?;
+    terminated.check_flags()?;
     let truncated = TensorView::new::<u8>("truncated", r.truncated.as_ref())?;
     truncated.expect_shape(&[Some(t), Some(n)])?;
-    let logits = TensorView::new::<f32>("behaviour_logits", r.behaviour_logits.as_ref())?;
-    logits.expect_shape(&[Some(t), Some(n), Some(a)])?;
-    let bootstrap = TensorView::new::<f32>("bootstrap_observations", r.bootstrap_observations.as_ref())?;
-    bootstrap.expect_shape(&[Some(n), Some(o)])?;
-    let truncated = truncated.to_flags()?;
-    let k = truncated.iter().filter(|&&x| x).count();
-    let trunc_obs = TensorView::new::<f32>("truncation_observations", r.truncation_observations.as_ref())?;
-    trunc_obs.expect_shape(&[Some(k), Some(o)])?;
-
-    let mut observations = obs.to_finite_f32()?;
-    observations.extend(bootstrap.to_finite_f32()?);
+    truncated.check_flags()?;
+    let p = action.dist_params();
+    let params = TensorView::new::<f32>("behaviour_params", r.behaviour_params.as_ref())?;
+    params.expect_shape(&[Some(t), Some(n), Some(p)])?;
+    params.check_finite_f32()?;
+    let k = truncated.bytes().iter().filter(|&&x| x == 1).count();
+    let trunc_obs = TensorView::with_dtype(
+        "truncation_observations",
+        r.truncation_observations.as_ref(),
+        spec.obs_dtype(),
+    )?;
+    trunc_obs.expect_shape(&with_obs(&[k]))?;
+    if spec.env.observation.dtype == ObsDType::F32 {
+        obs.check_finite_f32()?;
+        trunc_obs.check_finite_f32()?;
+    }
+    let masks = match (spec.env.action_mask, action.mask_width()) {
+        (true, Some(m)) => {
+            let v = TensorView::new::<u8>("action_masks", r.action_masks.as_ref())?;
+            v.expect_shape(&[Some(t), Some(n), Some(m)])?;
+            v.check_flags()?;
+            check_masks_allow_actions(&v, &actions, action)?;
+            Some(Rows::new(t, m, v.bytes().to_vec()))
+        }
+        _ => {
+            if r.action_masks.is_some() {
+                return Err(shape_error(
+                    "action_masks: expected none, the env spec has no masks".into(),
+                ));
+            }
+            None
+        }
+    };
+    let state = if spec.state_size > 0 {
+        let v = TensorView::new::<f32>("initial_state", r.initial_state.as_ref())?;
+        v.expect_shape(&[Some(n), Some(spec.state_size)])?;
+        v.check_finite_f32()?;
+        Some(Rows::new(1, spec.state_size * 4, v.bytes().to_vec()))
+    } else {
+        if r.initial_state.is_some() {
+            return Err(shape_error(
+                "initial_state: expected none, the model has no recurrent core".into(),
+            ));
+        }
+        None
+    };
     let truncations = truncated
+        .bytes()
         .iter()
         .enumerate()
-        .filter(|(_, &x)| x)
+        .filter(|(_, &x)| x == 1)
         .map(|(i, _)| (i / n, i % n))
         .collect();
+    let ob = spec.env.observation.bytes();
     Ok(Columns {
         t,
         n,
-        obs_size: o,
-        num_actions: a,
         policy_version: r.policy_version,
-        observations,
-        actions: actions.to_i64_in(0, a as i64)?,
-        rewards: rewards.to_finite_f32()?,
-        terminated: terminated.to_flags()?,
-        truncated,
-        logits: logits.to_finite_f32()?,
+        observations: Rows::new(t + 1, ob, obs.bytes().to_vec()),
+        actions: Rows::new(t, actions.bytes().len() / (t * n), actions.bytes().to_vec()),
+        rewards: Rows::new(t, 4, rewards.bytes().to_vec()),
+        terminated: Rows::new(t, 1, terminated.bytes().to_vec()),
+        truncated: Rows::new(t, 1, truncated.bytes().to_vec()),
+        params: Rows::new(t, p * 4, params.bytes().to_vec()),
+        masks,
+        state,
         truncations,
-        truncation_observations: trunc_obs.to_finite_f32()?,
+        truncation_observations: trunc_obs.bytes().to_vec(),
     })
+}
+
+/// Every taken action must be legal under its step's mask.
+fn check_masks_allow_actions(
+    masks: &TensorView<'_>,
+    actions: &TensorView<'_>,
+    space: &ActionSpace,
+) -> Result<(), RolloutError> {
+    let nvec = space.nvec();
+    let m: usize = nvec.iter().sum();
+    let acts: Vec<i64> = actions.to_vec();
+    let mask = masks.bytes();
+    for (row, a) in acts.chunks_exact(nvec.len()).enumerate() {
+        let mut offset = 0;
+        for (i, (&ai, &k)) in a.iter().zip(&nvec).enumerate() {
+            if mask[row * m + offset + ai as usize] == 0 {
+                return Err(RolloutError {
+                    kind: RejectKind::OutOfRange,
+                    message: format!(
+                        "actions: element {} is {ai}, which action_masks marks illegal",
+                        row * nvec.len() + i
+                    ),
+                });
+            }
+            offset += k;
+        }
+    }
+    Ok(())
 }
 
 pub struct LearnerService {
@@ -116,19 +287,6 @@ impl StreamGauge {
 impl Drop for StreamGauge {
     fn drop(&mut self) {
         metrics::gauge!(names::LEARNER_STREAMS).decrement(1.0);
-    }
-}
-
-fn reject_reason(e: &Error) -> &'static str {
-    let m = e.to_string();
-    if m.starts_with("policy_version") {
-        "unknown_version"
-    } else if m.contains("finite") {
-        "not_finite"
-    } else if m.contains("shape") || m.contains("bytes") {
-        "shape"
-    } else {
-        "other"
     }
 }
 
@@ -159,17 +317,39 @@ impl Learner for LearnerService {
                 let rollout = match next {
                     Ok(Some(r)) => r,
                     Ok(None) => return, // the actor closed its side
+                    Err(status) if status.code() == tonic::Code::OutOfRange => {
+                        // tonic refuses a message over the decoding cap with OUT_OF_RANGE; tell
+                        // the actor plainly that it must send smaller rollouts.
+                        let msg = format!(
+                            "rollout message over the {} byte cap: split rollouts by columns ({})",
+                            proto::MAX_MESSAGE_BYTES,
+                            status.message()
+                        );
+                        metrics::counter!(names::LEARNER_ROLLOUTS_REJECTED, "reason" => "too_large").increment(1);
+                        tracing::warn!(error = %msg, "refused an oversized rollout message");
+                        let _ = acks.send(Err(tonic::Status::resource_exhausted(msg))).await;
+                        return;
+                    }
                     Err(status) => {
                         tracing::debug!(code = ?status.code(), "rollout stream broke");
                         return;
                     }
                 };
-                let cols = match validate(&rollout, &spec, latest.load(Ordering::Acquire)) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        metrics::counter!(names::LEARNER_ROLLOUTS_REJECTED, "reason" => reject_reason(&e)).increment(1);
-                        tracing::warn!(actor_id = rollout.actor_id, error = %e, "rejected a malformed rollout");
-                        let _ = acks.send(Err(e.into())).await;
+                // Decoding copies megabytes for pixel rollouts: keep it off the async workers.
+                let (spec2, version) = (spec.clone(), latest.load(Ordering::Acquire));
+                let actor_id = rollout.actor_id;
+                let decoded = tokio::task::spawn_blocking(move || validate(&rollout, &spec2, version)).await;
+                let cols = match decoded {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => {
+                        metrics::counter!(names::LEARNER_ROLLOUTS_REJECTED, "reason" => e.kind.label()).increment(1);
+                        tracing::warn!(actor_id, error = %e, "rejected a malformed rollout");
+                        let _ = acks.send(Err(Error::from(e).into())).await;
+                        return;
+                    }
+                    Err(join) => {
+                        tracing::error!(error = %join, "rollout decoding panicked");
+                        let _ = acks.send(Err(tonic::Status::internal("rollout decoding failed"))).await;
                         return;
                     }
                 };
@@ -201,29 +381,39 @@ const ACK_BUFFER: usize = 8;
 mod tests {
     use super::*;
     use proto::v1::Tensor;
+    use troupe::spaces::ObservationSpace;
 
     fn spec() -> RolloutSpec {
         RolloutSpec {
             unroll_length: 3,
-            obs_size: 2,
-            num_actions: 2,
+            env: EnvSpec {
+                id: "Test-v0".into(),
+                observation: ObservationSpace::f32(&[2]),
+                action: ActionSpace::Discrete { n: 2 },
+                action_mask: false,
+                num_agents: 1,
+            },
+            state_size: 0,
             max_envs: 64,
         }
     }
 
     fn good() -> Rollout {
         let (t, n, o, a) = (3, 2, 2, 2);
+        let mut obs = vec![0.1f32; t * n * o];
+        obs.extend([0.2f32; 4]);
         Rollout {
             actor_id: 1,
             policy_version: 4,
-            observations: Some(Tensor::from_slice(&[t, n, o], &vec![0.1f32; t * n * o])),
-            actions: Some(Tensor::from_slice(&[t, n], &[0i64, 1, 1, 0, 0, 1])),
+            observations: Some(Tensor::from_slice(&[t + 1, n, o], &obs)),
+            actions: Some(Tensor::from_slice(&[t, n, 1], &[0i64, 1, 1, 0, 0, 1])),
             rewards: Some(Tensor::from_slice(&[t, n], &[1.0f32; 6])),
             terminated: Some(Tensor::from_slice(&[t, n], &[0u8, 0, 1, 0, 0, 0])),
             truncated: Some(Tensor::from_slice(&[t, n], &[0u8, 1, 0, 0, 0, 1])),
-            behaviour_logits: Some(Tensor::from_slice(&[t, n, a], &[0.0f32; 12])),
-            bootstrap_observations: Some(Tensor::from_slice(&[n, o], &[0.2f32; 4])),
+            behaviour_params: Some(Tensor::from_slice(&[t, n, a], &[0.0f32; 12])),
             truncation_observations: Some(Tensor::from_slice(&[2, o], &[1.0f32, 2.0, 3.0, 4.0])),
+            action_masks: None,
+            initial_state: None,
         }
     }
 
@@ -231,60 +421,124 @@ mod tests {
         validate(r, &spec(), 5).unwrap_err().to_string()
     }
 
+    fn kind(r: &Rollout) -> RejectKind {
+        validate(r, &spec(), 5).unwrap_err().kind
+    }
+
     #[test]
     fn a_good_rollout_decodes() {
         let c = validate(&good(), &spec(), 5).unwrap();
         assert_eq!((c.t, c.n), (3, 2));
-        assert_eq!(c.observations.len(), 4 * 2 * 2);
-        assert_eq!(&c.observations[12..], &[0.2; 4]);
+        assert_eq!(c.observations.rows, 4);
+        let obs: Vec<f32> = bytemuck::pod_collect_to_vec(&c.observations.data);
+        assert_eq!(&obs[12..], &[0.2; 4]);
         assert_eq!(c.truncations, vec![(0, 1), (2, 1)]);
-        assert_eq!(c.actions, vec![0, 1, 1, 0, 0, 1]);
+        let acts: Vec<i64> = bytemuck::pod_collect_to_vec(&c.actions.data);
+        assert_eq!(acts, vec![0, 1, 1, 0, 0, 1]);
     }
 
     #[test]
-    fn each_problem_is_named() {
+    fn each_problem_is_named_and_kinded() {
         let mut r = good();
         r.policy_version = 9;
         assert_eq!(err(&r), "policy_version: unknown version 9 (the newest version is 5)");
+        assert_eq!(kind(&r), RejectKind::UnknownVersion);
         r.policy_version = 0;
         assert!(err(&r).starts_with("policy_version: unknown version 0"));
 
         let mut r = good();
-        r.observations = Some(Tensor::from_slice(&[3, 2, 3], &[0.0f32; 18]));
+        r.observations = Some(Tensor::from_slice(&[4, 2, 3], &[0.0f32; 24]));
         assert_eq!(
             err(&r),
-            "observations: expected shape [3, N, 2] with 1 <= N <= 64, got [3, 2, 3]"
+            "observations: expected shape [4, N, 2] with 1 <= N <= 64, got [4, 2, 3]"
         );
+        assert_eq!(kind(&r), RejectKind::Shape);
+
+        let mut r = good();
+        r.observations = Some(Tensor::from_slice(&[4, 65, 2], &[0.0f32; 4 * 65 * 2]));
+        assert!(err(&r).contains("1 <= N <= 64, got [4, 65, 2]"), "{}", err(&r));
 
         let mut r = good();
         r.rewards = Some(Tensor::from_slice(&[3, 2], &[1.0f32, 1.0, f32::NAN, 1.0, 1.0, 1.0]));
         assert_eq!(err(&r), "rewards: element 2 is NaN, expected a finite number");
+        assert_eq!(kind(&r), RejectKind::NotFinite);
 
         let mut r = good();
-        r.bootstrap_observations = Some(Tensor::from_slice(&[2, 2], &[0.0f32, f32::INFINITY, 0.0, 0.0]));
-        assert_eq!(
-            err(&r),
-            "bootstrap_observations: element 1 is inf, expected a finite number"
-        );
+        let mut obs = vec![0.0f32; 16];
+        obs[13] = f32::INFINITY;
+        r.observations = Some(Tensor::from_slice(&[4, 2, 2], &obs));
+        assert_eq!(err(&r), "observations: element 13 is inf, expected a finite number");
 
         let mut r = good();
-        r.actions = Some(Tensor::from_slice(&[3, 2], &[0i64, 1, 2, 0, 0, 1]));
+        r.actions = Some(Tensor::from_slice(&[3, 2, 1], &[0i64, 1, 2, 0, 0, 1]));
         assert_eq!(err(&r), "actions: element 2 is 2, expected a value in [0, 2)");
+        assert_eq!(kind(&r), RejectKind::OutOfRange);
 
         let mut r = good();
-        r.actions = Some(Tensor::from_slice(&[2, 3], &[0i64; 6]));
-        assert_eq!(err(&r), "actions: expected shape [3, 2], got [2, 3]");
+        r.actions = Some(Tensor::from_slice(&[2, 3, 1], &[0i64; 6]));
+        assert_eq!(err(&r), "actions: expected shape [3, 2, 1], got [2, 3, 1]");
 
         let mut r = good();
         r.truncation_observations = Some(Tensor::from_slice(&[1, 2], &[0.0f32; 2]));
         assert_eq!(err(&r), "truncation_observations: expected shape [2, 2], got [1, 2]");
 
         let mut r = good();
-        r.behaviour_logits = None;
-        assert_eq!(err(&r), "behaviour_logits: missing tensor");
+        r.behaviour_params = None;
+        assert_eq!(err(&r), "behaviour_params: missing tensor");
+        assert_eq!(kind(&r), RejectKind::Missing);
 
         let mut r = good();
         r.terminated = Some(Tensor::from_slice(&[3, 2], &[0.0f32; 6]));
         assert_eq!(err(&r), "terminated: expected dtype u8, got f32");
+        assert_eq!(kind(&r), RejectKind::DType);
+
+        let mut r = good();
+        r.initial_state = Some(Tensor::from_slice(&[2, 1], &[0.0f32; 2]));
+        assert!(err(&r).starts_with("initial_state: expected none"));
+    }
+
+    #[test]
+    fn pixels_masks_and_states_are_checked_against_the_spec() {
+        let mut s = spec();
+        s.env.observation = ObservationSpace::u8(&[2, 3]);
+        s.env.action = ActionSpace::MultiDiscrete { nvec: vec![2, 3] };
+        s.env.action_mask = true;
+        s.state_size = 4;
+        let (t, n) = (3, 2);
+        let mut r = good();
+        r.observations = Some(Tensor::from_slice(&[t + 1, n, 2, 3], &[9u8; 4 * 2 * 6]));
+        r.truncation_observations = Some(Tensor::from_slice(&[2, 2, 3], &[5u8; 12]));
+        r.actions = Some(Tensor::from_slice(&[t, n, 2], &[0i64, 2, 1, 0, 0, 1, 1, 1, 0, 0, 1, 2]));
+        r.behaviour_params = Some(Tensor::from_slice(&[t, n, 5], &[0.0f32; 30]));
+        let mut masks = vec![1u8; t * n * 5];
+        r.action_masks = Some(Tensor::from_slice(&[t, n, 5], &masks));
+        r.initial_state = Some(Tensor::from_slice(&[n, 4], &[0.5f32; 8]));
+        let c = validate(&r, &s, 5).unwrap();
+        assert_eq!(c.observations.width, 6);
+        assert_eq!(c.masks.as_ref().unwrap().data.len(), 30);
+        assert_eq!(c.state.as_ref().unwrap().width, 16);
+        // An action the mask forbids is refused, naming the element.
+        masks[2 + 2] = 0; // row 0, component 1, choice 2
+        r.action_masks = Some(Tensor::from_slice(&[t, n, 5], &masks));
+        let e = validate(&r, &s, 5).unwrap_err().to_string();
+        assert_eq!(e, "actions: element 1 is 2, which action_masks marks illegal");
+        // Component bounds follow nvec.
+        r.action_masks = None;
+        assert_eq!(
+            validate(&r, &s, 5).unwrap_err().to_string(),
+            "action_masks: missing tensor"
+        );
+        r.action_masks = Some(Tensor::from_slice(&[t, n, 5], &[1u8; 30]));
+        r.actions = Some(Tensor::from_slice(&[t, n, 2], &[2i64, 0, 1, 0, 0, 1, 1, 1, 0, 0, 1, 2]));
+        assert_eq!(
+            validate(&r, &s, 5).unwrap_err().to_string(),
+            "actions: element 0 is 2, expected a value in [0, 2)"
+        );
+        // f32 pixels where the spec says u8.
+        r.observations = Some(Tensor::from_slice(&[t + 1, n, 2, 3], &[0.0f32; 48]));
+        assert_eq!(
+            validate(&r, &s, 5).unwrap_err().to_string(),
+            "observations: expected dtype u8, got f32"
+        );
     }
 }

@@ -27,7 +27,9 @@ use proto::v1::RegisterLearnerRequest;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use troupe::model::ModelSpec;
 use troupe::process::{grpc_channel, write_ready_file, Backoff};
+use troupe::spaces::EnvSpec;
 use troupe::telemetry::names;
 use troupe::RunConfig;
 
@@ -62,12 +64,13 @@ pub struct Args {
     pub log_json: bool,
 }
 
-/// Registers with the coordinator (retrying until it answers): the run config and latest version.
+/// Registers with the coordinator (retrying until it answers, and until the env's spaces are
+/// known): the run config, the env spec and the latest version.
 async fn register(
     client: &mut CoordinatorClient<tonic::transport::Channel>,
     advertise: &str,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Option<(RunConfig, u64)>> {
+) -> anyhow::Result<Option<(RunConfig, EnvSpec, u64)>> {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(3));
     loop {
         let req = RegisterLearnerRequest {
@@ -76,7 +79,11 @@ async fn register(
         match client.register_learner(req).await {
             Ok(r) => {
                 let r = r.into_inner();
-                return Ok(Some((RunConfig::from_toml(&r.run_config_toml)?, r.latest_version)));
+                let config = RunConfig::from_toml(&r.run_config_toml)?;
+                let json = r.spec.map(|s| s.json).unwrap_or_default();
+                let spec: EnvSpec = serde_json::from_str(&json).context("coordinator sent a malformed env spec")?;
+                spec.validate()?;
+                return Ok(Some((config, spec, r.latest_version)));
             }
             Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "registration failed, retrying");
@@ -103,15 +110,18 @@ pub async fn run(
 
     let coordinator = grpc_channel(&args.coordinator).context("coordinator address")?;
     let mut client = CoordinatorClient::new(coordinator.clone()).max_decoding_message_size(proto::MAX_MESSAGE_BYTES);
-    let Some((config, latest)) = register(&mut client, &advertise, &shutdown).await? else {
+    let Some((config, env_spec, latest)) = register(&mut client, &advertise, &shutdown).await? else {
         return Ok(());
     };
-    tracing::info!(advertise = %advertise, latest_version = latest, "registered with the coordinator");
+    tracing::info!(advertise = %advertise, latest_version = latest, env = %env_spec.id, "registered with the coordinator");
 
-    let spec = troupe::policy::PolicySpec::for_run(&config);
-    let (obs_size, num_actions) = (spec.observation_size, spec.num_actions);
+    let spec = ModelSpec {
+        env: env_spec.clone(),
+        model: config.model.clone(),
+    };
     tch::manual_seed(args.seed);
     let mut trainer = trainer::Trainer::new(&config, &spec, device)?;
+    let state_size = trainer.model().state_size();
     if latest > 0 {
         let (meta, blob) = troupe::client::fetch_policy(&mut client, latest)
             .await
@@ -147,9 +157,9 @@ pub async fn run(
     let service = ingest::LearnerService {
         spec: ingest::RolloutSpec {
             unroll_length: config.actor.unroll_length,
-            obs_size,
-            num_actions,
-            max_envs: 4096,
+            max_envs: config.actor.num_envs * env_spec.num_agents,
+            env: env_spec,
+            state_size,
         },
         latest_version: known_version,
         queue: queue_tx,

@@ -11,11 +11,12 @@ use tch::{Device, Kind, Tensor};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use troupe::config::{LearnerConfig, Optimizer};
-use troupe::policy::{PolicyNet, PolicySpec};
+use troupe::model::{dist, Model, ModelSpec};
+use troupe::spaces::ObsDType;
 use troupe::telemetry::names;
 use troupe::RunConfig;
 
-use crate::batch::{Batch, Batcher, Columns};
+use crate::batch::{Batch, Batcher, Columns, Rows};
 use crate::vtrace::{vtrace_from_flags, Ends, VTraceParams};
 
 /// Weights to publish as a policy version.
@@ -39,10 +40,9 @@ pub struct UpdateStats {
 }
 
 pub struct Trainer {
-    net: PolicyNet,
+    net: Model,
     opt: nn::Optimizer,
     cfg: LearnerConfig,
-    env_id: String,
     device: Device,
     pub updates: u64,
     pub frames: u64,
@@ -50,9 +50,15 @@ pub struct Trainer {
     pub version: u64,
 }
 
+/// Raw bytes of `kind` elements as a CPU tensor of `shape` (one copy).
+fn tensor_of(rows: &Rows, shape: &[i64], kind: Kind) -> Tensor {
+    Tensor::from_data_size(&rows.data, shape, kind)
+}
+
 impl Trainer {
-    pub fn new(run: &RunConfig, spec: &PolicySpec, device: Device) -> anyhow::Result<Trainer> {
-        let net = PolicyNet::new(spec, device);
+    pub fn new(run: &RunConfig, spec: &ModelSpec, device: Device) -> anyhow::Result<Trainer> {
+        let mut net = Model::new(spec, device)?;
+        net.set_env_config(&run.env);
         let l = &run.learner;
         let opt = match l.optimizer {
             Optimizer::Adam => nn::Adam::default().build(net.var_store(), l.learning_rate)?,
@@ -67,12 +73,15 @@ impl Trainer {
             net,
             opt,
             cfg: l.clone(),
-            env_id: run.env.id.clone(),
             device,
             updates: 0,
             frames: 0,
             version: 0,
         })
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.net
     }
 
     /// Starts from stored weights (a restarted learner resumes from the latest version).
@@ -93,44 +102,77 @@ impl Trainer {
             parent_version,
             learner_step: self.updates,
             frames: self.frames,
-            blob: self.net.to_safetensors(&self.env_id),
+            blob: self.net.to_safetensors(),
         }
     }
 
     /// One IMPALA update on a [T, B] batch.
     pub fn update(&mut self, batch: &Batch) -> UpdateStats {
         let dev = self.device;
-        let (t, b, o, a) = (
-            batch.t as i64,
-            batch.b as i64,
-            batch.obs_size as i64,
-            batch.num_actions as i64,
-        );
-        let f32s = |v: &[f32], shape: &[i64]| Tensor::from_slice(v).view(shape).to_device(dev);
-        let obs = f32s(&batch.observations, &[t + 1, b, o]);
-        let actions = Tensor::from_slice(&batch.actions).view([t, b]).to_device(dev);
-        let rewards = f32s(&batch.rewards, &[t, b]);
-        let terminated = f32s(&batch.terminated, &[t, b]);
-        let truncated = f32s(&batch.truncated, &[t, b]);
-        let behaviour_logits = f32s(&batch.logits, &[t, b, a]);
+        let spec = self.net.spec().clone();
+        let c = &batch.cols;
+        let (t, b) = (c.t as i64, c.n as i64);
+        let obs_dims: Vec<i64> = spec.env.observation.shape.iter().map(|&d| d as i64).collect();
+        let obs_kind = match spec.env.observation.dtype {
+            ObsDType::F32 => Kind::Float,
+            ObsDType::U8 => Kind::Uint8,
+        };
+        let with_obs = |lead: &[i64]| -> Vec<i64> { lead.iter().chain(obs_dims.iter()).copied().collect() };
+        // Pixels cross to the device as u8 and become floats there (Model::prepare).
+        let obs = self
+            .net
+            .prepare(&tensor_of(&c.observations, &with_obs(&[t + 1, b]), obs_kind));
+        let d = spec.env.action.dim() as i64;
+        let p = spec.env.action.dist_params() as i64;
+        let action_kind = if spec.env.action.is_continuous() {
+            Kind::Float
+        } else {
+            Kind::Int64
+        };
+        let actions = tensor_of(&c.actions, &[t, b, d], action_kind).to_device(dev);
+        let rewards = tensor_of(&c.rewards, &[t, b], Kind::Float).to_device(dev);
+        let terminated = tensor_of(&c.terminated, &[t, b], Kind::Uint8)
+            .to_device(dev)
+            .to_kind(Kind::Float);
+        let truncated = tensor_of(&c.truncated, &[t, b], Kind::Uint8)
+            .to_device(dev)
+            .to_kind(Kind::Float);
+        let behaviour = tensor_of(&c.params, &[t, b, p], Kind::Float).to_device(dev);
+        let masks = c.masks.as_ref().map(|m| {
+            let w = spec.env.action.mask_width().unwrap_or(0) as i64;
+            tensor_of(m, &[t, b, w], Kind::Uint8).to_device(dev)
+        });
+        let s = self.net.state_size() as i64;
+        let state0 = match &c.state {
+            Some(rows) => tensor_of(rows, &[b, s], Kind::Float).to_device(dev),
+            None => Tensor::zeros([b, s], (Kind::Float, dev)),
+        };
+        // An episode starts at step t + 1 where one ended at step t.
+        let ended = (&terminated + &truncated).clamp_max(1.0);
+        let starts = Tensor::cat(&[Tensor::zeros([1, b], (Kind::Float, dev)), ended.shallow_clone()], 0);
 
-        let (logits_all, values_all) = self.net.forward(&obs);
-        let log_probs = logits_all.narrow(0, 0, t).log_softmax(-1, Kind::Float);
-        let action_log_probs = log_probs.gather(2, &actions.unsqueeze(-1), false).squeeze_dim(-1);
-        let behaviour_log_probs = behaviour_logits
-            .log_softmax(-1, Kind::Float)
-            .gather(2, &actions.unsqueeze(-1), false)
-            .squeeze_dim(-1);
+        let (params_all, values_all, states) = self.net.unroll(&obs, &state0, &starts);
+        let params = params_all.narrow(0, 0, t);
+        let (action_log_probs, entropy_per_step) =
+            dist::log_prob_entropy(&spec.env.action, &params, &actions, masks.as_ref());
+        let (behaviour_log_probs, _) = dist::log_prob_entropy(&spec.env.action, &behaviour, &actions, masks.as_ref());
         let log_rhos = action_log_probs.detach() - behaviour_log_probs;
 
-        // The value of each truncated episode's last observation, placed at its step.
+        // The value of each truncated episode's last observation, placed at its step. With a
+        // recurrent core, that observation follows the state after its step.
         let truncation_values = if batch.truncation_index.is_empty() {
             Tensor::zeros([t, b], (Kind::Float, dev))
         } else {
             let k = batch.truncation_index.len() as i64;
-            let tobs = f32s(&batch.truncation_observations, &[k, o]);
-            let (_, v) = tch::no_grad(|| self.net.forward(&tobs));
+            let rows = Rows::new(1, 0, c.truncation_observations.clone());
+            let tobs = self.net.prepare(&tensor_of(&rows, &with_obs(&[k]), obs_kind));
             let index = Tensor::from_slice(&batch.truncation_index).to_device(dev);
+            let tstate = if s > 0 {
+                states.narrow(0, 0, t).reshape([t * b, s]).index_select(0, &index)
+            } else {
+                Tensor::zeros([k, 0], (Kind::Float, dev))
+            };
+            let v = tch::no_grad(|| self.net.step(&tobs, &tstate.detach()).value);
             Tensor::zeros([t * b], (Kind::Float, dev))
                 .index_put(&[Some(index)], &v, false)
                 .view([t, b])
@@ -152,7 +194,7 @@ impl Trainer {
             },
         );
         let values = values_all.narrow(0, 0, t);
-        let advantages = if self.cfg.normalize_advantages {
+        let advantages = if self.cfg.normalize_advantages && t * b > 1 {
             // Without this, a value net that lags rising returns makes nearly every advantage
             // large and positive, and the policy drifts into always taking one action.
             (&vt.pg_advantages - vt.pg_advantages.mean(Kind::Float)) / (vt.pg_advantages.std(true) + 1e-8)
@@ -161,9 +203,7 @@ impl Trainer {
         };
         let pg_loss = -(&action_log_probs * &advantages).mean(Kind::Float);
         let baseline_loss = (&vt.vs - &values).square().mean(Kind::Float) * 0.5;
-        let entropy = -(log_probs.exp() * &log_probs)
-            .sum_dim_intlist(-1, false, Kind::Float)
-            .mean(Kind::Float);
+        let entropy = entropy_per_step.mean(Kind::Float);
         let loss = &pg_loss + &baseline_loss * self.cfg.baseline_cost - &entropy * self.cfg.entropy_cost;
 
         self.opt.zero_grad();
@@ -239,16 +279,22 @@ impl TrainerLoop {
             });
             metrics::gauge!(names::LEARNER_QUEUE_DEPTH).set(self.queue.len() as f64);
             let Some(cols) = cols else { continue };
-            let Some(batch) = batcher.push(cols) else { continue };
-            let start = Instant::now();
-            let stats = self.trainer.update(&batch);
-            let secs = start.elapsed().as_secs_f64();
-            self.record(&batch, &stats, secs);
-            since_publish += 1;
-            if since_publish >= self.publish_every {
-                self.publish();
-                since_publish = 0;
+            batcher.push(cols);
+            // Every complete batch is trained before the next rollout is taken, so the backlog
+            // stays under B columns plus one rollout whatever num_envs is.
+            while let Some(batch) = batcher.next_batch() {
+                metrics::gauge!(names::LEARNER_BATCHER_BYTES).set(batcher.pending_bytes() as f64);
+                let start = Instant::now();
+                let stats = self.trainer.update(&batch);
+                let secs = start.elapsed().as_secs_f64();
+                self.record(&batch, &stats, secs);
+                since_publish += 1;
+                if since_publish >= self.publish_every {
+                    self.publish();
+                    since_publish = 0;
+                }
             }
+            metrics::gauge!(names::LEARNER_BATCHER_BYTES).set(batcher.pending_bytes() as f64);
         }
         if since_publish > 0 {
             tracing::info!(updates = self.trainer.updates, "publishing final weights before exit");
@@ -266,7 +312,7 @@ impl TrainerLoop {
 
     fn record(&self, batch: &Batch, s: &UpdateStats, secs: f64) {
         metrics::counter!(names::LEARNER_UPDATES).increment(1);
-        metrics::counter!(names::LEARNER_FRAMES).increment((batch.t * batch.b) as u64);
+        metrics::counter!(names::LEARNER_FRAMES).increment((batch.t() * batch.b()) as u64);
         metrics::histogram!(names::LEARNER_UPDATE_SECONDS).record(secs);
         metrics::gauge!(names::LEARNER_LOSS, "term" => "total").set(s.total_loss);
         metrics::gauge!(names::LEARNER_LOSS, "term" => "pg").set(s.pg_loss);

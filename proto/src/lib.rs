@@ -11,7 +11,7 @@ pub mod v1 {
 
 mod tensor;
 
-pub use tensor::{ElementType, TensorError, TensorView};
+pub use tensor::{dtype_size, ElementType, TensorError, TensorView};
 
 /// Largest gRPC message either side will decode or encode (16 MiB). Policies and rollouts larger
 /// than this are chunked or split by the sender.

@@ -41,46 +41,34 @@ pub enum TensorError {
     },
 }
 
-/// Rust element types that travel as tensors.
-pub trait ElementType: Copy + Sized {
+/// Rust element types that travel as tensors (little-endian, as every supported target is).
+pub trait ElementType: bytemuck::Pod {
     const DTYPE: DType;
-    const SIZE: usize;
-    fn write_le(self, out: &mut Vec<u8>);
-    fn read_le(bytes: &[u8]) -> Self;
+    const SIZE: usize = std::mem::size_of::<Self>();
 }
+
+#[cfg(target_endian = "big")]
+compile_error!("the wire format is little-endian and Troupe copies tensors as native bytes");
 
 impl ElementType for f32 {
     const DTYPE: DType = DType::DtypeF32;
-    const SIZE: usize = 4;
-    fn write_le(self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.to_le_bytes());
-    }
-    fn read_le(b: &[u8]) -> Self {
-        f32::from_le_bytes([b[0], b[1], b[2], b[3]])
-    }
 }
 
 impl ElementType for i64 {
     const DTYPE: DType = DType::DtypeI64;
-    const SIZE: usize = 8;
-    fn write_le(self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.to_le_bytes());
-    }
-    fn read_le(b: &[u8]) -> Self {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(&b[..8]);
-        i64::from_le_bytes(a)
-    }
 }
 
 impl ElementType for u8 {
     const DTYPE: DType = DType::DtypeU8;
-    const SIZE: usize = 1;
-    fn write_le(self, out: &mut Vec<u8>) {
-        out.push(self);
-    }
-    fn read_le(b: &[u8]) -> Self {
-        b[0]
+}
+
+/// Bytes per element of a dtype (0 for unspecified).
+pub fn dtype_size(d: DType) -> usize {
+    match d {
+        DType::DtypeUnspecified => 0,
+        DType::DtypeF32 => 4,
+        DType::DtypeI64 => 8,
+        DType::DtypeU8 => 1,
     }
 }
 
@@ -106,14 +94,15 @@ impl Tensor {
             "tensor shape {shape:?} does not match {} values",
             values.len()
         );
-        let mut data = Vec::with_capacity(n * T::SIZE);
-        for v in values {
-            v.write_le(&mut data);
-        }
+        Tensor::from_bytes(T::DTYPE, shape, Bytes::copy_from_slice(bytemuck::cast_slice(values)))
+    }
+
+    /// Wraps bytes already laid out as `dtype` elements (no copy).
+    pub fn from_bytes(dtype: DType, shape: &[usize], data: Bytes) -> Tensor {
         Tensor {
-            dtype: T::DTYPE as i32,
+            dtype: dtype as i32,
             shape: shape.iter().map(|&d| d as u64).collect(),
-            data: Bytes::from(data),
+            data,
         }
     }
 }
@@ -129,16 +118,21 @@ pub struct TensorView<'a> {
 impl<'a> TensorView<'a> {
     /// Checks `tensor` holds elements of type `T` and that its bytes match its shape.
     pub fn new<T: ElementType>(field: &'static str, tensor: Option<&'a Tensor>) -> Result<Self, TensorError> {
+        Self::with_dtype(field, tensor, T::DTYPE)
+    }
+
+    /// Checks `tensor` holds elements of `want` and that its bytes match its shape.
+    pub fn with_dtype(field: &'static str, tensor: Option<&'a Tensor>, want: DType) -> Result<Self, TensorError> {
         let t = tensor.ok_or(TensorError::Missing { field })?;
         let dtype = DType::try_from(t.dtype).unwrap_or(DType::DtypeUnspecified);
-        if dtype != T::DTYPE {
+        if dtype != want || want == DType::DtypeUnspecified {
             let got = match DType::try_from(t.dtype) {
                 Ok(d) => dtype_name(d).to_string(),
                 Err(_) => format!("unknown dtype {}", t.dtype),
             };
             return Err(TensorError::DType {
                 field,
-                expected: dtype_name(T::DTYPE),
+                expected: dtype_name(want),
                 got,
             });
         }
@@ -146,7 +140,7 @@ impl<'a> TensorView<'a> {
             .shape
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .and_then(|n| n.checked_mul(T::SIZE as u64));
+            .and_then(|n| n.checked_mul(dtype_size(want) as u64));
         match elements {
             Some(bytes) if bytes == t.data.len() as u64 => {}
             other => {
@@ -183,22 +177,58 @@ impl<'a> TensorView<'a> {
         })
     }
 
-    /// Decodes the elements. The dtype was checked in [`TensorView::new`].
+    /// The raw little-endian bytes (dtype and length already checked).
+    pub fn bytes(&self) -> &'a [u8] {
+        self.data
+    }
+
+    /// Decodes the elements with one copy. The dtype was checked in [`TensorView::new`].
     pub fn to_vec<T: ElementType>(&self) -> Vec<T> {
-        self.data.chunks_exact(T::SIZE).map(T::read_le).collect()
+        bytemuck::pod_collect_to_vec(self.data)
+    }
+
+    /// Rejects NaN and infinities among f32 elements, without copying.
+    pub fn check_finite_f32(&self) -> Result<(), TensorError> {
+        let bad = self
+            .data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .enumerate()
+            .find(|(_, x)| !x.is_finite());
+        match bad {
+            Some((index, value)) => Err(TensorError::NotFinite {
+                field: self.field,
+                index,
+                value,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Decodes f32 elements and rejects NaN and infinities.
     pub fn to_finite_f32(&self) -> Result<Vec<f32>, TensorError> {
-        let v: Vec<f32> = self.to_vec();
-        if let Some((index, &value)) = v.iter().enumerate().find(|(_, x)| !x.is_finite()) {
-            return Err(TensorError::NotFinite {
+        self.check_finite_f32()?;
+        Ok(self.to_vec())
+    }
+
+    /// Checks i64 elements: element i of each row of the last dimension lies in
+    /// `0..bounds[i % bounds.len()]`, without copying.
+    pub fn check_i64_below(&self, bounds: &[i64]) -> Result<(), TensorError> {
+        let bad = self
+            .data
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .enumerate()
+            .find(|&(i, x)| x < 0 || x >= bounds[i % bounds.len()]);
+        match bad {
+            Some((index, value)) => Err(TensorError::OutOfRange {
                 field: self.field,
                 index,
                 value,
-            });
+                expected: format!("a value in [0, {})", bounds[index % bounds.len()]),
+            }),
+            None => Ok(()),
         }
-        Ok(v)
     }
 
     /// Decodes integer elements and checks each lies in `lo..hi`.
@@ -215,10 +245,9 @@ impl<'a> TensorView<'a> {
         Ok(v)
     }
 
-    /// Decodes 0/1 flags.
-    pub fn to_flags(&self) -> Result<Vec<bool>, TensorError> {
-        let v: Vec<u8> = self.to_vec();
-        if let Some((index, &value)) = v.iter().enumerate().find(|(_, &x)| x > 1) {
+    /// Checks u8 elements are 0 or 1, without copying.
+    pub fn check_flags(&self) -> Result<(), TensorError> {
+        if let Some((index, &value)) = self.data.iter().enumerate().find(|(_, &x)| x > 1) {
             return Err(TensorError::OutOfRange {
                 field: self.field,
                 index,
@@ -226,7 +255,13 @@ impl<'a> TensorView<'a> {
                 expected: "0 or 1".to_string(),
             });
         }
-        Ok(v.into_iter().map(|x| x == 1).collect())
+        Ok(())
+    }
+
+    /// Decodes 0/1 flags.
+    pub fn to_flags(&self) -> Result<Vec<bool>, TensorError> {
+        self.check_flags()?;
+        Ok(self.data.iter().map(|&x| x == 1).collect())
     }
 }
 

@@ -27,6 +27,17 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// The site-packages of the hosted-env venv (gymnasium...), from `TROUPE_ENVS_SITE`, which
+/// scripts/test.sh exports. Python-hosted actors and `load_policy.py` import from it.
+pub fn envs_site_packages() -> String {
+    let site = std::env::var("TROUPE_ENVS_SITE").unwrap_or_default();
+    assert!(
+        !site.is_empty() && Path::new(&site).join("gymnasium").exists(),
+        "TROUPE_ENVS_SITE must name a site-packages with gymnasium (scripts/test.sh sets it from scripts/requirements-envs.txt); got {site:?}"
+    );
+    site
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

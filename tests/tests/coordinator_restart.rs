@@ -103,7 +103,10 @@ fn bad_config_stops_the_coordinator_with_one_line() {
             "[actor]\nunroll_length = 0\n",
             "actor.unroll_length: expected a value in [1, 4096], got 0",
         ),
-        ("[env]\nid = \"Pong\"\n", "env.id: expected one of"),
+        (
+            "[env]\nid = \"Pong\"\n",
+            "env.id: expected a native env, one of [\"CartPole-v1\"",
+        ),
     ];
     for (doc, want) in cases {
         let path = dir.path().join("bad.toml");

@@ -13,14 +13,15 @@ fn rollout(t: usize, n: usize, version: u64) -> Rollout {
     Rollout {
         actor_id: 999,
         policy_version: version,
-        observations: Some(Tensor::from_slice(&[t, n, 4], &vec![0.01f32; t * n * 4])),
-        actions: Some(Tensor::from_slice(&[t, n], &vec![1i64; t * n])),
+        observations: Some(Tensor::from_slice(&[t + 1, n, 4], &vec![0.01f32; (t + 1) * n * 4])),
+        actions: Some(Tensor::from_slice(&[t, n, 1], &vec![1i64; t * n])),
         rewards: Some(Tensor::from_slice(&[t, n], &vec![1.0f32; t * n])),
         terminated: Some(Tensor::from_slice(&[t, n], &vec![0u8; t * n])),
         truncated: Some(Tensor::from_slice(&[t, n], &vec![0u8; t * n])),
-        behaviour_logits: Some(Tensor::from_slice(&[t, n, 2], &vec![0.0f32; t * n * 2])),
-        bootstrap_observations: Some(Tensor::from_slice(&[n, 4], &vec![0.01f32; n * 4])),
+        behaviour_params: Some(Tensor::from_slice(&[t, n, 2], &vec![0.0f32; t * n * 2])),
         truncation_observations: Some(Tensor::from_slice(&[0, 4], &[] as &[f32])),
+        action_masks: None,
+        initial_state: None,
     }
 }
 
@@ -29,7 +30,8 @@ fn rollout(t: usize, n: usize, version: u64) -> Rollout {
 async fn send(addr: &str, rollouts: Vec<Rollout>) -> Result<u64, tonic::Status> {
     let mut client = LearnerClient::connect(addr.to_string())
         .await
-        .expect("connect to learner");
+        .expect("connect to learner")
+        .max_encoding_message_size(64 << 20);
     let n = rollouts.len() as u64;
     let mut req = tonic::Request::new(tokio_stream::iter(rollouts));
     req.set_timeout(Duration::from_secs(20));
@@ -61,26 +63,26 @@ async fn malformed_rollouts_get_invalid_argument_and_training_goes_on() -> anyho
     assert_eq!(send(&cluster.learner_addr, vec![rollout(t, 4, version)]).await?, 1);
 
     let mut wrong_shape = rollout(t, 4, version);
-    wrong_shape.observations = Some(Tensor::from_slice(&[t, 4, 3], &vec![0.0f32; t * 4 * 3]));
+    wrong_shape.observations = Some(Tensor::from_slice(&[t + 1, 4, 3], &vec![0.0f32; (t + 1) * 4 * 3]));
     let mut nan = rollout(t, 4, version);
     let mut rewards = vec![1.0f32; t * 4];
     rewards[5] = f32::NAN;
     nan.rewards = Some(Tensor::from_slice(&[t, 4], &rewards));
     let unknown = rollout(t, 4, 1_000_000);
     let mut wrong_dtype = rollout(t, 4, version);
-    wrong_dtype.actions = Some(Tensor::from_slice(&[t, 4], &vec![1.0f32; t * 4]));
+    wrong_dtype.actions = Some(Tensor::from_slice(&[t, 4, 1], &vec![1.0f32; t * 4]));
     let mut short_bytes = rollout(t, 4, version);
-    if let Some(b) = short_bytes.behaviour_logits.as_mut() {
+    if let Some(b) = short_bytes.behaviour_params.as_mut() {
         b.data = b.data.slice(..b.data.len() - 4);
     }
     let cases = [
-        (wrong_shape, format!("observations: expected shape [{t}, N, 4]")),
+        (wrong_shape, format!("observations: expected shape [{}, N, 4]", t + 1)),
         (nan, "rewards: element 5 is NaN, expected a finite number".to_string()),
         (unknown, "policy_version: unknown version 1000000".to_string()),
         (wrong_dtype, "actions: expected dtype i64, got f32".to_string()),
         (
             short_bytes,
-            format!("behaviour_logits: shape [{t}, 4, 2] needs {} bytes", t * 4 * 2 * 4),
+            format!("behaviour_params: shape [{t}, 4, 2] needs {} bytes", t * 4 * 2 * 4),
         ),
     ];
     for (bad, want) in cases {
@@ -103,13 +105,34 @@ async fn malformed_rollouts_get_invalid_argument_and_training_goes_on() -> anyho
         .await
         .map_err(|e| anyhow::anyhow!("{e}{}", cluster.logs()))?;
     }
+    // A message over the 16 MiB cap (20 MiB of observations) is refused with RESOURCE_EXHAUSTED,
+    // not a silent OK, and training goes on.
+    let n = (20 << 20) / ((t + 1) * 16);
+    let big = rollout(t, n, version);
+    let err = send(&cluster.learner_addr, vec![big])
+        .await
+        .expect_err("oversized rollout is refused");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("split rollouts"), "{}", err.message());
+    eventually(
+        "the learner logs the oversized message",
+        Duration::from_secs(10),
+        || async {
+            Ok(cluster
+                .logs()
+                .contains("refused an oversized rollout message")
+                .then_some(()))
+        },
+    )
+    .await?;
+
     let m = scrape(&cluster.learner_metrics)?;
     let rejected: f64 = m
         .lines()
         .filter(|l| l.starts_with("troupe_learner_rollouts_rejected_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    assert_eq!(rejected, 5.0, "each malformed rollout is counted once:\n{m}");
+    assert_eq!(rejected, 6.0, "each malformed rollout is counted once:\n{m}");
     assert!(
         cluster.learner.as_mut().unwrap().child.try_wait()?.is_none(),
         "the learner is still running"

@@ -68,18 +68,30 @@ async fn cartpole_is_solved_by_a_local_cluster() -> anyhow::Result<()> {
     for net in ["policy", "value"] {
         want.extend([format!("{net}.head.bias"), format!("{net}.head.weight")]);
         for i in 0..2 {
-            want.extend([format!("{net}.torso.{i}.bias"), format!("{net}.torso.{i}.weight")]);
+            want.extend([
+                format!("{net}.encoder.torso.layers.{i}.bias"),
+                format!("{net}.encoder.torso.layers.{i}.weight"),
+            ]);
         }
     }
     want.sort();
     assert_eq!(names, want);
-    assert_eq!(st.tensor("policy.torso.0.weight")?.shape(), &[64, 4]);
+    assert_eq!(st.tensor("policy.encoder.torso.layers.0.weight")?.shape(), &[64, 4]);
     assert_eq!(st.tensor("policy.head.weight")?.shape(), &[2, 64]);
+    // The file carries the model's spec: the env's spaces and the model config.
+    let (_, header) = safetensors::SafeTensors::read_metadata(&blob)?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    let spec: serde_json::Value = serde_json::from_str(&meta["spec"])?;
+    let env: troupe::spaces::EnvSpec = serde_json::from_value(spec["env"].clone())?;
+    assert_eq!(env, troupe::env::native_spec("CartPole-v1").unwrap());
+    assert_eq!(spec["model"]["hidden_sizes"], serde_json::json!([64, 64]));
 
-    // A user can load it in PyTorch (strict names and shapes) and it plays CartPole well.
+    // A user can load it in PyTorch (strict names and shapes) and it plays Gymnasium's
+    // CartPole-v1 well.
     let path = cluster.dir.path().join("policy.safetensors");
     std::fs::write(&path, &blob)?;
     let out = std::process::Command::new("python3")
+        .env("PYTHONPATH", tests::envs_site_packages())
         .arg(tests::repo_root().join("scripts/load_policy.py"))
         .arg(&path)
         .args(["--episodes", "20"])

@@ -16,6 +16,8 @@ pub struct ConfigError(String);
 #[serde(deny_unknown_fields, default)]
 pub struct RunConfig {
     pub name: String,
+    /// The run is solved when the mean return of the last 100 episodes reaches this.
+    pub target_return: Option<f64>,
     pub env: EnvConfig,
     pub model: ModelConfig,
     pub actor: ActorConfig,
@@ -23,20 +25,97 @@ pub struct RunConfig {
     pub coordinator: CoordinatorConfig,
 }
 
+/// Where an environment's code runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnvBackend {
+    /// Troupe's own Rust envs ([`crate::env::NATIVE_IDS`]).
+    Native,
+    /// `gymnasium.make(id, **kwargs)` inside the actor (PyO3), then `wrappers` in order.
+    Gymnasium,
+    /// A user's function `module:function` called with `kwargs`, returning a Gymnasium env.
+    Factory,
+    /// `envpool.make_gymnasium(id, num_envs=N, **kwargs)`.
+    Envpool,
+}
+
+/// A Gymnasium wrapper applied to a hosted env: `gymnasium.wrappers.<name>(env, **kwargs)`, or
+/// `module:function` for a wrapper of the user's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WrapperConfig {
+    pub name: String,
+    #[serde(default)]
+    pub kwargs: toml::Table,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EnvConfig {
-    /// Environment id. Supported: "CartPole-v1".
+    /// Environment id, Gymnasium's (for `factory`, a name for logs and the policy file).
     pub id: String,
+    pub backend: EnvBackend,
     /// Base seed; environment i of actor a gets seed + a * num_envs + i.
     pub seed: u64,
+    /// Keyword arguments for `gymnasium.make`, the factory, or `envpool.make_gymnasium`.
+    pub kwargs: toml::Table,
+    /// Gymnasium backend: wrappers applied in order, innermost first.
+    pub wrappers: Vec<WrapperConfig>,
+    /// Factory backend: `module:function`.
+    pub factory: String,
+    /// Modules imported before the env is made (e.g. "ale_py", which registers the ALE ids).
+    pub imports: Vec<String>,
+    /// Directories added to Python's `sys.path` (for a factory's module).
+    pub python_path: Vec<String>,
+}
+
+/// The network's torso: what turns an observation into features.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TorsoKind {
+    /// Dense layers of `hidden_sizes`, on the flattened observation.
+    Mlp,
+    /// The Nature-DQN CNN (Mnih et al. 2015): 32x8x8/4, 64x4x4/2, 64x3x3/1, then `dense_size`.
+    NatureCnn,
+    /// A conv stack of `conv_channels`, `conv_kernels` and `conv_strides`, then `dense_size`.
+    Cnn,
+    /// The IMPALA ResNet (Espeholt et al. 2018, fig. 3): per stage of `impala_channels`, a 3x3
+    /// conv, a 3x3/2 max-pool and two residual blocks; then `dense_size`.
+    ImpalaResnet,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    Relu,
+    Tanh,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// Widths of the hidden layers of the shared torso.
+    pub torso: TorsoKind,
+    /// MLP: widths of the hidden layers.
     pub hidden_sizes: Vec<usize>,
+    /// MLP: the hidden layers' activation.
+    pub activation: Activation,
+    /// Cnn: output channels, kernel sizes and strides of each conv layer.
+    pub conv_channels: Vec<usize>,
+    pub conv_kernels: Vec<usize>,
+    pub conv_strides: Vec<usize>,
+    /// ImpalaResnet: channels of each stage.
+    pub impala_channels: Vec<usize>,
+    /// Conv torsos: width of the dense layer after the convolutions.
+    pub dense_size: usize,
+    /// Image observations are [H, W, C] (MinAtar) rather than [C, H, W] (Atari frame stacks).
+    pub channels_last: bool,
+    /// Width of an LSTM core after the torso; 0 for none.
+    pub lstm_size: usize,
+    /// One torso (and core) for the policy and the value heads. Separate networks are the
+    /// default: with a shared MLP torso, CartPole's value loss swamps the policy's gradients.
+    pub share_torso: bool,
+    /// Gaussian heads: the initial log standard deviation (a learned parameter per dimension).
+    pub init_log_std: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,7 +183,13 @@ impl Default for EnvConfig {
     fn default() -> Self {
         EnvConfig {
             id: "CartPole-v1".to_string(),
+            backend: EnvBackend::Native,
             seed: 0,
+            kwargs: toml::Table::new(),
+            wrappers: Vec::new(),
+            factory: String::new(),
+            imports: Vec::new(),
+            python_path: Vec::new(),
         }
     }
 }
@@ -112,7 +197,18 @@ impl Default for EnvConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
+            torso: TorsoKind::Mlp,
             hidden_sizes: vec![64, 64],
+            activation: Activation::Relu,
+            conv_channels: vec![16],
+            conv_kernels: vec![3],
+            conv_strides: vec![1],
+            impala_channels: vec![16, 32, 32],
+            dense_size: 256,
+            channels_last: false,
+            lstm_size: 0,
+            share_torso: false,
+            init_log_std: 0.0,
         }
     }
 }
@@ -163,6 +259,7 @@ impl Default for RunConfig {
     fn default() -> Self {
         RunConfig {
             name: default_run_name(),
+            target_return: None,
             env: EnvConfig::default(),
             model: ModelConfig::default(),
             actor: ActorConfig::default(),
@@ -171,9 +268,6 @@ impl Default for RunConfig {
         }
     }
 }
-
-/// Environments this build supports.
-pub const ENV_IDS: &[&str] = &["CartPole-v1"];
 
 impl RunConfig {
     /// Parses and validates a TOML document. Keys left out take their defaults.
@@ -221,16 +315,13 @@ impl RunConfig {
         {
             return bad("name", "a non-empty name of letters, digits, '-' and '_'", &self.name);
         }
-        if !ENV_IDS.contains(&self.env.id.as_str()) {
-            return bad("env.id", &format!("one of {ENV_IDS:?}"), &self.env.id);
+        self.env.validate()?;
+        if let Some(t) = self.target_return {
+            if !t.is_finite() {
+                return bad("target_return", "a finite number", &t.to_string());
+            }
         }
-        if self.model.hidden_sizes.is_empty() || self.model.hidden_sizes.iter().any(|&h| h == 0 || h > 65536) {
-            return bad(
-                "model.hidden_sizes",
-                "1 or more layer widths in 1..=65536",
-                &format!("{:?}", self.model.hidden_sizes),
-            );
-        }
+        self.model.validate()?;
         check_range("actor.num_envs", self.actor.num_envs as f64, 1.0, 4096.0)?;
         check_range("actor.unroll_length", self.actor.unroll_length as f64, 1.0, 4096.0)?;
         check_range(
@@ -265,6 +356,87 @@ impl RunConfig {
             0.0,
             86400.0,
         )?;
+        Ok(())
+    }
+}
+
+impl EnvConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ids = crate::env::NATIVE_IDS;
+        match self.backend {
+            EnvBackend::Native if !ids.contains(&self.id.as_str()) => {
+                return bad(
+                    "env.id",
+                    &format!("a native env, one of {ids:?} (or set env.backend = \"gymnasium\" for a Gymnasium id)"),
+                    &self.id,
+                );
+            }
+            EnvBackend::Factory => {
+                let ok = self
+                    .factory
+                    .split_once(':')
+                    .is_some_and(|(m, f)| !m.is_empty() && !f.is_empty());
+                if !ok {
+                    return bad("env.factory", "\"module:function\"", &format!("{:?}", self.factory));
+                }
+            }
+            _ => {}
+        }
+        if self.id.is_empty() {
+            return bad("env.id", "a non-empty env id", "\"\"");
+        }
+        if self.backend != EnvBackend::Gymnasium && !self.wrappers.is_empty() {
+            return bad(
+                "env.wrappers",
+                "no wrappers unless env.backend = \"gymnasium\"",
+                &format!("{} wrappers", self.wrappers.len()),
+            );
+        }
+        if self.backend != EnvBackend::Factory && !self.factory.is_empty() {
+            return bad("env.factory", "empty unless env.backend = \"factory\"", &self.factory);
+        }
+        Ok(())
+    }
+}
+
+impl ModelConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let widths = |key: &str, v: &[usize], lo: usize, hi: usize| {
+            if v.is_empty() || v.iter().any(|&h| h < lo || h > hi) {
+                bad(key, &format!("1 or more values in {lo}..={hi}"), &format!("{v:?}"))
+            } else {
+                Ok(())
+            }
+        };
+        match self.torso {
+            TorsoKind::Mlp => widths("model.hidden_sizes", &self.hidden_sizes, 1, 65536)?,
+            TorsoKind::Cnn => {
+                widths("model.conv_channels", &self.conv_channels, 1, 4096)?;
+                widths("model.conv_kernels", &self.conv_kernels, 1, 64)?;
+                widths("model.conv_strides", &self.conv_strides, 1, 64)?;
+                if self.conv_kernels.len() != self.conv_channels.len()
+                    || self.conv_strides.len() != self.conv_channels.len()
+                {
+                    return bad(
+                        "model.conv_kernels",
+                        &format!(
+                            "one kernel and one stride per conv layer ({} layers)",
+                            self.conv_channels.len()
+                        ),
+                        &format!(
+                            "{} kernels, {} strides",
+                            self.conv_kernels.len(),
+                            self.conv_strides.len()
+                        ),
+                    );
+                }
+            }
+            TorsoKind::ImpalaResnet => widths("model.impala_channels", &self.impala_channels, 1, 4096)?,
+            TorsoKind::NatureCnn => {}
+        }
+        check_range("model.dense_size", self.dense_size as f64, 1.0, 65536.0)?;
+        check_range("model.lstm_size", self.lstm_size as f64, 0.0, 65536.0)?;
+        check_range("model.init_log_std", self.init_log_std, -20.0, 5.0)?;
         Ok(())
     }
 }
@@ -359,11 +531,15 @@ mod tests {
             ),
             (
                 "[env]\nid = \"Pong\"",
-                "env.id: expected one of [\"CartPole-v1\"], got Pong",
+                "env.id: expected a native env, one of [\"CartPole-v1\", \"Acrobot-v1\"",
             ),
             (
                 "[model]\nhidden_sizes = []",
-                "model.hidden_sizes: expected 1 or more layer widths",
+                "model.hidden_sizes: expected 1 or more values in 1..=65536, got []",
+            ),
+            (
+                "[model]\ntorso = \"cnn\"\nconv_channels = [16, 32]",
+                "model.conv_kernels: expected one kernel and one stride per conv layer (2 layers)",
             ),
             (
                 "[learner]\nmax_grad_norm = nan",

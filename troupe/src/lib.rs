@@ -6,8 +6,9 @@ pub mod config;
 pub mod env;
 pub mod error;
 #[cfg(feature = "torch")]
-pub mod policy;
+pub mod model;
 pub mod process;
+pub mod spaces;
 pub mod telemetry;
 
 pub use config::RunConfig;

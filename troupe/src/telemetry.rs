@@ -22,12 +22,14 @@ pub mod names {
     pub const ACTOR_OUTBOX_DEPTH: &str = "troupe_actor_outbox_depth";
     pub const ACTOR_RECONNECTS: &str = "troupe_actor_reconnects_total";
     pub const ACTOR_POLICY_SWITCHES: &str = "troupe_actor_policy_switches_total";
+    pub const ACTOR_ENV_ERRORS: &str = "troupe_actor_env_errors_total";
     // Learner.
     pub const LEARNER_ROLLOUTS: &str = "troupe_learner_rollouts_total";
     pub const LEARNER_ROLLOUTS_REJECTED: &str = "troupe_learner_rollouts_rejected_total";
     pub const LEARNER_FRAMES: &str = "troupe_learner_frames_total";
     pub const LEARNER_QUEUE_DEPTH: &str = "troupe_learner_rollout_queue_depth";
     pub const LEARNER_QUEUE_CAPACITY: &str = "troupe_learner_rollout_queue_capacity";
+    pub const LEARNER_BATCHER_BYTES: &str = "troupe_learner_batcher_backlog_bytes";
     pub const LEARNER_STREAMS: &str = "troupe_learner_rollout_streams";
     pub const LEARNER_UPDATES: &str = "troupe_learner_updates_total";
     pub const LEARNER_UPDATE_SECONDS: &str = "troupe_learner_update_seconds";
@@ -80,6 +82,11 @@ fn describe_all() {
         "times the actor reconnected to a peer, by peer"
     );
     describe_counter!(
+        ACTOR_ENV_ERRORS,
+        Unit::Count,
+        "env failures (exceptions, bad shapes or values) after which the actor rebuilt the env"
+    );
+    describe_counter!(
         ACTOR_POLICY_SWITCHES,
         Unit::Count,
         "times the actor switched to a newer policy version"
@@ -97,6 +104,11 @@ fn describe_all() {
     );
     describe_gauge!(LEARNER_QUEUE_DEPTH, "rollouts waiting in the learner's bounded queue");
     describe_gauge!(LEARNER_QUEUE_CAPACITY, "capacity of the learner's rollout queue");
+    describe_gauge!(
+        LEARNER_BATCHER_BYTES,
+        Unit::Bytes,
+        "bytes of rollout columns held back by the batcher for the next batch"
+    );
     describe_gauge!(LEARNER_STREAMS, "open actor rollout streams");
     describe_counter!(LEARNER_UPDATES, Unit::Count, "optimizer steps taken");
     describe_histogram!(

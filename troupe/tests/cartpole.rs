@@ -2,7 +2,7 @@
 //! (scripts/gen_cartpole_fixture.py): same actions, same start state, same results.
 #![allow(clippy::needless_range_loop)]
 
-use troupe::env::{CartPole, Env};
+use troupe::env::{Action, CartPole, Env};
 
 #[derive(serde::Deserialize)]
 struct Fixture {
@@ -36,7 +36,7 @@ fn matches_gymnasium_step_for_step() {
         let mut obs = [0f32; 4];
         let mut max_diff = 0f64;
         for (t, want) in ep.steps.iter().enumerate() {
-            let got = env.step(want.action, &mut obs);
+            let got = env.step(Action::Discrete(&[want.action as i64]), &mut obs);
             // libm's sin/cos may differ from numpy's by an ulp, and the pole amplifies that over
             // hundreds of steps; a wrong constant or update order is off by far more than this.
             for i in 0..4 {
@@ -104,8 +104,8 @@ fn truncates_at_500_steps_and_rewards_every_step() {
     loop {
         // Alternate pushes keep the cart near the middle long enough to be cut off.
         let [x, x_dot, theta, theta_dot] = env.state();
-        let a = usize::from(theta + 0.5 * theta_dot + 0.01 * x + 0.1 * x_dot > 0.0);
-        let s = env.step(a, &mut obs);
+        let a = i64::from(theta + 0.5 * theta_dot + 0.01 * x + 0.1 * x_dot > 0.0);
+        let s = env.step(Action::Discrete(&[a]), &mut obs);
         total += s.reward;
         t += 1;
         if s.terminated || s.truncated {

@@ -5,7 +5,8 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::{Env, Step};
+use super::{Action, Env, Step};
+use crate::spaces::{ActionSpace, EnvSpec, ObservationSpace};
 
 const GRAVITY: f64 = 9.8;
 const MASS_CART: f64 = 1.0;
@@ -58,12 +59,14 @@ impl CartPole {
 }
 
 impl Env for CartPole {
-    fn observation_size(&self) -> usize {
-        Self::OBSERVATION_SIZE
-    }
-
-    fn num_actions(&self) -> usize {
-        Self::NUM_ACTIONS
+    fn spec(&self) -> EnvSpec {
+        EnvSpec {
+            id: "CartPole-v1".into(),
+            observation: ObservationSpace::f32(&[Self::OBSERVATION_SIZE]),
+            action: ActionSpace::Discrete { n: Self::NUM_ACTIONS },
+            action_mask: false,
+            num_agents: 1,
+        }
     }
 
     fn reset(&mut self, obs: &mut [f32]) {
@@ -74,9 +77,10 @@ impl Env for CartPole {
         self.write_obs(obs);
     }
 
-    fn step(&mut self, action: usize, obs: &mut [f32]) -> Step {
+    fn step(&mut self, action: Action<'_>, obs: &mut [f32]) -> Step {
         let [x, x_dot, theta, theta_dot] = self.state;
-        let force = if action == 1 { FORCE_MAG } else { -FORCE_MAG };
+        let push_right = matches!(action, Action::Discrete([1]));
+        let force = if push_right { FORCE_MAG } else { -FORCE_MAG };
         let (sin, cos) = theta.sin_cos();
         let temp = (force + POLE_MASS_LENGTH * (theta_dot * theta_dot) * sin) / TOTAL_MASS;
         let theta_acc = (GRAVITY * sin - cos * temp) / (LENGTH * (4.0 / 3.0 - MASS_POLE * (cos * cos) / TOTAL_MASS));

@@ -1,0 +1,238 @@
+"""Troupe's Python env host. The actor embeds this module (PyO3) and calls it from its env thread.
+
+It builds N Gymnasium envs (by id with wrappers, or from a user's factory), describes their
+spaces, and steps them with SAME-STEP autoreset: when an episode ends, the observation returned
+for that column is already the first of the next episode, and the ended episode's last
+observation is returned separately (for truncations, the learner bootstraps from it). The step
+after an episode end is therefore always a real transition; no reset step ever reaches the
+learner.
+
+Every value an env returns is checked here per env (shape, dtype) and raised as HostError naming
+the call and the field; the Rust side checks finiteness over the whole batch.
+"""
+
+import difflib
+import importlib
+import json
+import sys
+
+import numpy as np
+
+
+class HostError(Exception):
+    """A problem with an env's output or spaces: which call, which field, what is wrong."""
+
+    def __init__(self, call, field, problem):
+        super().__init__(f"{call}: {field}: {problem}")
+        self.call = call
+        self.field = field
+        self.problem = problem
+
+
+def _resolve(path, what):
+    module, _, name = path.partition(":")
+    if not module or not name:
+        raise HostError("make", what, f"expected 'module:function', got {path!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def _wrapper(spec):
+    import gymnasium as gym
+
+    name, kwargs = spec["name"], spec.get("kwargs", {})
+    if ":" in name:
+        fn = _resolve(name, "env.wrappers")
+    else:
+        fn = getattr(gym.wrappers, name, None)
+        if fn is None:
+            raise HostError("make", "env.wrappers", f"gymnasium.wrappers has no {name!r}")
+    return lambda env: fn(env, **kwargs)
+
+
+def _check_id(env_id):
+    import gymnasium as gym
+
+    if env_id in gym.registry:
+        return
+    known = sorted(gym.registry.keys())
+    close = difflib.get_close_matches(env_id, known, n=5)
+    hint = f"; close matches: {close}" if close else ""
+    listed = known if len(known) <= 120 else known[:120] + [f"... and {len(known) - 120} more"]
+    raise HostError("make", "env.id", f"unknown Gymnasium env id {env_id!r}{hint}; known ids: {listed}")
+
+
+def _describe_obs(space):
+    from gymnasium import spaces
+
+    mask_in_obs = False
+    if isinstance(space, spaces.Dict) and set(space.spaces) == {"observation", "action_mask"}:
+        mask_in_obs = True
+        space = space.spaces["observation"]
+    if not isinstance(space, spaces.Box):
+        raise HostError("make", "observation space", f"expected a Box (f32 or u8), got {space}")
+    if space.dtype == np.float32 or space.dtype == np.float64:
+        dtype = "f32"
+    elif space.dtype == np.uint8 or space.dtype == np.bool_:
+        dtype = "u8"
+    else:
+        raise HostError("make", "observation space", f"expected a Box of float32, float64, uint8 or bool, got {space}")
+    return {"shape": list(space.shape), "dtype": dtype}, space, mask_in_obs
+
+
+def _describe_action(space):
+    from gymnasium import spaces
+
+    if isinstance(space, spaces.Discrete):
+        return {"type": "discrete", "n": int(space.n)}, np.int64(space.start)
+    if isinstance(space, spaces.MultiDiscrete):
+        if space.nvec.ndim != 1:
+            raise HostError("make", "action space", f"expected a 1-D MultiDiscrete, got {space}")
+        return {"type": "multi_discrete", "nvec": [int(x) for x in space.nvec]}, space.start.astype(np.int64)
+    if isinstance(space, spaces.Box):
+        if len(space.shape) != 1 or not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
+            raise HostError("make", "action space", f"expected a 1-D Box with finite bounds, got {space}")
+        return {"type": "box", "low": [float(x) for x in space.low], "high": [float(x) for x in space.high]}, None
+    raise HostError("make", "action space", f"expected Discrete, MultiDiscrete or a 1-D Box, got {space}")
+
+
+class Host:
+    """N envs stepped in a loop with same-step autoreset."""
+
+    def __init__(self, env_id, envs, seeds):
+        self.env_id = env_id
+        self.envs = envs
+        self.seeds = [int(s) for s in seeds]
+        first = envs[0]
+        obs, self.obs_space, self.mask_in_obs = _describe_obs(first.observation_space)
+        action, self.start = _describe_action(first.action_space)
+        self.action_space = first.action_space
+        self.kind = action["type"]
+        self.n = len(envs)
+        self.shape = tuple(self.obs_space.shape)
+        self.dtype = self.obs_space.dtype
+        out_dtype = np.float32 if obs["dtype"] == "f32" else np.uint8
+        self.obs = np.zeros((self.n,) + self.shape, dtype=out_dtype)
+        self.rewards = np.zeros(self.n, dtype=np.float32)
+        self.terminated = np.zeros(self.n, dtype=np.uint8)
+        self.truncated = np.zeros(self.n, dtype=np.uint8)
+        self.mask_width = None if action["type"] == "box" else int(sum(action.get("nvec", [action.get("n", 0)])))
+        self.masks = None
+        self.mask_in_info = False
+        self.spec = {"id": env_id, "observation": obs, "action": action, "action_mask": self.mask_in_obs, "num_agents": 1}
+
+    def _put_obs(self, call, i, o):
+        """Checks one env's observation and copies it into row i; returns the mask if it has one."""
+        mask = None
+        if self.mask_in_obs:
+            if not isinstance(o, dict) or "observation" not in o or "action_mask" not in o:
+                raise HostError(call, "observation", f"env {i}: expected a dict with 'observation' and 'action_mask'")
+            mask = o["action_mask"]
+            o = o["observation"]
+        if not isinstance(o, np.ndarray):
+            raise HostError(call, "observation", f"env {i}: expected a numpy array, got {type(o).__name__}")
+        if o.shape != self.shape:
+            raise HostError(call, "observation", f"env {i}: expected shape {list(self.shape)}, got {list(o.shape)}")
+        if o.dtype != self.dtype:
+            raise HostError(call, "observation", f"env {i}: expected dtype {self.dtype}, got {o.dtype}")
+        self.obs[i] = o
+        return mask
+
+    def _put_mask(self, call, i, mask):
+        if self.masks is None:
+            return
+        m = np.asarray(mask)
+        if m.shape != (self.mask_width,):
+            raise HostError(call, "action_mask", f"env {i}: expected shape [{self.mask_width}], got {list(m.shape)}")
+        if not m.any():
+            raise HostError(call, "action_mask", f"env {i}: no legal action")
+        self.masks[i] = m != 0
+
+    def describe(self):
+        return json.dumps(self.spec)
+
+    def reset(self):
+        for i, env in enumerate(self.envs):
+            o, info = env.reset(seed=self.seeds[i])
+            mask = self._put_obs("reset", i, o)
+            if i == 0:
+                # Masks come in the observation (PettingZoo's convention) or in info
+                # (Gymnasium's, e.g. Taxi): decided by the first reset.
+                self.mask_in_info = not self.mask_in_obs and isinstance(info, dict) and "action_mask" in info
+                if (self.mask_in_obs or self.mask_in_info) and self.mask_width is not None:
+                    self.spec["action_mask"] = True
+                    self.masks = np.ones((self.n, self.mask_width), dtype=np.uint8)
+            self._put_mask("reset", i, info["action_mask"] if self.mask_in_info else mask)
+        return self.obs, self.masks
+
+    def _action(self, actions, i):
+        if self.kind == "discrete":
+            return int(actions[i, 0] + self.start)
+        if self.kind == "multi_discrete":
+            return actions[i] + self.start
+        return actions[i].astype(self.action_space.dtype, copy=False)
+
+    def step(self, actions):
+        finals = []
+        for i, env in enumerate(self.envs):
+            o, r, term, trunc, info = env.step(self._action(actions, i))
+            try:
+                self.rewards[i] = r
+            except (TypeError, ValueError) as e:
+                raise HostError("step", "reward", f"env {i}: expected a real number, got {r!r}") from e
+            self.terminated[i] = bool(term)
+            self.truncated[i] = bool(trunc)
+            mask = self._put_obs("step", i, o)
+            if self.mask_in_info:
+                mask = info.get("action_mask")
+            if term or trunc:
+                if trunc:
+                    finals.append(self.obs[i].copy())
+                o, info = env.reset()
+                mask = self._put_obs("reset", i, o)
+                if self.mask_in_info:
+                    mask = info.get("action_mask")
+            self._put_mask("step", i, mask)
+        final = np.stack(finals) if finals else None
+        return self.obs, self.rewards, self.terminated, self.truncated, final, self.masks
+
+    def close(self):
+        for env in self.envs:
+            try:
+                env.close()
+            except Exception:  # noqa: BLE001 - closing a broken env must not hide the real error
+                pass
+
+
+def make(cfg_json, num_envs, seeds):
+    cfg = json.loads(cfg_json)
+    for path in cfg.get("python_path", []):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    for module in cfg.get("imports", []):
+        importlib.import_module(module)
+    backend = cfg["backend"]
+    wrappers = [_wrapper(w) for w in cfg.get("wrappers", [])]
+    kwargs = cfg.get("kwargs", {})
+    if backend == "gymnasium":
+        import gymnasium as gym
+
+        _check_id(cfg["id"])
+
+        def build():
+            env = gym.make(cfg["id"], **kwargs)
+            for w in wrappers:
+                env = w(env)
+            return env
+
+    elif backend == "factory":
+        factory = _resolve(cfg["factory"], "env.factory")
+
+        def build():
+            return factory(**kwargs)
+
+    else:
+        raise HostError("make", "env.backend", f"the Python host does not run backend {backend!r}")
+    host = Host(cfg["id"], [build() for _ in range(num_envs)], seeds)
+    # The first reset settles whether masks come in info, which is part of the spec.
+    host.reset()
+    return host

@@ -1,0 +1,227 @@
+use super::*;
+use proto::TensorView;
+use troupe::config::ModelConfig;
+use troupe::env::NativeVecEnv;
+use troupe::model::ModelSpec;
+
+fn model_for(spec: &EnvSpec, lstm: usize) -> Model {
+    let model = ModelConfig {
+        lstm_size: lstm,
+        ..ModelConfig::default()
+    };
+    Model::new(
+        &ModelSpec {
+            env: spec.clone(),
+            model,
+        },
+        tch::Device::Cpu,
+    )
+    .unwrap()
+}
+
+#[test]
+fn unroll_has_the_protocol_shapes_and_consistent_episode_ends() {
+    let env = NativeVecEnv::new("CartPole-v1", &[1, 2, 3]).unwrap();
+    let spec = env.spec().clone();
+    let net = model_for(&spec, 0);
+    let mut runner = EnvRunner::new(Box::new(env), 64, 0, 5).unwrap();
+    let mut episodes = Vec::new();
+    let parts = runner.unroll(&net, 7, 3, &mut |e| episodes.push(e)).unwrap();
+    assert_eq!(parts.len(), 1);
+    let r = &parts[0];
+    assert_eq!((r.actor_id, r.policy_version), (7, 3));
+    let obs = TensorView::new::<f32>("observations", r.observations.as_ref()).unwrap();
+    obs.expect_shape(&[Some(65), Some(3), Some(4)]).unwrap();
+    let term = TensorView::new::<u8>("terminated", r.terminated.as_ref())
+        .unwrap()
+        .to_flags()
+        .unwrap();
+    let trunc = TensorView::new::<u8>("truncated", r.truncated.as_ref())
+        .unwrap()
+        .to_flags()
+        .unwrap();
+    let ends = term.iter().zip(&trunc).filter(|(a, b)| **a || **b).count();
+    // A random policy ends CartPole episodes within ~10-40 steps.
+    assert!(ends >= 3, "{ends}");
+    assert_eq!(episodes.len(), ends);
+    let params = TensorView::new::<f32>("behaviour_params", r.behaviour_params.as_ref()).unwrap();
+    params.expect_shape(&[Some(64), Some(3), Some(2)]).unwrap();
+    let actions = TensorView::new::<i64>("actions", r.actions.as_ref()).unwrap();
+    actions.expect_shape(&[Some(64), Some(3), Some(1)]).unwrap();
+    assert!(r.action_masks.is_none() && r.initial_state.is_none());
+    // The observation at t+1 after a termination is a fresh reset state (all |x| < 0.05).
+    let o = obs.to_finite_f32().unwrap();
+    for t in 0..64 {
+        for n in 0..3 {
+            if term[t * 3 + n] {
+                let next = &o[((t + 1) * 3 + n) * 4..((t + 1) * 3 + n) * 4 + 4];
+                assert!(next.iter().all(|v| v.abs() < 0.05), "{next:?}");
+            }
+        }
+    }
+    // The next unroll starts where this one ended.
+    let last_row: Vec<f32> = o[64 * 3 * 4..].to_vec();
+    let r2 = runner.unroll(&net, 7, 3, &mut |_| {}).unwrap().remove(0);
+    let o2 = TensorView::new::<f32>("observations", r2.observations.as_ref())
+        .unwrap()
+        .to_finite_f32()
+        .unwrap();
+    assert_eq!(&o2[..3 * 4], last_row.as_slice());
+}
+
+#[test]
+fn continuous_actions_travel_as_f32_with_gaussian_params() {
+    let env = NativeVecEnv::new("Pendulum-v1", &[1, 2]).unwrap();
+    let spec = env.spec().clone();
+    let net = model_for(&spec, 0);
+    let mut runner = EnvRunner::new(Box::new(env), 10, 0, 1).unwrap();
+    let r = runner.unroll(&net, 1, 1, &mut |_| {}).unwrap().remove(0);
+    TensorView::new::<f32>("actions", r.actions.as_ref())
+        .unwrap()
+        .expect_shape(&[Some(10), Some(2), Some(1)])
+        .unwrap();
+    TensorView::new::<f32>("behaviour_params", r.behaviour_params.as_ref())
+        .unwrap()
+        .expect_shape(&[Some(10), Some(2), Some(2)])
+        .unwrap();
+}
+
+/// With an LSTM core the rollout carries the state each column started the unroll with, and
+/// the state is zeroed where an episode ended.
+#[test]
+fn recurrent_state_is_sent_and_reset_at_episode_ends() {
+    let env = NativeVecEnv::new("CartPole-v1", &[1, 2, 3, 4]).unwrap();
+    let spec = env.spec().clone();
+    let net = model_for(&spec, 8);
+    let s = net.state_size();
+    assert_eq!(s, 2 * 2 * 8);
+    let mut runner = EnvRunner::new(Box::new(env), 16, s, 2).unwrap();
+    let r1 = runner.unroll(&net, 1, 1, &mut |_| {}).unwrap().remove(0);
+    let st1 = TensorView::new::<f32>("initial_state", r1.initial_state.as_ref()).unwrap();
+    st1.expect_shape(&[Some(4), Some(s)]).unwrap();
+    assert!(
+        st1.to_finite_f32().unwrap().iter().all(|&x| x == 0.0),
+        "a fresh run starts from zeros"
+    );
+    let r2 = runner.unroll(&net, 1, 1, &mut |_| {}).unwrap().remove(0);
+    let st2 = TensorView::new::<f32>("initial_state", r2.initial_state.as_ref())
+        .unwrap()
+        .to_finite_f32()
+        .unwrap();
+    assert!(st2.iter().any(|&x| x != 0.0), "the state carries over between unrolls");
+
+    // Replaying r2 from its initial state with the learner's unroll reproduces the actor's
+    // behaviour params, with the resets where episodes ended.
+    let obs = TensorView::new::<f32>("observations", r2.observations.as_ref())
+        .unwrap()
+        .to_finite_f32()
+        .unwrap();
+    let term = TensorView::new::<u8>("terminated", r2.terminated.as_ref())
+        .unwrap()
+        .to_vec::<u8>();
+    let trunc = TensorView::new::<u8>("truncated", r2.truncated.as_ref())
+        .unwrap()
+        .to_vec::<u8>();
+    let mut starts = vec![0f32; 17 * 4];
+    for i in 0..16 * 4 {
+        starts[4 + i] = (term[i] | trunc[i]) as f32;
+    }
+    let (params, _, _) = tch::no_grad(|| {
+        net.unroll(
+            &Tensor::from_slice(&obs).view([17, 4, 4]),
+            &Tensor::from_slice(&st2).view([4, s as i64]),
+            &Tensor::from_slice(&starts).view([17, 4]),
+        )
+    });
+    let behaviour = TensorView::new::<f32>("behaviour_params", r2.behaviour_params.as_ref())
+        .unwrap()
+        .to_finite_f32()
+        .unwrap();
+    let replayed = Vec::<f32>::try_from(params.narrow(0, 0, 16).flatten(0, -1)).unwrap();
+    let max_diff = behaviour
+        .iter()
+        .zip(&replayed)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(max_diff < 1e-5, "{max_diff}");
+    assert!(starts.contains(&1.0), "episodes ended inside the unroll");
+}
+
+#[test]
+fn wide_pixel_unrolls_are_split_by_columns_under_the_cap() {
+    // 64 columns of 4x84x84 u8 frames over 32 steps is ~58 MB: several parts.
+    struct Frames {
+        spec: EnvSpec,
+        n: usize,
+    }
+    impl VecEnv for Frames {
+        fn spec(&self) -> &EnvSpec {
+            &self.spec
+        }
+        fn num_envs(&self) -> usize {
+            self.n
+        }
+        fn reset(&mut self, obs: ObsBuf<'_>, _: Option<&mut [u8]>) -> Result<(), EnvError> {
+            if let ObsBuf::U8(b) = obs {
+                b.fill(7);
+            }
+            Ok(())
+        }
+        fn step(&mut self, _: Action<'_>, out: StepOut<'_>) -> Result<(), EnvError> {
+            if let ObsBuf::U8(b) = out.obs {
+                for (i, row) in b.chunks_mut(4 * 84 * 84).enumerate() {
+                    row.fill(i as u8);
+                }
+            }
+            out.rewards.fill(1.0);
+            Ok(())
+        }
+    }
+    let spec = EnvSpec {
+        id: "Frames-v0".into(),
+        observation: troupe::spaces::ObservationSpace::u8(&[4, 84, 84]),
+        action: ActionSpace::Discrete { n: 3 },
+        action_mask: false,
+        num_agents: 1,
+    };
+    let mut model = ModelConfig {
+        torso: troupe::config::TorsoKind::NatureCnn,
+        ..ModelConfig::default()
+    };
+    model.share_torso = true;
+    let net = Model::new(
+        &ModelSpec {
+            env: spec.clone(),
+            model,
+        },
+        tch::Device::Cpu,
+    )
+    .unwrap();
+    let mut runner = EnvRunner::new(Box::new(Frames { spec, n: 64 }), 32, 0, 1).unwrap();
+    let parts = runner.unroll(&net, 1, 1, &mut |_| {}).unwrap();
+    assert!(parts.len() >= 7, "{}", parts.len());
+    let mut cols = 0;
+    for p in &parts {
+        let size = prost::Message::encoded_len(p);
+        assert!(size <= proto::MAX_MESSAGE_BYTES, "{size}");
+        let obs = TensorView::new::<u8>("observations", p.observations.as_ref()).unwrap();
+        // Column c of the whole unroll holds the value c after a step.
+        let w = obs.shape[1];
+        let data = obs.bytes();
+        for j in 0..w {
+            assert_eq!(data[(w + j) * 4 * 84 * 84], (cols + j) as u8);
+        }
+        cols += w;
+    }
+    assert_eq!(cols, 64);
+}
+
+#[test]
+fn an_unroll_too_large_for_one_column_is_refused_at_start() {
+    let env = NativeVecEnv::new("CartPole-v1", &[1]).unwrap();
+    let err = EnvRunner::new(Box::new(env), 1_000_000, 0, 1)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("actor.unroll_length"), "{err}");
+}
