@@ -24,7 +24,7 @@ fn main() {
     let config = RunConfig::from_file(std::path::Path::new(&path)).expect("run config");
     let n = config.actor.num_envs;
     let seeds: Vec<u64> = (0..n as u64).collect();
-    let env = actor::envs::make(&config.env, &seeds).expect("env");
+    let env = actor::envs::make(&config.env, &seeds, &python_path()).expect("env");
     let spec = ModelSpec {
         env: env.spec().clone(),
         model: config.model.clone(),
@@ -59,4 +59,11 @@ fn main() {
             "episodes": episodes,
         })
     );
+}
+
+/// Where hosted envs import gymnasium from (scripts/env.sh exports TROUPE_PYTHON_PATH).
+fn python_path() -> Vec<String> {
+    std::env::var("TROUPE_PYTHON_PATH")
+        .map(|s| s.split(':').filter(|p| !p.is_empty()).map(String::from).collect())
+        .unwrap_or_default()
 }

@@ -7,8 +7,9 @@ use tokio_util::sync::CancellationToken;
 use troupe::config::{EnvBackend, EnvConfig};
 use troupe::env::{EnvError, NativeVecEnv, VecEnv};
 
-/// Builds N columns of the configured env, one seed each.
-pub fn make(cfg: &EnvConfig, seeds: &[u64]) -> Result<Box<dyn VecEnv>, EnvError> {
+/// Builds N columns of the configured env, one seed each. `python_path` goes on Python's
+/// `sys.path` first (the actor's `--python-path`: where gymnasium and the envs' packages are).
+pub fn make(cfg: &EnvConfig, seeds: &[u64], python_path: &[String]) -> Result<Box<dyn VecEnv>, EnvError> {
     let env: Box<dyn VecEnv> = match cfg.backend {
         EnvBackend::Native => Box::new(NativeVecEnv::new(&cfg.id, seeds).ok_or_else(|| EnvError {
             env: cfg.id.clone(),
@@ -16,7 +17,7 @@ pub fn make(cfg: &EnvConfig, seeds: &[u64]) -> Result<Box<dyn VecEnv>, EnvError>
             field: "env.id".into(),
             problem: format!("not a native env; native ids are {:?}", troupe::env::NATIVE_IDS),
         })?),
-        _ => Box::new(crate::pyhost::PyVecEnv::new(cfg, seeds)?),
+        _ => Box::new(crate::pyhost::PyVecEnv::new(cfg, seeds, python_path)?),
     };
     env.spec().validate().map_err(|e| EnvError {
         env: cfg.id.clone(),
@@ -32,12 +33,13 @@ pub fn make(cfg: &EnvConfig, seeds: &[u64]) -> Result<Box<dyn VecEnv>, EnvError>
 pub fn make_with_retry(
     cfg: &EnvConfig,
     seeds: &[u64],
+    python_path: &[String],
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<Box<dyn VecEnv>>> {
     const TRIES: u32 = 5;
     let mut pause = Duration::from_millis(200);
     for attempt in 1..=TRIES {
-        match make(cfg, seeds) {
+        match make(cfg, seeds, python_path) {
             Ok(env) => return Ok(Some(env)),
             // Spaces Troupe cannot handle will not get better on a retry.
             Err(e) if e.call == "make" && e.field.contains("space") => return Err(e.into()),

@@ -51,6 +51,10 @@ pub struct Args {
     /// Log JSON lines instead of text.
     #[arg(long, env = "TROUPE_LOG_JSON")]
     pub log_json: bool,
+    /// Directories put first on Python's sys.path for hosted envs (':'-separated): the venv
+    /// with gymnasium and the envs' packages (scripts/setup.sh installs one).
+    #[arg(long, env = "TROUPE_PYTHON_PATH", value_delimiter = ':')]
+    pub python_path: Vec<String>,
     /// Rollouts waiting to be sent before the env loop waits.
     #[arg(long, env = "TROUPE_ACTOR_OUTBOX", default_value_t = 1)]
     pub outbox_capacity: usize,
@@ -166,9 +170,11 @@ pub async fn run(args: Args, reg: Registration, shutdown: CancellationToken) -> 
     let runner_shutdown = shutdown.clone();
     let (runner_done_tx, runner_done) = tokio::sync::oneshot::channel::<()>();
     let env_coordinator = coordinator.clone();
+    let python_path = args.python_path.clone();
     let runner = std::thread::Builder::new().name("env-runner".into()).spawn(move || {
         let result = run_envs(
             reg,
+            python_path,
             env_coordinator,
             policy_rx,
             outbox_tx,
@@ -215,6 +221,7 @@ pub async fn run(args: Args, reg: Registration, shutdown: CancellationToken) -> 
 /// is dropped.
 fn run_envs(
     reg: Registration,
+    python_path: Vec<String>,
     coordinator: tonic::transport::Channel,
     mut policy_rx: watch::Receiver<Option<Arc<PolicyUpdate>>>,
     outbox: mpsc::Sender<Rollout>,
@@ -224,7 +231,7 @@ fn run_envs(
 ) -> anyhow::Result<()> {
     tch::set_num_threads(1);
     tch::set_num_interop_threads(1);
-    let env = envs::make_with_retry(&reg.config.env, &reg.env_seeds, &shutdown)?;
+    let env = envs::make_with_retry(&reg.config.env, &reg.env_seeds, &python_path, &shutdown)?;
     let Some(env) = env else { return Ok(()) };
     let spec = env.spec().clone();
     if !report_spec(&coordinator, reg.actor_id, &spec, &runtime, &shutdown)? {
@@ -273,7 +280,7 @@ fn run_envs(
             Err(e) => {
                 metrics::counter!(names::ACTOR_ENV_ERRORS).increment(1);
                 tracing::error!(error = %e, "env failed; rebuilding it and dropping this unroll");
-                match envs::make_with_retry(&reg.config.env, &reg.env_seeds, &shutdown)? {
+                match envs::make_with_retry(&reg.config.env, &reg.env_seeds, &python_path, &shutdown)? {
                     Some(env) if env.spec() == &spec => envs.replace_env(env),
                     Some(env) => anyhow::bail!(
                         "the rebuilt env {} has different spaces: {:?}, expected {:?}",

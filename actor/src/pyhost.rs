@@ -16,7 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyModule;
 use troupe::config::EnvConfig;
 use troupe::env::{Action, EnvError, ObsBuf, StepOut, VecEnv};
-use troupe::spaces::EnvSpec;
+use troupe::spaces::{EnvSpec, ObsDType};
 
 const HOST_SOURCE: &str = include_str!("pyhost.py");
 
@@ -70,10 +70,16 @@ fn host_module(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
 
 impl PyVecEnv {
     /// Builds `seeds.len()` envs as `cfg` says, and learns their spaces.
-    pub fn new(cfg: &EnvConfig, seeds: &[u64]) -> Result<PyVecEnv, EnvError> {
+    pub fn new(cfg: &EnvConfig, seeds: &[u64], python_path: &[String]) -> Result<PyVecEnv, EnvError> {
         let id = cfg.id.clone();
         Python::attach(|py| {
             let make = || -> PyResult<(Py<PyAny>, String)> {
+                let sys_path = py.import("sys")?.getattr("path")?;
+                for p in python_path.iter().rev() {
+                    if !sys_path.contains(p)? {
+                        sys_path.call_method1("insert", (0, p))?;
+                    }
+                }
                 let module = host_module(py)?;
                 let cfg_json = serde_json::to_string(cfg).expect("env config serializes");
                 let host = module.getattr("make")?.call1((cfg_json, seeds.len(), seeds.to_vec()))?;
@@ -104,59 +110,101 @@ impl PyVecEnv {
         }
     }
 
-    /// Copies a `[N, obs...]` numpy array into `out` after checking its shape and values.
-    fn copy_obs(&self, call: &'static str, obs: &Bound<'_, PyAny>, out: &mut ObsBuf<'_>) -> Result<(), EnvError> {
-        let mut want = vec![self.n];
-        want.extend(&self.spec.observation.shape);
-        let bad = |problem: String| self.err("observation", problem, call);
-        match out {
-            ObsBuf::F32(buf) => {
-                let a: PyReadonlyArrayDyn<'_, f32> = obs
-                    .extract()
-                    .map_err(|e| bad(format!("expected a float32 array: {e}")))?;
-                if a.shape() != want.as_slice() {
-                    return Err(bad(format!("expected shape {want:?}, got {:?}", a.shape())));
-                }
-                let src = a.as_slice().map_err(|e| bad(e.to_string()))?;
-                if let Some(i) = src.iter().position(|x| !x.is_finite()) {
-                    let o = self.spec.observation.size();
-                    return Err(bad(format!(
-                        "env {}: element {} is {}, expected a finite number",
-                        i / o,
-                        i % o,
-                        src[i]
-                    )));
-                }
-                buf.copy_from_slice(src);
-            }
-            ObsBuf::U8(buf) => {
-                let a: PyReadonlyArrayDyn<'_, u8> =
-                    obs.extract().map_err(|e| bad(format!("expected a uint8 array: {e}")))?;
-                if a.shape() != want.as_slice() {
-                    return Err(bad(format!("expected shape {want:?}, got {:?}", a.shape())));
-                }
-                buf.copy_from_slice(a.as_slice().map_err(|e| bad(e.to_string()))?);
+    /// Reads `obj` as a contiguous numpy array of `T` (of shape `want`, when given) and hands
+    /// its data to `f`: the one copy out of numpy happens there.
+    fn with_array<T: numpy::Element, R>(
+        &self,
+        call: &'static str,
+        field: &str,
+        obj: &Bound<'_, PyAny>,
+        want: Option<&[usize]>,
+        f: impl FnOnce(&[T]) -> Result<R, EnvError>,
+    ) -> Result<R, EnvError> {
+        let a: PyReadonlyArrayDyn<'_, T> = obj.extract().map_err(|e: pyo3::CastError<'_, '_>| {
+            self.err(
+                field,
+                format!("expected a {} array: {e}", std::any::type_name::<T>()),
+                call,
+            )
+        })?;
+        if let Some(want) = want {
+            if a.shape() != want {
+                return Err(self.err(field, format!("expected shape {want:?}, got {:?}", a.shape()), call));
             }
         }
-        Ok(())
+        f(a.as_slice().map_err(|e| self.err(field, e.to_string(), call))?)
     }
 
-    fn copy_masks(&self, call: &'static str, masks: &Bound<'_, PyAny>, out: Option<&mut [u8]>) -> Result<(), EnvError> {
-        let Some(out) = out else { return Ok(()) };
-        let a: PyReadonlyArrayDyn<'_, u8> = masks
-            .extract()
-            .map_err(|e| self.err("action_mask", format!("expected a uint8 array: {e}"), call))?;
-        let src = a.as_slice().map_err(|e| self.err("action_mask", e.to_string(), call))?;
-        if src.len() != out.len() {
-            return Err(self.err(
-                "action_mask",
-                format!("expected {} values, got {}", out.len(), src.len()),
+    /// Refuses NaN and infinities, naming the env (row of `width` values) and the element.
+    fn check_finite(&self, call: &'static str, field: &str, values: &[f32], width: usize) -> Result<(), EnvError> {
+        match values.iter().position(|x| !x.is_finite()) {
+            None => Ok(()),
+            Some(i) => Err(self.err(
+                field,
+                format!(
+                    "env {}: element {} is {}, expected a finite number",
+                    i / width,
+                    i % width,
+                    values[i]
+                ),
                 call,
-            ));
+            )),
         }
-        out.copy_from_slice(src);
-        Ok(())
     }
+
+    /// Copies a batch of observations (`[rows, obs...]`) into `out`, checking shape and values.
+    fn copy_obs(
+        &self,
+        call: &'static str,
+        field: &str,
+        obj: &Bound<'_, PyAny>,
+        rows: usize,
+        out: ObsSink<'_, '_>,
+    ) -> Result<(), EnvError> {
+        let mut want = vec![rows];
+        want.extend(&self.spec.observation.shape);
+        let o = self.spec.observation.size();
+        match out {
+            ObsSink::Buf(ObsBuf::F32(buf)) => self.with_array::<f32, _>(call, field, obj, Some(&want), |src| {
+                self.check_finite(call, field, src, o)?;
+                buf.copy_from_slice(src);
+                Ok(())
+            }),
+            ObsSink::Buf(ObsBuf::U8(buf)) => self.with_array::<u8, _>(call, field, obj, Some(&want), |src| {
+                buf.copy_from_slice(src);
+                Ok(())
+            }),
+            ObsSink::Append(bytes) => match self.spec.observation.dtype {
+                ObsDType::F32 => self.with_array::<f32, _>(call, field, obj, Some(&want), |src| {
+                    self.check_finite(call, field, src, o)?;
+                    bytes.extend_from_slice(bytemuck::cast_slice(src));
+                    Ok(())
+                }),
+                ObsDType::U8 => self.with_array::<u8, _>(call, field, obj, Some(&want), |src| {
+                    bytes.extend_from_slice(src);
+                    Ok(())
+                }),
+            },
+        }
+    }
+
+    fn copy_u8(&self, call: &'static str, field: &str, obj: &Bound<'_, PyAny>, out: &mut [u8]) -> Result<(), EnvError> {
+        self.with_array::<u8, _>(call, field, obj, None, |src| {
+            if src.len() != out.len() {
+                return Err(self.err(field, format!("expected {} values, got {}", out.len(), src.len()), call));
+            }
+            out.copy_from_slice(src);
+            Ok(())
+        })
+    }
+}
+
+/// Where observations read from numpy go.
+enum ObsSink<'a, 'b> {
+    /// Into the rollout buffer.
+    Buf(&'a mut ObsBuf<'b>),
+    /// Appended as bytes (final observations of truncated episodes).
+    Append(&'a mut Vec<u8>),
 }
 
 impl VecEnv for PyVecEnv {
@@ -170,23 +218,21 @@ impl VecEnv for PyVecEnv {
 
     fn reset(&mut self, mut obs: ObsBuf<'_>, masks: Option<&mut [u8]>) -> Result<(), EnvError> {
         Python::attach(|py| {
-            let out = self
-                .host
-                .bind(py)
-                .call_method0("reset")
-                .map_err(|e| env_error(py, &self.spec.id, "reset", e))?;
-            let o = out.get_item(0).map_err(|e| env_error(py, &self.spec.id, "reset", e))?;
-            self.copy_obs("reset", &o, &mut obs)?;
-            let m = out.get_item(1).map_err(|e| env_error(py, &self.spec.id, "reset", e))?;
-            self.copy_masks("reset", &m, masks)
+            let wrap = |e: PyErr| env_error(py, &self.spec.id, "reset", e);
+            let out = self.host.bind(py).call_method0("reset").map_err(wrap)?;
+            let o = out.get_item(0).map_err(wrap)?;
+            self.copy_obs("reset", "observation", &o, self.n, ObsSink::Buf(&mut obs))?;
+            match masks {
+                Some(m) => self.copy_u8("reset", "action_mask", &out.get_item(1).map_err(wrap)?, m),
+                None => Ok(()),
+            }
         })
     }
 
     fn step(&mut self, actions: Action<'_>, mut out: StepOut<'_>) -> Result<(), EnvError> {
         let d = self.spec.action.dim();
         Python::attach(|py| {
-            let id = &self.spec.id;
-            let wrap = |e: PyErr| env_error(py, id, "step", e);
+            let wrap = |e: PyErr| env_error(py, &self.spec.id, "step", e);
             let arr = match actions {
                 Action::Discrete(a) => PyArray1::from_slice(py, a)
                     .reshape([self.n, d])
@@ -199,72 +245,23 @@ impl VecEnv for PyVecEnv {
             };
             let res = self.host.bind(py).call_method1("step", (arr,)).map_err(wrap)?;
             let item = |i: usize| res.get_item(i).map_err(wrap);
-            self.copy_obs("step", &item(0)?, &mut out.obs)?;
-            let rewards: PyReadonlyArrayDyn<'_, f32> = item(1)?
-                .extract()
-                .map_err(|e: pyo3::CastError<'_, '_>| wrap(e.into()))?;
-            let rewards = rewards
-                .as_slice()
-                .map_err(|e| self.err("reward", e.to_string(), "step"))?;
-            if let Some(i) = rewards.iter().position(|r| !r.is_finite()) {
-                return Err(self.err(
-                    "reward",
-                    format!("env {i}: got {}, expected a finite number", rewards[i]),
-                    "step",
-                ));
-            }
-            out.rewards.copy_from_slice(rewards);
-            for (field, dst, at) in [
-                ("terminated", &mut *out.terminated, 2),
-                ("truncated", &mut *out.truncated, 3),
-            ] {
-                let a: PyReadonlyArrayDyn<'_, u8> = item(at)?
-                    .extract()
-                    .map_err(|e: pyo3::CastError<'_, '_>| wrap(e.into()))?;
-                dst.copy_from_slice(a.as_slice().map_err(|e| self.err(field, e.to_string(), "step"))?);
-            }
+            self.copy_obs("step", "observation", &item(0)?, self.n, ObsSink::Buf(&mut out.obs))?;
+            self.with_array::<f32, _>("step", "reward", &item(1)?, Some(&[self.n]), |src| {
+                self.check_finite("step", "reward", src, 1)?;
+                out.rewards.copy_from_slice(src);
+                Ok(())
+            })?;
+            self.copy_u8("step", "terminated", &item(2)?, out.terminated)?;
+            self.copy_u8("step", "truncated", &item(3)?, out.truncated)?;
             let finals = item(4)?;
             if !finals.is_none() {
                 let k = out.truncated.iter().filter(|&&x| x == 1).count();
-                let mut want = vec![k];
-                want.extend(&self.spec.observation.shape);
-                match self.spec.observation.dtype {
-                    troupe::spaces::ObsDType::F32 => {
-                        let a: PyReadonlyArrayDyn<'_, f32> =
-                            finals.extract().map_err(|e: pyo3::CastError<'_, '_>| wrap(e.into()))?;
-                        if a.shape() != want.as_slice() {
-                            return Err(self.err(
-                                "final_obs",
-                                format!("expected shape {want:?}, got {:?}", a.shape()),
-                                "step",
-                            ));
-                        }
-                        let src = a.as_slice().map_err(|e| self.err("final_obs", e.to_string(), "step"))?;
-                        if src.iter().any(|x| !x.is_finite()) {
-                            return Err(self.err(
-                                "final_obs",
-                                "a non-finite value, expected finite numbers".into(),
-                                "step",
-                            ));
-                        }
-                        out.final_obs.extend_from_slice(bytemuck::cast_slice(src));
-                    }
-                    troupe::spaces::ObsDType::U8 => {
-                        let a: PyReadonlyArrayDyn<'_, u8> =
-                            finals.extract().map_err(|e: pyo3::CastError<'_, '_>| wrap(e.into()))?;
-                        if a.shape() != want.as_slice() {
-                            return Err(self.err(
-                                "final_obs",
-                                format!("expected shape {want:?}, got {:?}", a.shape()),
-                                "step",
-                            ));
-                        }
-                        out.final_obs
-                            .extend_from_slice(a.as_slice().map_err(|e| self.err("final_obs", e.to_string(), "step"))?);
-                    }
-                }
+                self.copy_obs("step", "final_obs", &finals, k, ObsSink::Append(out.final_obs))?;
             }
-            self.copy_masks("step", &item(5)?, out.masks)
+            match out.masks {
+                Some(m) => self.copy_u8("step", "action_mask", &item(5)?, m),
+                None => Ok(()),
+            }
         })
     }
 }

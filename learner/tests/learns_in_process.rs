@@ -20,7 +20,7 @@ pub fn train(config: &RunConfig, updates: u64, seed: i64, lag: usize, target: f6
     let seeds: Vec<u64> = (0..config.actor.num_envs as u64)
         .map(|i| i + 1000 * seed as u64)
         .collect();
-    let env = actor::envs::make(&config.env, &seeds).unwrap();
+    let env = actor::envs::make(&config.env, &seeds, &python_path()).unwrap();
     let spec = ModelSpec {
         env: env.spec().clone(),
         model: config.model.clone(),
@@ -97,4 +97,11 @@ fn shipped_config_solves_cartpole_in_process_with_policy_lag() {
         solved_at.is_finite(),
         "not solved within 3000 updates (mean return at the end {last:.1})"
     );
+}
+
+/// Where hosted envs import gymnasium from (scripts/env.sh exports TROUPE_PYTHON_PATH).
+fn python_path() -> Vec<String> {
+    std::env::var("TROUPE_PYTHON_PATH")
+        .map(|s| s.split(':').filter(|p| !p.is_empty()).map(String::from).collect())
+        .unwrap_or_default()
 }

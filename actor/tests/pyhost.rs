@@ -1,0 +1,219 @@
+//! The Python env host against real Gymnasium (from the envs venv on TROUPE_PYTHON_PATH, which
+//! scripts/test.sh sets).
+
+use actor::runner::EnvRunner;
+use proto::TensorView;
+use troupe::config::{EnvBackend, EnvConfig, ModelConfig};
+use troupe::env::{Action, EnvError, ObsBuf, StepOut, VecEnv};
+use troupe::model::{Model, ModelSpec};
+
+fn python_path() -> Vec<String> {
+    let p: Vec<String> = std::env::var("TROUPE_PYTHON_PATH")
+        .map(|s| s.split(':').filter(|p| !p.is_empty()).map(String::from).collect())
+        .unwrap_or_default();
+    assert!(
+        !p.is_empty(),
+        "TROUPE_PYTHON_PATH must point at the envs venv's site-packages (scripts/test.sh sets it)"
+    );
+    p
+}
+
+fn gymnasium(id: &str) -> EnvConfig {
+    EnvConfig {
+        id: id.into(),
+        backend: EnvBackend::Gymnasium,
+        ..EnvConfig::default()
+    }
+}
+
+fn faulty(mode: &str, at: i64) -> EnvConfig {
+    let mut kwargs = toml::Table::new();
+    kwargs.insert("mode".into(), mode.into());
+    kwargs.insert("at".into(), at.into());
+    EnvConfig {
+        id: "FaultyCartPole".into(),
+        backend: EnvBackend::Factory,
+        factory: "faulty_env:make".into(),
+        kwargs,
+        python_path: vec![concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures").into()],
+        ..EnvConfig::default()
+    }
+}
+
+/// Steps all columns once with action 0; returns the error if the env failed.
+fn step_once(env: &mut dyn VecEnv, obs: &mut [f32]) -> Result<(), EnvError> {
+    let n = env.num_envs();
+    let (mut r, mut te, mut tr, mut fin) = (vec![0.0; n], vec![0; n], vec![0; n], Vec::new());
+    env.step(
+        Action::Discrete(&vec![0; n]),
+        StepOut {
+            obs: ObsBuf::F32(obs),
+            rewards: &mut r,
+            terminated: &mut te,
+            truncated: &mut tr,
+            masks: None,
+            final_obs: &mut fin,
+        },
+    )
+}
+
+/// Same-step autoreset: after an episode ends, the next observation already belongs to the
+/// next episode, and every step the learner sees is a real transition. Gymnasium's default
+/// NEXT_STEP mode would hand over a reset step with reward 0 and a terminal observation.
+#[test]
+fn gymnasium_cartpole_autoresets_in_the_same_step() {
+    let seeds: Vec<u64> = (0..8).collect();
+    let env = actor::envs::make(&gymnasium("CartPole-v1"), &seeds, &python_path()).unwrap();
+    assert_eq!(env.spec(), &troupe::env::native_spec("CartPole-v1").unwrap());
+    let spec = ModelSpec {
+        env: env.spec().clone(),
+        model: ModelConfig::default(),
+    };
+    let net = Model::new(&spec, tch::Device::Cpu).unwrap();
+    let mut runner = EnvRunner::new(env, 200, 0, 3).unwrap();
+    let mut episodes = 0;
+    let r = runner.unroll(&net, 1, 1, &mut |_| episodes += 1).unwrap().remove(0);
+    let obs = TensorView::new::<f32>("observations", r.observations.as_ref())
+        .unwrap()
+        .to_finite_f32()
+        .unwrap();
+    let rewards = TensorView::new::<f32>("rewards", r.rewards.as_ref())
+        .unwrap()
+        .to_finite_f32()
+        .unwrap();
+    let term = TensorView::new::<u8>("terminated", r.terminated.as_ref())
+        .unwrap()
+        .to_flags()
+        .unwrap();
+    assert!(
+        episodes >= 20,
+        "a random policy ends many episodes in 200 steps: {episodes}"
+    );
+    assert!(
+        rewards.iter().all(|&x| x == 1.0),
+        "CartPole pays 1 on every real step; a 0 is a reset step"
+    );
+    let mut checked = 0;
+    for t in 0..200 {
+        for c in 0..8 {
+            if term[t * 8 + c] {
+                let next = &obs[((t + 1) * 8 + c) * 4..((t + 1) * 8 + c + 1) * 4];
+                assert!(
+                    next.iter().all(|v| v.abs() <= 0.05),
+                    "step {t} env {c}: {next:?} is not a reset state"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 20);
+}
+
+#[test]
+fn a_python_exception_bad_shape_dtype_or_nan_is_a_clear_error() {
+    let seeds = [1u64, 2];
+    let cases = [
+        ("raise", "exception", "RuntimeError: the physics engine exploded"),
+        ("shape", "observation", "env 0: expected shape [4], got [5]"),
+        ("dtype", "observation", "env 0: expected dtype float32, got float64"),
+        (
+            "nan",
+            "observation",
+            "env 0: element 2 is NaN, expected a finite number",
+        ),
+        ("reward", "reward", "env 0: element 0 is NaN, expected a finite number"),
+    ];
+    for (mode, field, problem) in cases {
+        let mut env = actor::envs::make(&faulty(mode, 3), &seeds, &python_path()).unwrap();
+        let mut obs = vec![0f32; 8];
+        env.reset(ObsBuf::F32(&mut obs), None).unwrap();
+        step_once(env.as_mut(), &mut obs).unwrap();
+        step_once(env.as_mut(), &mut obs).unwrap();
+        let e = step_once(env.as_mut(), &mut obs).unwrap_err();
+        assert_eq!((e.call, e.field.as_str()), ("step", field), "{mode}: {e}");
+        assert!(e.problem.contains(problem), "{mode}: {e}");
+        let text = e.to_string();
+        assert!(text.starts_with("env FaultyCartPole: step: "), "{text}");
+    }
+}
+
+/// The runner drops a failed unroll, and with a rebuilt env it goes on.
+#[test]
+fn the_runner_goes_on_with_a_rebuilt_env() {
+    let seeds = [1u64, 2, 3];
+    let cfg = faulty("raise", 40);
+    let env = actor::envs::make(&cfg, &seeds, &python_path()).unwrap();
+    let spec = ModelSpec {
+        env: env.spec().clone(),
+        model: ModelConfig::default(),
+    };
+    let net = Model::new(&spec, tch::Device::Cpu).unwrap();
+    let mut runner = EnvRunner::new(env, 32, 0, 1).unwrap();
+    runner.unroll(&net, 1, 1, &mut |_| {}).unwrap();
+    let e = runner.unroll(&net, 1, 1, &mut |_| {}).unwrap_err();
+    assert_eq!(e.field, "exception");
+    runner.replace_env(actor::envs::make(&cfg, &seeds, &python_path()).unwrap());
+    for _ in 0..1 {
+        let parts = runner.unroll(&net, 1, 1, &mut |_| {}).unwrap();
+        assert_eq!(parts.len(), 1);
+    }
+}
+
+#[test]
+fn unknown_ids_and_unsupported_spaces_name_the_env() {
+    let e = actor::envs::make(&gymnasium("CartPol-v1"), &[1], &python_path())
+        .err()
+        .unwrap();
+    assert_eq!((e.call, e.field.as_str()), ("make", "env.id"));
+    assert!(e.problem.contains("close matches: ['CartPole-v1'"), "{e}");
+    assert!(
+        e.problem.contains("known ids: [") && e.problem.contains("Pendulum-v1"),
+        "{e}"
+    );
+    // FrozenLake's observations are Discrete: not a Box.
+    let e = actor::envs::make(&gymnasium("FrozenLake-v1"), &[1], &python_path())
+        .err()
+        .unwrap();
+    let text = e.to_string();
+    assert!(
+        text.starts_with("env FrozenLake-v1: make: observation space: expected a Box"),
+        "{text}"
+    );
+}
+
+#[test]
+fn wrappers_from_the_config_are_applied() {
+    let mut cfg = gymnasium("Pendulum-v1");
+    let mut kwargs = toml::Table::new();
+    kwargs.insert("max_episode_steps".into(), 7.into());
+    cfg.wrappers = vec![troupe::config::WrapperConfig {
+        name: "TimeLimit".into(),
+        kwargs,
+    }];
+    let mut env = actor::envs::make(&cfg, &[5], &python_path()).unwrap();
+    assert!(env.spec().action.is_continuous());
+    let mut obs = vec![0f32; 3];
+    env.reset(ObsBuf::F32(&mut obs), None).unwrap();
+    let (mut r, mut te, mut tr, mut fin) = (vec![0.0; 1], vec![0; 1], vec![0; 1], Vec::new());
+    let mut truncated_at = None;
+    for t in 1..=7 {
+        env.step(
+            Action::Continuous(&[0.5]),
+            StepOut {
+                obs: ObsBuf::F32(&mut obs),
+                rewards: &mut r,
+                terminated: &mut te,
+                truncated: &mut tr,
+                masks: None,
+                final_obs: &mut fin,
+            },
+        )
+        .unwrap();
+        if tr[0] == 1 {
+            truncated_at = Some(t);
+            break;
+        }
+    }
+    assert_eq!(truncated_at, Some(7));
+    assert_eq!(fin.len(), 3 * 4, "the truncated episode's last observation is kept");
+}
