@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job: train CartPole-v1 with a local Troupe cluster (Redis, coordinator, learner,
-# 2 actors as separate processes) until the mean return of the last 100 episodes reaches 475 or
-# the budget ends. Installs what it needs on first use.
+# The main job: train a run config (default configs/cartpole.toml) with a local Troupe cluster
+# (Redis, coordinator, learner, 2 actors as separate processes) until the mean return of the
+# last 100 episodes reaches the config's target_return or the budget ends. Installs what it
+# needs on first use.
 #
 #   scripts/train.sh [--out DIR] [--seed S] [--budget-s N] [--config FILE] [--actors N]
 #
@@ -74,12 +75,15 @@ COORD="http://$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["
 "$TROUPE_BIN/learner" --coordinator "$COORD" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --seed "$SEED" \
   --ready-file "$RUN/learner.json" > "$OUT/logs/learner.log" 2>&1 &
 PIDS+=($!)
-wait_ready "$RUN/learner.json" $! learner
+LEARNER_PID=$!
 
+# Actors register without the learner; with a Python-hosted env the learner waits for the
+# first actor to report the env's spaces.
 for i in $(seq 1 "$ACTORS"); do
   "$TROUPE_BIN/actor" --coordinator "$COORD" --metrics-listen 127.0.0.1:0 > "$OUT/logs/actor-$i.log" 2>&1 &
   PIDS+=($!)
 done
+wait_ready "$RUN/learner.json" $LEARNER_PID learner
 troupe_log "cluster up: coordinator $COORD, learner $(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["grpc"])' "$RUN/learner.json"), $ACTORS actors; logs in $OUT/logs"
 
 status=0

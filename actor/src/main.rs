@@ -7,8 +7,6 @@ async fn main() -> anyhow::Result<()> {
     let args = actor::Args::parse();
     telemetry::init_tracing(args.log_json);
     let shutdown = shutdown_token();
-    let metrics_addr = telemetry::start_metrics(args.metrics_listen, shutdown.clone()).await?;
-
     let reg = match actor::register(&args.coordinator, &shutdown).await {
         Ok(Some(reg)) => reg,
         Ok(None) => return Ok(()),
@@ -17,6 +15,9 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(EXIT_USAGE);
         }
     };
+    // Metrics start once the run config is known: the return histogram follows the env's range.
+    let buckets = reg.config.env.return_buckets();
+    let metrics_addr = telemetry::start_metrics_with(args.metrics_listen, &buckets, shutdown.clone()).await?;
     if let Some(path) = &args.ready_file {
         write_ready_file(
             path,

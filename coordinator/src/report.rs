@@ -14,7 +14,11 @@ pub struct Point {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
+    /// The run's env id and algorithm, from the run config.
+    pub env: String,
+    pub algorithm: String,
     pub solved: bool,
+    /// The config's `target_return` (mean return of the last 100 episodes).
     pub target_return: f64,
     pub mean_return_100: Option<f64>,
     pub episodes: u64,
@@ -41,13 +45,19 @@ pub fn plot_curve(points: &[Point], target: f64, path: &Path) -> anyhow::Result<
         .map(|p| (p.frames as f64, p.mean_return_100))
         .collect();
     let max_x = pts.iter().map(|p| p.0).fold(1.0, f64::max);
-    let max_y = pts.iter().map(|p| p.1).fold(target * 1.05, f64::max);
+    // The y range follows the env's returns, negative ones too (Acrobot, Pendulum).
+    let (lo, hi) = pts
+        .iter()
+        .map(|p| p.1)
+        .fold((target.min(0.0), target.max(0.0)), |(lo, hi), y| (lo.min(y), hi.max(y)));
+    let pad = ((hi - lo) * 0.05).max(1.0);
+    let (min_y, max_y) = (lo - pad, hi + pad);
     let mut chart = ChartBuilder::on(&root)
         .caption("Troupe: mean return (last 100 episodes) vs frames", ("sans-serif", 22))
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(60)
-        .build_cartesian_2d(0.0..max_x, 0.0..max_y)?;
+        .build_cartesian_2d(0.0..max_x, min_y..max_y)?;
     chart.configure_mesh().x_desc("frames").y_desc("mean return").draw()?;
     chart
         .draw_series(LineSeries::new([(0.0, target), (max_x, target)], RED.mix(0.6)))?
@@ -85,5 +95,14 @@ mod tests {
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
         assert!(bytes.len() > 5000);
+        // Negative returns (Acrobot-like) plot too.
+        let neg: Vec<Point> = pts
+            .iter()
+            .map(|p| Point {
+                mean_return_100: -500.0 + p.mean_return_100,
+                ..*p
+            })
+            .collect();
+        plot_curve(&neg, -100.0, &path).unwrap();
     }
 }

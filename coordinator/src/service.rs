@@ -522,6 +522,7 @@ impl Coordinator for CoordinatorService {
             actors,
             learner_address: self.learner_address(),
             policies,
+            run_config_toml: self.config_toml.clone(),
         }))
     }
 }

@@ -6,7 +6,8 @@
 //! - `policy:{v}:meta`: a hash (version, learner_step, frames, created_unix_ms, parent_version,
 //!   size_bytes);
 //! - `policies`: sorted set of stored versions; `pinned`: set of pinned versions;
-//! - `learner_address`, `actor_seq`, `frames`, `episodes`, `returns` (the last 100 returns).
+//! - `learner_address`, `actor_seq`, `frames`, `episodes`, `returns` (the last 100 returns);
+//! - `env_spec`: the env's spaces as JSON, for Python-hosted envs (the first actor's report).
 //!
 //! Writes of one version go in one MULTI/EXEC, so a version is stored whole or not at all.
 

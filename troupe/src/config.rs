@@ -35,8 +35,6 @@ pub enum EnvBackend {
     Gymnasium,
     /// A user's function `module:function` called with `kwargs`, returning a Gymnasium env.
     Factory,
-    /// `envpool.make_gymnasium(id, num_envs=N, **kwargs)`.
-    Envpool,
 }
 
 /// A Gymnasium wrapper applied to a hosted env: `gymnasium.wrappers.<name>(env, **kwargs)`, or
@@ -57,7 +55,7 @@ pub struct EnvConfig {
     pub backend: EnvBackend,
     /// Base seed; environment i of actor a gets seed + a * num_envs + i.
     pub seed: u64,
-    /// Keyword arguments for `gymnasium.make`, the factory, or `envpool.make_gymnasium`.
+    /// Keyword arguments for `gymnasium.make` or the factory.
     pub kwargs: toml::Table,
     /// Gymnasium backend: wrappers applied in order, innermost first.
     pub wrappers: Vec<WrapperConfig>,
@@ -67,6 +65,10 @@ pub struct EnvConfig {
     pub imports: Vec<String>,
     /// Directories added to Python's `sys.path` (for a factory's module).
     pub python_path: Vec<String>,
+    /// Lowest and highest episode return the env can give, for the actors' return histogram
+    /// buckets (e.g. [0, 500] for CartPole, [-500, 0] for Acrobot). Without it, buckets span
+    /// +-10^5 on a log scale. (The learning curve follows the returns themselves.)
+    pub return_range: Option<[f64; 2]>,
 }
 
 /// The network's torso: what turns an observation into features.
@@ -75,7 +77,8 @@ pub struct EnvConfig {
 pub enum TorsoKind {
     /// Dense layers of `hidden_sizes`, on the flattened observation.
     Mlp,
-    /// The Nature-DQN CNN (Mnih et al. 2015): 32x8x8/4, 64x4x4/2, 64x3x3/1, then `dense_size`.
+    /// The Nature-DQN CNN (Mnih et al. 2015): 32x8x8/4, 64x4x4/2, 64x3x3/1, then a dense 512
+    /// (fixed, as in the paper; `dense_size` does not apply).
     NatureCnn,
     /// A conv stack of `conv_channels`, `conv_kernels` and `conv_strides`, then `dense_size`.
     Cnn,
@@ -190,6 +193,7 @@ impl Default for EnvConfig {
             factory: String::new(),
             imports: Vec::new(),
             python_path: Vec::new(),
+            return_range: None,
         }
     }
 }
@@ -361,6 +365,23 @@ impl RunConfig {
 }
 
 impl EnvConfig {
+    /// Buckets for episode returns: 20 even steps over `return_range`, or a symmetric log scale.
+    pub fn return_buckets(&self) -> Vec<f64> {
+        match self.return_range {
+            Some([lo, hi]) => (0..=20).map(|i| lo + (hi - lo) * i as f64 / 20.0).collect(),
+            None => {
+                let mut pos: Vec<f64> = (0..6)
+                    .flat_map(|k| [1.0, 2.0, 5.0].map(|m| m * 10f64.powi(k)))
+                    .collect();
+                pos.retain(|&x| x <= 1e5);
+                let mut b: Vec<f64> = pos.iter().rev().map(|x| -x).collect();
+                b.push(0.0);
+                b.extend(pos);
+                b
+            }
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let ids = crate::env::NATIVE_IDS;
         match self.backend {
@@ -385,6 +406,15 @@ impl EnvConfig {
         if self.id.is_empty() {
             return bad("env.id", "a non-empty env id", "\"\"");
         }
+        if let Some([lo, hi]) = self.return_range {
+            if !(lo.is_finite() && hi.is_finite() && lo < hi) {
+                return bad(
+                    "env.return_range",
+                    "[low, high] with finite low < high",
+                    &format!("[{lo}, {hi}]"),
+                );
+            }
+        }
         if self.backend != EnvBackend::Gymnasium && !self.wrappers.is_empty() {
             return bad(
                 "env.wrappers",
@@ -394,6 +424,20 @@ impl EnvConfig {
         }
         if self.backend != EnvBackend::Factory && !self.factory.is_empty() {
             return bad("env.factory", "empty unless env.backend = \"factory\"", &self.factory);
+        }
+        if self.backend == EnvBackend::Native {
+            let python_only = [
+                ("env.kwargs", !self.kwargs.is_empty()),
+                ("env.imports", !self.imports.is_empty()),
+                ("env.python_path", !self.python_path.is_empty()),
+            ];
+            if let Some((key, _)) = python_only.iter().find(|(_, set)| *set) {
+                return bad(
+                    key,
+                    "nothing for a native env (it applies to Python-hosted envs)",
+                    "a value",
+                );
+            }
         }
         Ok(())
     }

@@ -36,6 +36,7 @@ pub mod names {
     pub const LEARNER_LOSS: &str = "troupe_learner_loss";
     pub const LEARNER_ENTROPY: &str = "troupe_learner_entropy";
     pub const LEARNER_GRAD_NORM: &str = "troupe_learner_grad_norm";
+    pub const LEARNER_EXPLAINED_VARIANCE: &str = "troupe_learner_value_explained_variance";
     pub const LEARNER_POLICY_VERSION: &str = "troupe_learner_policy_version";
     pub const LEARNER_POLICY_LAG: &str = "troupe_learner_policy_lag";
     pub const LEARNER_DEVICE: &str = "troupe_learner_device_info";
@@ -118,10 +119,14 @@ fn describe_all() {
     );
     describe_gauge!(
         LEARNER_LOSS,
-        "loss terms of the last update, by term (total, pg, baseline, entropy)"
+        "loss terms of the last update, by term (total, pg, baseline)"
     );
     describe_gauge!(LEARNER_ENTROPY, "mean policy entropy of the last batch, in nats");
     describe_gauge!(LEARNER_GRAD_NORM, "gradient norm before clipping, last update");
+    describe_gauge!(
+        LEARNER_EXPLAINED_VARIANCE,
+        "share of the value targets' variance the value net explains, last update (1 is perfect)"
+    );
     describe_gauge!(LEARNER_POLICY_VERSION, "latest policy version the learner published");
     describe_histogram!(
         LEARNER_POLICY_LAG,
@@ -149,7 +154,9 @@ fn describe_all() {
 }
 
 /// Installs the global Prometheus recorder (before any metric is described or touched).
-pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+/// `episode_returns` are the return histogram's buckets (the env's range; see
+/// `EnvConfig::return_buckets`).
+pub fn install_metrics(episode_returns: &[f64]) -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(names::LEARNER_UPDATE_SECONDS.to_string()),
@@ -159,13 +166,12 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
             Matcher::Full(names::ACTOR_SEND_WAIT_SECONDS.to_string()),
             &[0.0001, 0.001, 0.01, 0.1, 1.0, 10.0],
         )?
-        .set_buckets_for_metric(
-            Matcher::Full(names::ACTOR_EPISODE_RETURN.to_string()),
-            &[10.0, 25.0, 50.0, 100.0, 200.0, 300.0, 400.0, 475.0, 500.0],
-        )?
+        .set_buckets_for_metric(Matcher::Full(names::ACTOR_EPISODE_RETURN.to_string()), episode_returns)?
         .set_buckets_for_metric(
             Matcher::Full(names::ACTOR_EPISODE_LENGTH.to_string()),
-            &[10.0, 25.0, 50.0, 100.0, 200.0, 300.0, 400.0, 475.0, 500.0],
+            &[
+                1.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 27000.0, 100000.0,
+            ],
         )?
         .set_buckets_for_metric(
             Matcher::Full(names::LEARNER_POLICY_LAG.to_string()),
@@ -223,7 +229,16 @@ pub fn init_tracing(json: bool) {
 /// Installs the recorder, binds `addr` and serves `/metrics` there until `shutdown`; returns the
 /// bound address (port 0 picks a free one).
 pub async fn start_metrics(addr: SocketAddr, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
-    let handle = install_metrics()?;
+    start_metrics_with(addr, &crate::config::EnvConfig::default().return_buckets(), shutdown).await
+}
+
+/// [`start_metrics`] with the env's episode-return buckets (the actor, once it knows its env).
+pub async fn start_metrics_with(
+    addr: SocketAddr,
+    episode_returns: &[f64],
+    shutdown: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let handle = install_metrics(episode_returns)?;
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(serve_metrics(listener, handle, shutdown));

@@ -24,9 +24,10 @@ struct Args {
     /// Output folder.
     #[arg(long, default_value = "out")]
     out: PathBuf,
-    /// Stop when the mean return of the last 100 episodes reaches this.
-    #[arg(long, default_value_t = 475.0)]
-    target_return: f64,
+    /// Stop when the mean return of the last 100 episodes reaches this (default: the run
+    /// config's `target_return`).
+    #[arg(long)]
+    target_return: Option<f64>,
     /// Stop after this many seconds even if not solved.
     #[arg(long, default_value_t = 600.0)]
     budget_s: f64,
@@ -52,6 +53,21 @@ async fn main() -> anyhow::Result<()> {
         "{spinner} [{elapsed_precise}] {msg}",
     )?);
 
+    // The run config names the env and the target; the coordinator may still be starting.
+    let config = loop {
+        let mut req = tonic::Request::new(StatusRequest {});
+        req.set_timeout(Duration::from_secs(5));
+        match client.status(req).await {
+            Ok(s) => break troupe::RunConfig::from_toml(&s.into_inner().run_config_toml)?,
+            Err(status) => {
+                bar.set_message(format!("waiting for the coordinator: {}", status.message()));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let Some(target) = args.target_return.or(config.target_return) else {
+        anyhow::bail!("no target: the run config has no target_return and --target-return was not given");
+    };
     let start = Instant::now();
     let mut curve: Vec<Point> = Vec::new();
     let mut last = (Instant::now(), 0u64);
@@ -78,7 +94,8 @@ async fn main() -> anyhow::Result<()> {
                     mean_return_100: s.mean_return_100,
                 });
                 let msg = format!(
-                    "frames {:>9} | {:>7.0} frames/s | mean return(100) {:>6.1} | policy v{} | actors {}",
+                    "{} | frames {:>9} | {:>7.0} frames/s | mean return(100) {:>6.1} / {target} | policy v{} | actors {}",
+                    config.env.id,
                     s.frames,
                     rate,
                     s.mean_return_100,
@@ -92,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
                     bar.tick();
                 }
                 let full_window = s.episodes_in_mean as usize >= coordinator::store::RETURN_WINDOW;
-                if full_window && s.mean_return_100 >= args.target_return {
+                if full_window && s.mean_return_100 >= target {
                     solved_at = Some((elapsed, s.frames));
                 }
                 latest = Some(s);
@@ -121,13 +138,15 @@ async fn main() -> anyhow::Result<()> {
         }
         Err(status) => eprintln!("troupe-watch: could not fetch the policy: {}", status.message()),
     }
-    if let Err(e) = plot_curve(&curve, args.target_return, &args.out.join("learning_curve.png")) {
+    if let Err(e) = plot_curve(&curve, target, &args.out.join("learning_curve.png")) {
         eprintln!("troupe-watch: could not plot the learning curve: {e:#}");
     }
     let s = latest.unwrap_or_default();
     let summary = Summary {
+        env: config.env.id.clone(),
+        algorithm: "impala".to_string(),
         solved: solved_at.is_some(),
-        target_return: args.target_return,
+        target_return: target,
         mean_return_100: s.mean_return_100.is_finite().then_some(s.mean_return_100),
         episodes: s.episodes,
         frames: s.frames,
