@@ -12,12 +12,13 @@ export LIBTORCH_USE_PYTORCH=1
 if [ -z "${PYO3_PYTHON:-}" ]; then
   export PYO3_PYTHON=$(python3 -c 'import sys; print(sys.executable)')
 fi
+TROUPE_PYVER=$(basename "$(dirname "$("$PYO3_PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')/x")")
 ENVS_REQ_HASH=$(sha256sum "$TROUPE_ROOT/scripts/requirements-envs.txt" | cut -c1-12)
-TROUPE_ENVS_VENV=$TROUPE_CACHE/envs-py311-$ENVS_REQ_HASH
+TROUPE_ENVS_VENV=$TROUPE_CACHE/envs-$TROUPE_PYVER-$ENVS_REQ_HASH
 export TROUPE_PYTHON=$TROUPE_ENVS_VENV/bin/python
-export TROUPE_ENVS_SITE=$TROUPE_ENVS_VENV/lib/python3.11/site-packages
+export TROUPE_ENVS_SITE=$TROUPE_ENVS_VENV/lib/$TROUPE_PYVER/site-packages
 # Read by actors (--python-path) and by the tests and benches that host Python envs.
 export TROUPE_PYTHON_PATH=$TROUPE_ENVS_SITE
 export PATH="$TROUPE_VENV/bin:$PATH"
 # libtorch's directory, without importing torch (that takes seconds).
-export LD_LIBRARY_PATH="$TROUPE_VENV/lib/python3.11/site-packages/torch/lib:${LD_LIBRARY_PATH:-}"
+export LD_LIBRARY_PATH="$TROUPE_VENV/lib/$TROUPE_PYVER/site-packages/torch/lib:${LD_LIBRARY_PATH:-}"

@@ -191,16 +191,31 @@ def load(path):
 
 
 def make_env(cfg):
+    import sys
+
     import gymnasium as gym
 
+    for path in reversed(cfg.get("python_path", [])):
+        if path not in sys.path:
+            sys.path.insert(0, path)
     for module in cfg.get("imports", []):
-        importlib.import_module(module)
+        if ":" in module:
+            mod, _, fn = module.partition(":")
+            getattr(importlib.import_module(mod), fn)()
+        else:
+            importlib.import_module(module)
     if cfg.get("backend") == "factory":
         mod, _, fn = cfg["factory"].partition(":")
         return getattr(importlib.import_module(mod), fn)(**cfg.get("kwargs", {}))
     env = gym.make(cfg["id"], **cfg.get("kwargs", {}))
     for w in cfg.get("wrappers", []):
-        env = getattr(gym.wrappers, w["name"])(env, **w.get("kwargs", {}))
+        name = w["name"]
+        if ":" in name:
+            mod, _, fn = name.partition(":")
+            wrapper = getattr(importlib.import_module(mod), fn)
+        else:
+            wrapper = getattr(gym.wrappers, name)
+        env = wrapper(env, **w.get("kwargs", {}))
     return env
 
 
@@ -219,8 +234,11 @@ def play(policy, cfg, episodes, seed):
                 obs, mask = obs["observation"], np.asarray(obs["action_mask"])[None]
             elif isinstance(info, dict) and "action_mask" in info:
                 mask = np.asarray(info["action_mask"])[None]
+            x = np.asarray(obs)
+            if x.dtype == np.bool_:
+                x = x.astype(np.uint8) * 255  # as the host sends boolean frames
             with torch.no_grad():
-                params, _, state = policy(policy.prepare(np.asarray(obs)[None]), state)
+                params, _, state = policy(policy.prepare(x[None]), state)
             a = policy.greedy(params, mask)[0].numpy()
             if policy.action["type"] == "discrete":
                 a = int(a[0]) + int(getattr(env.action_space, "start", 0))

@@ -172,16 +172,16 @@ pub async fn run(args: Args, reg: Registration, shutdown: CancellationToken) -> 
     let env_coordinator = coordinator.clone();
     let python_path = args.python_path.clone();
     let runner = std::thread::Builder::new().name("env-runner".into()).spawn(move || {
-        let result = run_envs(
+        let result = run_envs(EnvLoop {
             reg,
             python_path,
-            env_coordinator,
+            coordinator: env_coordinator,
             policy_rx,
-            outbox_tx,
+            outbox: outbox_tx,
             progress,
             runtime,
-            runner_shutdown,
-        );
+            shutdown: runner_shutdown,
+        });
         if let Err(e) = &result {
             tracing::error!(error = %format!("{e:#}"), "env loop failed");
         }
@@ -219,16 +219,29 @@ pub async fn run(args: Args, reg: Registration, shutdown: CancellationToken) -> 
 /// shutdown, switching weights between unrolls when a newer version has arrived. An env that
 /// fails (a Python exception, a bad shape or value) is logged and rebuilt; the partial unroll
 /// is dropped.
-fn run_envs(
+/// What the env thread needs.
+struct EnvLoop {
     reg: Registration,
     python_path: Vec<String>,
     coordinator: tonic::transport::Channel,
-    mut policy_rx: watch::Receiver<Option<Arc<PolicyUpdate>>>,
+    policy_rx: watch::Receiver<Option<Arc<PolicyUpdate>>>,
     outbox: mpsc::Sender<Rollout>,
     progress: Arc<Mutex<Progress>>,
     runtime: tokio::runtime::Handle,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+}
+
+fn run_envs(env_loop: EnvLoop) -> anyhow::Result<()> {
+    let EnvLoop {
+        reg,
+        python_path,
+        coordinator,
+        mut policy_rx,
+        outbox,
+        progress,
+        runtime,
+        shutdown,
+    } = env_loop;
     tch::set_num_threads(1);
     tch::set_num_interop_threads(1);
     let env = envs::make_with_retry(&reg.config.env, &reg.env_seeds, &python_path, &shutdown)?;

@@ -110,12 +110,14 @@ class Host:
         self.n = len(envs)
         self.shape = tuple(self.obs_space.shape)
         self.dtype = self.obs_space.dtype
+        self.binary = self.dtype == np.bool_
         out_dtype = np.float32 if obs["dtype"] == "f32" else np.uint8
         self.obs = np.zeros((self.n,) + self.shape, dtype=out_dtype)
         self.rewards = np.zeros(self.n, dtype=np.float32)
         self.terminated = np.zeros(self.n, dtype=np.uint8)
         self.truncated = np.zeros(self.n, dtype=np.uint8)
-        self.mask_width = None if action["type"] == "box" else int(sum(action.get("nvec", [action.get("n", 0)])))
+        self.nvec = [] if action["type"] == "box" else [int(k) for k in action.get("nvec", [action.get("n", 0)])]
+        self.mask_width = None if action["type"] == "box" else int(sum(self.nvec))
         self.masks = None
         self.mask_in_info = False
         self.spec = {"id": env_id, "observation": obs, "action": action, "action_mask": self.mask_in_obs, "num_agents": 1}
@@ -134,7 +136,12 @@ class Host:
             raise HostError(call, "observation", f"env {i}: expected shape {list(self.shape)}, got {list(o.shape)}")
         if o.dtype != self.dtype:
             raise HostError(call, "observation", f"env {i}: expected dtype {self.dtype}, got {o.dtype}")
-        self.obs[i] = o
+        if self.binary:
+            # Boolean frames (MinAtar) travel as u8 0/255, so the model's 1/255 scaling of u8
+            # observations gives them back as 0.0/1.0.
+            np.multiply(o, 255, out=self.obs[i], casting="unsafe")
+        else:
+            self.obs[i] = o
         return mask
 
     def _put_mask(self, call, i, mask):
@@ -143,8 +150,12 @@ class Host:
         m = np.asarray(mask)
         if m.shape != (self.mask_width,):
             raise HostError(call, "action_mask", f"env {i}: expected shape [{self.mask_width}], got {list(m.shape)}")
-        if not m.any():
-            raise HostError(call, "action_mask", f"env {i}: no legal action")
+        offset = 0
+        for c, k in enumerate(self.nvec):
+            if not m[offset : offset + k].any():
+                where = f" for component {c}" if len(self.nvec) > 1 else ""
+                raise HostError(call, "action_mask", f"env {i}: no legal action{where}")
+            offset += k
         self.masks[i] = m != 0
 
     def describe(self):
@@ -205,11 +216,20 @@ class Host:
 
 def make(cfg_json, num_envs, seeds):
     cfg = json.loads(cfg_json)
-    for path in cfg.get("python_path", []):
+    for path in reversed(cfg.get("python_path", [])):
         if path not in sys.path:
             sys.path.insert(0, path)
     for module in cfg.get("imports", []):
-        importlib.import_module(module)
+        # "module" is imported; "module:function" is imported and called (e.g. MinAtar's
+        # "minatar.gym:register_envs", which registers its Gymnasium ids).
+        if ":" in module:
+            import gymnasium as gym
+
+            # Register once per process: an env rebuilt after a failure finds its id there.
+            if cfg["id"] not in gym.registry:
+                _resolve(module, "env.imports")()
+        else:
+            importlib.import_module(module)
     backend = cfg["backend"]
     wrappers = [_wrapper(w) for w in cfg.get("wrappers", [])]
     kwargs = cfg.get("kwargs", {})
@@ -231,7 +251,7 @@ def make(cfg_json, num_envs, seeds):
             return factory(**kwargs)
 
     else:
-        raise HostError("make", "env.backend", f"the Python host does not run backend {backend!r}")
+        raise HostError("make", "env.backend", f"the Python host runs 'gymnasium' and 'factory', not {backend!r}")
     host = Host(cfg["id"], [build() for _ in range(num_envs)], seeds)
     # The first reset settles whether masks come in info, which is part of the spec.
     host.reset()

@@ -37,6 +37,10 @@ pub struct UpdateStats {
     pub baseline_loss: f64,
     pub entropy: f64,
     pub grad_norm: f64,
+    /// 1 - Var(targets - values) / Var(targets): how much of the value targets' variance the
+    /// value net explains (1 is perfect, 0 no better than a constant). The value loss itself
+    /// grows with the returns; this does not.
+    pub explained_variance: f64,
 }
 
 pub struct Trainer {
@@ -201,6 +205,15 @@ impl Trainer {
         } else {
             vt.pg_advantages.shallow_clone()
         };
+        let explained_variance = tch::no_grad(|| {
+            let var = vt.vs.var(false).double_value(&[]);
+            let resid = (&vt.vs - &values).var(false).double_value(&[]);
+            if var > 1e-12 {
+                1.0 - resid / var
+            } else {
+                f64::NAN
+            }
+        });
         let pg_loss = -(&action_log_probs * &advantages).mean(Kind::Float);
         let baseline_loss = (&vt.vs - &values).square().mean(Kind::Float) * 0.5;
         let entropy = entropy_per_step.mean(Kind::Float);
@@ -218,6 +231,7 @@ impl Trainer {
             baseline_loss: baseline_loss.double_value(&[]),
             entropy: entropy.double_value(&[]),
             grad_norm,
+            explained_variance,
         }
     }
 
@@ -319,6 +333,9 @@ impl TrainerLoop {
         metrics::gauge!(names::LEARNER_LOSS, "term" => "baseline").set(s.baseline_loss);
         metrics::gauge!(names::LEARNER_ENTROPY).set(s.entropy);
         metrics::gauge!(names::LEARNER_GRAD_NORM).set(s.grad_norm);
+        if s.explained_variance.is_finite() {
+            metrics::gauge!(names::LEARNER_EXPLAINED_VARIANCE).set(s.explained_variance);
+        }
         let latest = self.known_version.load(Ordering::Acquire);
         for &v in &batch.versions {
             metrics::histogram!(names::LEARNER_POLICY_LAG).record(latest.saturating_sub(v) as f64);

@@ -222,11 +222,21 @@ impl Cluster {
             actor_metrics: Vec::new(),
             next_actor: 0,
         };
-        cluster.start_learner().await?;
+        cluster.spawn_learner()?;
+        if config.env.backend == troupe::config::EnvBackend::Native {
+            cluster.wait_learner().await?;
+        }
         Ok(cluster)
     }
 
     pub async fn start_learner(&mut self) -> anyhow::Result<()> {
+        self.spawn_learner()?;
+        self.wait_learner().await
+    }
+
+    /// Starts the learner without waiting for it: with a Python-hosted env it registers only
+    /// once an actor has reported the env's spaces.
+    pub fn spawn_learner(&mut self) -> anyhow::Result<()> {
         let ready = self.dir.path().join("learner.json");
         let _ = std::fs::remove_file(&ready);
         let mut cmd = Command::new(bin("learner"));
@@ -244,10 +254,16 @@ impl Cluster {
         .arg(&ready);
         let mut p = Proc::spawn("learner", self.dir.path(), cmd)?;
         p.ready = Some(ready);
+        self.learner = Some(p);
+        Ok(())
+    }
+
+    /// Waits until the learner serves (it writes its ready file after registering).
+    pub async fn wait_learner(&mut self) -> anyhow::Result<()> {
+        let p = self.learner.as_mut().context("no learner spawned")?;
         let info = p.wait_ready(Duration::from_secs(60)).await?;
         self.learner_addr = format!("http://{}", info["grpc"].as_str().context("grpc")?);
         self.learner_metrics = info["metrics"].as_str().context("metrics")?.to_string();
-        self.learner = Some(p);
         Ok(())
     }
 
@@ -362,4 +378,36 @@ pub fn metric(text: &str, name: &str) -> Option<f64> {
 /// The shipped CartPole config, for a test to adjust.
 pub fn cartpole_config() -> troupe::RunConfig {
     troupe::RunConfig::from_file(&repo_root().join("configs/cartpole.toml")).expect("configs/cartpole.toml")
+}
+
+/// A shipped config (`configs/NAME.toml`), for a test to adjust.
+pub fn shipped_config(name: &str) -> troupe::RunConfig {
+    let path = repo_root().join(format!("configs/{name}.toml"));
+    troupe::RunConfig::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Waits until the mean return of the last 100 episodes reaches `target`; panics with the
+/// last status and the processes' logs if `within` runs out first.
+pub async fn wait_solved(cluster: &Cluster, target: f64, within: Duration) -> StatusResponse {
+    let solved = eventually(
+        "mean return of the last 100 episodes reaches the target",
+        within,
+        || async {
+            let s = cluster.status().await?;
+            Ok((s.episodes_in_mean == 100 && s.mean_return_100 >= target).then_some(s))
+        },
+    )
+    .await;
+    match solved {
+        Ok(s) => s,
+        Err(e) => panic!(
+            "{e} ({target})\nlast status: {:?}\n{}",
+            cluster
+                .status()
+                .await
+                .ok()
+                .map(|s| (s.frames, s.mean_return_100, s.latest_version)),
+            cluster.logs()
+        ),
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use tests::{cartpole_config, eventually, metric, scrape, Cluster};
+use tests::{cartpole_config, metric, scrape, Cluster};
 
 /// Measured here at about 30 s on 2 cores; the bound leaves room for a slow CI machine.
 const SOLVE_WITHIN: Duration = Duration::from_secs(300);
@@ -16,23 +16,7 @@ async fn cartpole_is_solved_by_a_local_cluster() -> anyhow::Result<()> {
     cluster.add_actor().await?;
     cluster.add_actor().await?;
     let start = Instant::now();
-    let solved = eventually("mean return of the last 100 episodes >= 475", SOLVE_WITHIN, || async {
-        let s = cluster.status().await?;
-        Ok((s.episodes_in_mean == 100 && s.mean_return_100 >= 475.0).then_some(s))
-    })
-    .await;
-    let s = match solved {
-        Ok(s) => s,
-        Err(e) => panic!(
-            "{e}\nlast status: {:?}\n{}",
-            cluster
-                .status()
-                .await
-                .ok()
-                .map(|s| (s.frames, s.mean_return_100, s.latest_version)),
-            cluster.logs()
-        ),
-    };
+    let s = tests::wait_solved(&cluster, 475.0, SOLVE_WITHIN).await;
     println!(
         "solved in {:.1}s: {} frames, mean return {:.1}, policy v{}",
         start.elapsed().as_secs_f64(),
