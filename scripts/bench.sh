@@ -4,17 +4,25 @@
 #   (b) env steps/s of one actor streaming to the learner;
 #   (c) frames/s consumed by the learner with 2 actors, and the time to solve CartPole-v1.
 # Ratios (b/a, c/b) are taken within this one run, so they hold on a noisy machine.
+# Then, beside v0's keys (docs/BENCHMARKS.md names them all):
+#   native_env_steps_per_s / gymnasium_env_steps_per_s / envpool_env_steps_per_s: raw stepping
+#     of each native env, of the same env in Gymnasium's Python loop, and in EnvPool;
+#   host_bare_loop_env_steps_per_s vs gymnasium_sync_vector_env_steps_per_s: the actor's bare
+#     loop on Python-hosted CartPole against Gymnasium's own vector-env loop;
+#   minatar_breakout_frames_per_s, pong_frames_per_s: end-to-end learner frames/s on pixels.
 #
-#   scripts/bench.sh [--out DIR] [--seconds N]
+#   scripts/bench.sh [--out DIR] [--seconds N] [--skip-pixels]
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
 OUT=out/bench
 SECONDS_PER=15
+PIXELS=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT=$2; shift 2 ;;
     --seconds) SECONDS_PER=$2; shift 2 ;;
-    *) echo "bench.sh: unknown argument $1 (expected --out, --seconds)" >&2; exit 64 ;;
+    --skip-pixels) PIXELS=0; shift ;;
+    *) echo "bench.sh: unknown argument $1 (expected --out, --seconds, --skip-pixels)" >&2; exit 64 ;;
   esac
 done
 troupe_setup
@@ -22,9 +30,20 @@ mkdir -p "$OUT"
 cd "$TROUPE_ROOT"
 a=$(cargo bench --workspace --bench bare_loop -- "$SECONDS_PER" 2>/dev/null | grep '^{')
 bc=$(cargo bench --workspace --bench cluster -- "$SECONDS_PER" 2>/dev/null | grep '^{')
-python3 - "$OUT/bench.json" "$a" "$bc" <<'PY'
+native=$(cargo bench -p troupe --bench native_envs -- 3 2>/dev/null | grep '^{')
+gym=$("$TROUPE_PYTHON" "$TROUPE_ROOT/scripts/bench_envs.py" 3 16 | grep '^{')
+host=$(cargo bench -p actor --bench bare_loop -- "$SECONDS_PER" "$TROUPE_ROOT/configs/cartpole-gymnasium.toml" 2>/dev/null | grep '^{')
+minatar='null'
+pong='null'
+if [ "$PIXELS" = 1 ]; then
+  minatar=$(cargo bench -p tests --bench throughput -- 60 configs/minatar-breakout.toml 2>/dev/null | grep '^{')
+  pong=$(cargo bench -p tests --bench throughput -- 60 configs/pong.toml 2>/dev/null | grep '^{')
+fi
+python3 - "$OUT/bench.json" "$a" "$bc" "$native" "$gym" "$host" "$minatar" "$pong" <<'PY'
 import json, os, platform, sys
 path, a, bc = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+native, gym, host = json.loads(sys.argv[4]), json.loads(sys.argv[5]), json.loads(sys.argv[6])
+minatar, pong = json.loads(sys.argv[7]), json.loads(sys.argv[8])
 out = {
     "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     "a_bare_loop_env_steps_per_s": a["env_steps_per_s"],
@@ -34,12 +53,28 @@ out = {
     "c_frames_to_solve": bc["frames_to_solve"],
     "ratio_b_over_a": bc["one_actor_env_steps_per_s"] / a["env_steps_per_s"],
     "ratio_c_over_b": bc["two_actor_learner_frames_per_s"] / bc["one_actor_env_steps_per_s"],
-    "detail": {"bare_loop": a, "cluster": bc},
+    "native_env_steps_per_s": native["env_steps_per_s"],
+    "gymnasium_env_steps_per_s": gym["gymnasium"],
+    "envpool_env_steps_per_s": gym["envpool"],
+    "native_over_gymnasium": {k: v / gym["gymnasium"][k] for k, v in native["env_steps_per_s"].items()},
+    "host_bare_loop_env_steps_per_s": host["env_steps_per_s"],
+    "gymnasium_sync_vector_env_steps_per_s": gym["gymnasium_sync_vector"]["env_steps_per_s"],
+    "host_over_sync_vector": host["env_steps_per_s"] / gym["gymnasium_sync_vector"]["env_steps_per_s"],
+    "minatar_breakout_frames_per_s": minatar and minatar["learner_frames_per_s"],
+    "pong_frames_per_s": pong and pong["learner_frames_per_s"],
+    "detail": {"bare_loop": a, "cluster": bc, "native_envs": native, "gymnasium_envs": gym, "host_bare_loop": host, "minatar_breakout": minatar, "pong": pong},
 }
 json.dump(out, open(path, "w"), indent=2)
 print(f"(a) bare loop:            {out['a_bare_loop_env_steps_per_s']:>12,.0f} env steps/s")
 print(f"(b) one actor streaming:  {out['b_one_actor_streaming_env_steps_per_s']:>12,.0f} env steps/s  (b/a = {out['ratio_b_over_a']:.2f})")
 print(f"(c) learner, 2 actors:    {out['c_learner_frames_per_s']:>12,.0f} frames/s     (c/b = {out['ratio_c_over_b']:.2f})")
 print(f"    time to solve:        {out['c_time_to_solve_s']:>12.1f} s ({out['c_frames_to_solve']:,} frames)")
+for k, v in out["native_env_steps_per_s"].items():
+    print(f"{k:<26} native {v:>12,.0f} steps/s, gymnasium {out['gymnasium_env_steps_per_s'][k]:>10,.0f} ({out['native_over_gymnasium'][k]:.0f}x)")
+print(f"host bare loop (Gymnasium CartPole x16): {out['host_bare_loop_env_steps_per_s']:,.0f} steps/s; SyncVectorEnv x16: {out['gymnasium_sync_vector_env_steps_per_s']:,.0f} ({out['host_over_sync_vector']:.2f})")
+if minatar:
+    print(f"MinAtar Breakout (cnn), learner frames/s: {out['minatar_breakout_frames_per_s']:,.0f}")
+if pong:
+    print(f"Pong (impala_resnet, CPU), learner frames/s: {out['pong_frames_per_s']:,.0f}")
 print(f"wrote {path}")
 PY
