@@ -1,5 +1,5 @@
 //! Building the configured environment: native Rust envs, or Python-hosted ones (Gymnasium by
-//! id with wrappers, or a user's factory) through [`crate::pyhost`].
+//! id with wrappers, a user's factory, or an EnvPool) through [`crate::pyhost`].
 
 use std::time::Duration;
 

@@ -1,11 +1,12 @@
 """Troupe's Python env host. The actor embeds this module (PyO3) and calls it from its env thread.
 
-It builds N Gymnasium envs (by id with wrappers, or from a user's factory), describes their
-spaces, and steps them with SAME-STEP autoreset: when an episode ends, the observation returned
+It builds N Gymnasium envs (by id with wrappers, or from a user's factory) or one EnvPool of N,
+describes their spaces, and steps Gymnasium envs with SAME-STEP autoreset: when an episode ends, the observation returned
 for that column is already the first of the next episode, and the ended episode's last
 observation is returned separately (for truncations, the learner bootstraps from it). The step
 after an episode end is therefore always a real transition; no reset step ever reaches the
-learner.
+learner. EnvPool resets one step late (NEXT_STEP); its host marks those steps invalid instead,
+and the learner masks them out.
 
 Every value an env returns is checked here per env (shape, dtype) and raised as HostError naming
 the call and the field; the Rust side checks finiteness over the whole batch.
@@ -204,7 +205,8 @@ class Host:
                     mask = info.get("action_mask")
             self._put_mask("step", i, mask)
         final = np.stack(finals) if finals else None
-        return self.obs, self.rewards, self.terminated, self.truncated, final, self.masks
+        # Every step is a transition: no validity flags.
+        return self.obs, self.rewards, self.terminated, self.truncated, final, self.masks, None
 
     def close(self):
         for env in self.envs:
@@ -212,6 +214,82 @@ class Host:
                 env.close()
             except Exception:  # noqa: BLE001 - closing a broken env must not hide the real error
                 pass
+
+
+class EnvPoolHost:
+    """N envs in one EnvPool (C++, its own threads). EnvPool autoresets in NEXT_STEP mode: the
+    step after an episode ends ignores its action, resets, and returns reward 0 with both flags
+    false. Such steps are returned with valid = 0 so the learner leaves them out; the
+    observation they return is the new episode's first."""
+
+    def __init__(self, env_id, num_envs, seeds, kwargs):
+        import envpool
+
+        self.env_id = env_id
+        self.n = num_envs
+        try:
+            self.env = envpool.make_gymnasium(env_id, num_envs=num_envs, seed=int(seeds[0]), **kwargs)
+        except Exception as e:  # noqa: BLE001 - EnvPool raises several kinds for an unknown id
+            known = sorted(envpool.list_all_envs())
+            close = difflib.get_close_matches(env_id, known, n=5)
+            raise HostError("make", "env.id", f"EnvPool cannot make {env_id!r} ({e}); close matches: {close}; known ids: {known}") from e
+        space = self.env.observation_space
+        obs, self.obs_space, mask_in_obs = _describe_obs(space)
+        if mask_in_obs:
+            raise HostError("make", "observation space", "EnvPool envs with masks in the observation are not supported")
+        action, self.start = _describe_action(self.env.action_space)
+        self.action_space = self.env.action_space
+        self.kind = action["type"]
+        self.spec = {"id": env_id, "observation": obs, "action": action, "action_mask": False, "num_agents": 1}
+        self.shape = tuple(self.obs_space.shape)
+        self.binary = self.obs_space.dtype == np.bool_
+        self.out_dtype = np.float32 if obs["dtype"] == "f32" else np.uint8
+        self.pending = np.zeros(num_envs, dtype=bool)
+        self.valid = np.ones(num_envs, dtype=np.uint8)
+
+    def describe(self):
+        return json.dumps(self.spec)
+
+    def _obs(self, call, obs, ids):
+        if obs.shape != (self.n,) + self.shape:
+            raise HostError(call, "observation", f"expected shape {[self.n] + list(self.shape)}, got {list(obs.shape)}")
+        order = np.argsort(ids)
+        obs = obs[order]
+        if self.binary:
+            return (obs.astype(np.uint8) * 255), order
+        return np.ascontiguousarray(obs, dtype=self.out_dtype), order
+
+    def reset(self):
+        obs, info = self.env.reset()
+        out, _ = self._obs("reset", obs, info["env_id"])
+        self.pending[:] = False
+        return out, None
+
+    def step(self, actions):
+        if self.kind == "discrete":
+            a = actions[:, 0] + self.start
+        elif self.kind == "multi_discrete":
+            a = actions + self.start
+        else:
+            a = actions.astype(self.action_space.dtype, copy=False)
+        obs, rew, term, trunc, info = self.env.step(a, np.arange(self.n, dtype=np.int32))
+        out, order = self._obs("step", obs, info["env_id"])
+        rew, term, trunc = rew[order], term[order], trunc[order]
+        # Columns that ended at the previous step were only reset by this one.
+        self.valid[:] = ~self.pending
+        reset = self.pending.copy()
+        rewards = np.where(reset, 0.0, rew).astype(np.float32)
+        terminated = (term & ~reset).astype(np.uint8)
+        truncated = (trunc & ~reset).astype(np.uint8)
+        final = out[truncated == 1].copy() if truncated.any() else None
+        self.pending = (terminated | truncated).astype(bool)
+        return out, rewards, terminated, truncated, final, None, self.valid
+
+    def close(self):
+        try:
+            self.env.close()
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def make(cfg_json, num_envs, seeds):
@@ -250,8 +328,12 @@ def make(cfg_json, num_envs, seeds):
         def build():
             return factory(**kwargs)
 
+    elif backend == "envpool":
+        host = EnvPoolHost(cfg["id"], num_envs, seeds, kwargs)
+        host.reset()
+        return host
     else:
-        raise HostError("make", "env.backend", f"the Python host runs 'gymnasium' and 'factory', not {backend!r}")
+        raise HostError("make", "env.backend", f"the Python host runs 'gymnasium', 'factory' and 'envpool', not {backend!r}")
     host = Host(cfg["id"], [build() for _ in range(num_envs)], seeds)
     # The first reset settles whether masks come in info, which is part of the spec.
     host.reset()

@@ -258,10 +258,14 @@ impl VecEnv for PyVecEnv {
                 let k = out.truncated.iter().filter(|&&x| x == 1).count();
                 self.copy_obs("step", "final_obs", &finals, k, ObsSink::Append(out.final_obs))?;
             }
-            match out.masks {
-                Some(m) => self.copy_u8("step", "action_mask", &item(5)?, m),
-                None => Ok(()),
+            if let Some(m) = out.masks {
+                self.copy_u8("step", "action_mask", &item(5)?, m)?;
             }
+            let valid = item(6)?;
+            if !valid.is_none() {
+                self.copy_u8("step", "valid", &valid, out.valid)?;
+            }
+            Ok(())
         })
     }
 }

@@ -69,6 +69,8 @@ pub struct EnvRunner {
     rewards: Vec<f32>,
     terminated: Vec<u8>,
     truncated: Vec<u8>,
+    /// `[T, N]`: 0 where a step only reset its column (see [`StepOut::valid`]).
+    valid: Vec<u8>,
     params: Vec<f32>,
     /// (t, n) of each truncated step and its last observation's bytes, in (t, n) order.
     truncations: Vec<(usize, usize)>,
@@ -132,6 +134,7 @@ impl EnvRunner {
             rewards: vec![0.0; t * n],
             terminated: vec![0; t * n],
             truncated: vec![0; t * n],
+            valid: vec![1; t * n],
             params: vec![0.0; t * n * p],
             truncations: Vec::new(),
             truncation_obs: Vec::new(),
@@ -251,6 +254,8 @@ impl EnvRunner {
                     ObsRows::U8(v) => ObsBuf::U8(&mut v[(t + 1) * n * o..(t + 2) * n * o]),
                 };
                 let masks = (m > 0).then(|| &mut self.masks[(t + 1) * n * m..(t + 2) * n * m]);
+                let valid = &mut self.valid[t * n..(t + 1) * n];
+                valid.fill(1);
                 let step = self.env.step(
                     action,
                     StepOut {
@@ -260,6 +265,7 @@ impl EnvRunner {
                         truncated: &mut self.truncated[t * n..(t + 1) * n],
                         masks,
                         final_obs: &mut self.truncation_obs,
+                        valid,
                     },
                 );
                 if let Err(e) = step {
@@ -285,6 +291,13 @@ impl EnvRunner {
                     self.terminated[t * n + i],
                     self.truncated[t * n + i],
                 );
+                if self.valid[t * n + i] == 0 {
+                    // Only a reset: no transition, and the new episode starts at the next step.
+                    if self.state.size()[1] > 0 {
+                        let _ = self.state.get(i as i64).zero_();
+                    }
+                    continue;
+                }
                 self.episode_return[i] += r;
                 self.episode_length[i] += 1;
                 if trunc == 1 {
@@ -311,7 +324,7 @@ impl EnvRunner {
         let n = self.n;
         let total = self.obs.bytes().len()
             + self.actions.bytes().len()
-            + self.rewards.len() * 6
+            + self.rewards.len() * 7
             + self.params.len() * 4
             + self.masks.len()
             + self.initial_state.len() * 4
@@ -400,6 +413,9 @@ impl EnvRunner {
             )),
             action_masks: (m > 0)
                 .then(|| WireTensor::from_bytes(DType::DtypeU8, &[t, w, m], cols(&self.masks[..t * n * m], t, m))),
+            valid: self.valid[..t * n]
+                .contains(&0)
+                .then(|| WireTensor::from_bytes(DType::DtypeU8, &[t, w], cols(&self.valid[..t * n], t, 1))),
             initial_state: (state_size > 0).then(|| {
                 WireTensor::from_bytes(
                     DType::DtypeF32,

@@ -43,7 +43,7 @@ fn faulty(mode: &str, at: i64) -> EnvConfig {
 /// Steps all columns once with action 0; returns the error if the env failed.
 fn step_once(env: &mut dyn VecEnv, obs: &mut [f32]) -> Result<(), EnvError> {
     let n = env.num_envs();
-    let (mut r, mut te, mut tr, mut fin) = (vec![0.0; n], vec![0; n], vec![0; n], Vec::new());
+    let (mut r, mut te, mut tr, mut fin, mut va) = (vec![0.0; n], vec![0; n], vec![0; n], Vec::new(), vec![1; n]);
     env.step(
         Action::Discrete(&vec![0; n]),
         StepOut {
@@ -53,17 +53,15 @@ fn step_once(env: &mut dyn VecEnv, obs: &mut [f32]) -> Result<(), EnvError> {
             truncated: &mut tr,
             masks: None,
             final_obs: &mut fin,
+            valid: &mut va,
         },
     )
 }
 
-/// Same-step autoreset: after an episode ends, the next observation already belongs to the
-/// next episode, and every step the learner sees is a real transition. Gymnasium's default
-/// NEXT_STEP mode would hand over a reset step with reward 0 and a terminal observation.
-#[test]
-fn gymnasium_cartpole_autoresets_in_the_same_step() {
+/// 200 steps of 8 CartPole-v1 columns through `cfg`'s host, with an untrained policy.
+fn cartpole_unroll(cfg: &EnvConfig) -> (proto::v1::Rollout, Vec<proto::v1::EpisodeStat>) {
     let seeds: Vec<u64> = (0..8).collect();
-    let env = actor::envs::make(&gymnasium("CartPole-v1"), &seeds, &python_path()).unwrap();
+    let env = actor::envs::make(cfg, &seeds, &python_path()).unwrap();
     assert_eq!(env.spec(), &troupe::env::native_spec("CartPole-v1").unwrap());
     let spec = ModelSpec {
         env: env.spec().clone(),
@@ -71,8 +69,13 @@ fn gymnasium_cartpole_autoresets_in_the_same_step() {
     };
     let net = Model::new(&spec, tch::Device::Cpu).unwrap();
     let mut runner = EnvRunner::new(env, 200, 0, 3).unwrap();
-    let mut episodes = 0;
-    let r = runner.unroll(&net, 1, 1, &mut |_| episodes += 1).unwrap().remove(0);
+    let mut stats = Vec::new();
+    let r = runner.unroll(&net, 1, 1, &mut |e| stats.push(e)).unwrap().remove(0);
+    (r, stats)
+}
+
+/// Observations and rewards of a rollout.
+fn floats(r: &proto::v1::Rollout) -> (Vec<f32>, Vec<f32>) {
     let obs = TensorView::new::<f32>("observations", r.observations.as_ref())
         .unwrap()
         .to_finite_f32()
@@ -81,6 +84,17 @@ fn gymnasium_cartpole_autoresets_in_the_same_step() {
         .unwrap()
         .to_finite_f32()
         .unwrap();
+    (obs, rewards)
+}
+
+/// Same-step autoreset: after an episode ends, the next observation already belongs to the
+/// next episode, and every step the learner sees is a real transition. Gymnasium's default
+/// NEXT_STEP mode would hand over a reset step with reward 0 and a terminal observation.
+#[test]
+fn gymnasium_cartpole_autoresets_in_the_same_step() {
+    let (r, stats) = cartpole_unroll(&gymnasium("CartPole-v1"));
+    let episodes = stats.len();
+    let (obs, rewards) = floats(&r);
     let term = TensorView::new::<u8>("terminated", r.terminated.as_ref())
         .unwrap()
         .to_flags()
@@ -194,7 +208,7 @@ fn wrappers_from_the_config_are_applied() {
     assert!(env.spec().action.is_continuous());
     let mut obs = vec![0f32; 3];
     env.reset(ObsBuf::F32(&mut obs), None).unwrap();
-    let (mut r, mut te, mut tr, mut fin) = (vec![0.0; 1], vec![0; 1], vec![0; 1], Vec::new());
+    let (mut r, mut te, mut tr, mut fin, mut va) = (vec![0.0; 1], vec![0; 1], vec![0; 1], Vec::new(), vec![1; 1]);
     let mut truncated_at = None;
     for t in 1..=7 {
         env.step(
@@ -206,6 +220,7 @@ fn wrappers_from_the_config_are_applied() {
                 truncated: &mut tr,
                 masks: None,
                 final_obs: &mut fin,
+                valid: &mut va,
             },
         )
         .unwrap();
@@ -216,4 +231,53 @@ fn wrappers_from_the_config_are_applied() {
     }
     assert_eq!(truncated_at, Some(7));
     assert_eq!(fin.len(), 3 * 4, "the truncated episode's last observation is kept");
+}
+
+/// EnvPool resets one step late: the step after an episode ends only resets (action ignored,
+/// reward 0). The host marks exactly those steps invalid, the episode bookkeeping skips them,
+/// and the observation they return is a fresh start state.
+#[test]
+fn envpool_reset_steps_are_marked_invalid() {
+    let cfg = EnvConfig {
+        id: "CartPole-v1".into(),
+        backend: EnvBackend::Envpool,
+        ..EnvConfig::default()
+    };
+    let (r, stats) = cartpole_unroll(&cfg);
+    let lengths: Vec<(u32, f32)> = stats.iter().map(|e| (e.length, e.episode_return)).collect();
+    let (obs, rewards) = floats(&r);
+    let term = TensorView::new::<u8>("terminated", r.terminated.as_ref())
+        .unwrap()
+        .to_flags()
+        .unwrap();
+    let valid = TensorView::new::<u8>("valid", r.valid.as_ref())
+        .unwrap()
+        .to_flags()
+        .unwrap();
+    assert!(lengths.len() >= 20, "{}", lengths.len());
+    // An episode's return equals its length: reset steps (reward 0) are not counted in it.
+    assert!(lengths.iter().all(|&(l, ret)| l as f32 == ret), "{lengths:?}");
+    let mut invalid = 0;
+    for t in 0..200 {
+        for c in 0..8 {
+            let i = t * 8 + c;
+            let after_end = t > 0 && term[i - 8];
+            assert_eq!(
+                !valid[i], after_end,
+                "step {t} env {c}: invalid exactly after an episode end"
+            );
+            if valid[i] {
+                assert_eq!(rewards[i], 1.0, "step {t} env {c}");
+            } else {
+                invalid += 1;
+                assert_eq!(rewards[i], 0.0);
+                let next = &obs[(i + 8) * 4..(i + 9) * 4];
+                assert!(
+                    next.iter().all(|v| v.abs() <= 0.05),
+                    "step {t} env {c}: {next:?} is not a start state"
+                );
+            }
+        }
+    }
+    assert!(invalid >= 20);
 }

@@ -65,6 +65,8 @@ pub struct Columns {
     /// T rows of u8 0/1.
     pub terminated: Rows,
     pub truncated: Rows,
+    /// T rows of u8: 0 where a step was only an env's reset (no transition), else 1.
+    pub valid: Rows,
     /// T rows of the behaviour distribution's parameters (f32).
     pub params: Rows,
     /// T rows of u8 legal-action masks, when the env has them.
@@ -86,6 +88,7 @@ impl Columns {
             Some(&self.rewards),
             Some(&self.terminated),
             Some(&self.truncated),
+            Some(&self.valid),
             Some(&self.params),
             self.masks.as_ref(),
             self.state.as_ref(),
@@ -110,6 +113,7 @@ impl Columns {
         let (rew_l, rew_r) = split(&self.rewards);
         let (term_l, term_r) = split(&self.terminated);
         let (trunc_l, trunc_r) = split(&self.truncated);
+        let (valid_l, valid_r) = split(&self.valid);
         let (par_l, par_r) = split(&self.params);
         let (mask_l, mask_r) = split_opt(&self.masks);
         let (state_l, state_r) = split_opt(&self.state);
@@ -135,6 +139,7 @@ impl Columns {
             rewards: rew_l,
             terminated: term_l,
             truncated: trunc_l,
+            valid: valid_l,
             params: par_l,
             masks: mask_l,
             state: state_l,
@@ -150,6 +155,7 @@ impl Columns {
             rewards: rew_r,
             terminated: term_r,
             truncated: trunc_r,
+            valid: valid_r,
             params: par_r,
             masks: mask_r,
             state: state_r,
@@ -283,6 +289,7 @@ pub fn assemble(parts: &[Columns]) -> Batch {
         rewards: side(|c| &c.rewards),
         terminated: side(|c| &c.terminated),
         truncated: side(|c| &c.truncated),
+        valid: side(|c| &c.valid),
         params: side(|c| &c.params),
         masks: side_opt(|c| c.masks.as_ref()),
         state: side_opt(|c| c.state.as_ref()),
@@ -335,6 +342,7 @@ pub(crate) mod tests {
             rewards: Rows::new(t, 4, f32s(&rew)),
             terminated: Rows::new(t, 1, term),
             truncated: Rows::new(t, 1, trunc),
+            valid: Rows::new(t, 1, vec![1; t * n]),
             params: Rows::new(t, 8, f32s(&par)),
             masks: Some(Rows::new(t, 2, mask)),
             state: Some(Rows::new(1, 4, f32s(&state))),

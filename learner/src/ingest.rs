@@ -213,6 +213,15 @@ pub fn validate(r: &Rollout, spec: &RolloutSpec, latest_version: u64) -> Result<
         }
         None
     };
+    let valid = match r.valid.as_ref() {
+        Some(_) => {
+            let v = TensorView::new::<u8>("valid", r.valid.as_ref())?;
+            v.expect_shape(&[Some(t), Some(n)])?;
+            v.check_flags()?;
+            v.bytes().to_vec()
+        }
+        None => vec![1; t * n],
+    };
     let truncations = truncated
         .bytes()
         .iter()
@@ -230,6 +239,7 @@ pub fn validate(r: &Rollout, spec: &RolloutSpec, latest_version: u64) -> Result<
         rewards: Rows::new(t, 4, rewards.bytes().to_vec()),
         terminated: Rows::new(t, 1, terminated.bytes().to_vec()),
         truncated: Rows::new(t, 1, truncated.bytes().to_vec()),
+        valid: Rows::new(t, 1, valid),
         params: Rows::new(t, p * 4, params.bytes().to_vec()),
         masks,
         state,
@@ -414,6 +424,7 @@ mod tests {
             truncation_observations: Some(Tensor::from_slice(&[2, o], &[1.0f32, 2.0, 3.0, 4.0])),
             action_masks: None,
             initial_state: None,
+            valid: None,
         }
     }
 

@@ -151,8 +151,17 @@ impl Trainer {
             Some(rows) => tensor_of(rows, &[b, s], Kind::Float).to_device(dev),
             None => Tensor::zeros([b, s], (Kind::Float, dev)),
         };
-        // An episode starts at step t + 1 where one ended at step t.
-        let ended = (&terminated + &truncated).clamp_max(1.0);
+        // 0 where a step only reset its env (EnvPool's NEXT_STEP): no transition, so it is left
+        // out of every loss term below.
+        let valid = tensor_of(&c.valid, &[t, b], Kind::Uint8)
+            .to_device(dev)
+            .to_kind(Kind::Float);
+        let n_valid = valid.sum(Kind::Float).clamp_min(1.0);
+        let masked_mean = |x: &Tensor| (x * &valid).sum(Kind::Float) / &n_valid;
+        // An episode starts at step t + 1 where one ended at step t, or where step t was only a
+        // reset.
+        let invalid: Tensor = valid.ones_like() - &valid;
+        let ended = (&terminated + &truncated + invalid).clamp_max(1.0);
         let starts = Tensor::cat(&[Tensor::zeros([1, b], (Kind::Float, dev)), ended.shallow_clone()], 0);
 
         let (params_all, values_all, states) = self.net.unroll(&obs, &state0, &starts);
@@ -198,25 +207,33 @@ impl Trainer {
             },
         );
         let values = values_all.narrow(0, 0, t);
-        let advantages = if self.cfg.normalize_advantages && t * b > 1 {
+        let advantages = if self.cfg.normalize_advantages && n_valid.double_value(&[]) > 1.0 {
             // Without this, a value net that lags rising returns makes nearly every advantage
             // large and positive, and the policy drifts into always taking one action.
-            (&vt.pg_advantages - vt.pg_advantages.mean(Kind::Float)) / (vt.pg_advantages.std(true) + 1e-8)
+            let mean = masked_mean(&vt.pg_advantages);
+            let centred = &vt.pg_advantages - &mean;
+            let bessel: Tensor = &n_valid / (&n_valid - 1.0).clamp_min(1.0);
+            let var = masked_mean(&centred.square()) * bessel;
+            centred / (var.sqrt() + 1e-8)
         } else {
             vt.pg_advantages.shallow_clone()
         };
         let explained_variance = tch::no_grad(|| {
-            let var = vt.vs.var(false).double_value(&[]);
-            let resid = (&vt.vs - &values).var(false).double_value(&[]);
+            let var_of = |x: &Tensor| {
+                let m = masked_mean(x);
+                masked_mean(&(x - m).square()).double_value(&[])
+            };
+            let var = var_of(&vt.vs);
+            let resid = var_of(&(&vt.vs - &values));
             if var > 1e-12 {
                 1.0 - resid / var
             } else {
                 f64::NAN
             }
         });
-        let pg_loss = -(&action_log_probs * &advantages).mean(Kind::Float);
-        let baseline_loss = (&vt.vs - &values).square().mean(Kind::Float) * 0.5;
-        let entropy = entropy_per_step.mean(Kind::Float);
+        let pg_loss = -masked_mean(&(&action_log_probs * &advantages));
+        let baseline_loss = masked_mean(&(&vt.vs - &values).square()) * 0.5;
+        let entropy = masked_mean(&entropy_per_step);
         let loss = &pg_loss + &baseline_loss * self.cfg.baseline_cost - &entropy * self.cfg.entropy_cost;
 
         self.opt.zero_grad();
@@ -349,6 +366,122 @@ impl TrainerLoop {
                 update_ms = secs * 1e3,
                 "training"
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{assemble, Columns};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use troupe::config::ModelConfig;
+    use troupe::spaces::{ActionSpace, EnvSpec, ObservationSpace};
+
+    fn spec() -> ModelSpec {
+        ModelSpec {
+            env: EnvSpec {
+                id: "Test-v0".into(),
+                observation: ObservationSpace::f32(&[4]),
+                action: ActionSpace::Discrete { n: 3 },
+                action_mask: false,
+                num_agents: 1,
+            },
+            model: ModelConfig {
+                hidden_sizes: vec![16],
+                ..ModelConfig::default()
+            },
+        }
+    }
+
+    /// T = 6 steps of B = 4 columns of random data; column c terminates at step 1 + c and the
+    /// step after is invalid (a NEXT_STEP reset). `scramble` rewrites everything at the invalid
+    /// steps (observation, action, reward, behaviour params).
+    fn batch(scramble: Option<u64>) -> Batch {
+        let (t, n) = (6usize, 4usize);
+        let mut rng = StdRng::seed_from_u64(9);
+        let mut obs: Vec<f32> = (0..(t + 1) * n * 4).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let mut act: Vec<i64> = (0..t * n).map(|_| rng.random_range(0..3)).collect();
+        let mut rew: Vec<f32> = (0..t * n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let mut par: Vec<f32> = (0..t * n * 3).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let mut term = vec![0u8; t * n];
+        let mut valid = vec![1u8; t * n];
+        for c in 0..n {
+            term[(1 + c) * n + c] = 1;
+            valid[(2 + c) * n + c] = 0;
+        }
+        if let Some(seed) = scramble {
+            let mut r2 = StdRng::seed_from_u64(seed);
+            for (i, &v) in valid.iter().enumerate() {
+                if v == 0 {
+                    obs[i * 4..i * 4 + 4]
+                        .iter_mut()
+                        .for_each(|x| *x = r2.random_range(-5.0..5.0));
+                    act[i] = r2.random_range(0..3);
+                    rew[i] = r2.random_range(-100.0..100.0);
+                    par[i * 3..i * 3 + 3]
+                        .iter_mut()
+                        .for_each(|x| *x = r2.random_range(-5.0..5.0));
+                }
+            }
+        }
+        let f = |v: &[f32]| bytemuck::cast_slice::<f32, u8>(v).to_vec();
+        assemble(&[Columns {
+            t,
+            n,
+            policy_version: 1,
+            observations: Rows::new(t + 1, 16, f(&obs)),
+            actions: Rows::new(t, 8, bytemuck::cast_slice(&act).to_vec()),
+            rewards: Rows::new(t, 4, f(&rew)),
+            terminated: Rows::new(t, 1, term),
+            truncated: Rows::new(t, 1, vec![0; t * n]),
+            valid: Rows::new(t, 1, valid),
+            params: Rows::new(t, 12, f(&par)),
+            masks: None,
+            state: None,
+            truncations: vec![],
+            truncation_observations: vec![],
+        }])
+    }
+
+    fn loss(b: &Batch, lstm: usize) -> (f64, f64) {
+        let mut s = spec();
+        s.model.lstm_size = lstm;
+        let run = RunConfig {
+            model: s.model.clone(),
+            ..RunConfig::default()
+        };
+        tch::manual_seed(3);
+        let mut trainer = Trainer::new(&run, &s, Device::Cpu).unwrap();
+        let first = trainer.update(b);
+        // A second update sees the weights the first produced from these gradients.
+        let second = trainer.update(b);
+        (first.total_loss, second.total_loss)
+    }
+
+    /// Steps marked invalid (an env's reset step) are left out of every loss term: whatever
+    /// they hold, the losses and the gradients (seen through a second update) are the same.
+    #[test]
+    fn invalid_steps_do_not_reach_the_loss() {
+        for lstm in [0, 8] {
+            let base = loss(&batch(None), lstm);
+            for seed in [1, 2, 3] {
+                let scrambled = loss(&batch(Some(seed)), lstm);
+                assert!(
+                    (base.0 - scrambled.0).abs() < 1e-5,
+                    "lstm {lstm}: {base:?} vs {scrambled:?}"
+                );
+                assert!(
+                    (base.1 - scrambled.1).abs() < 1e-5,
+                    "lstm {lstm}: {base:?} vs {scrambled:?}"
+                );
+            }
+            // The check can tell: marking those steps valid lets the scrambled data in.
+            let mut b = batch(Some(1));
+            b.cols.valid.data.fill(1);
+            let leaked = loss(&b, lstm);
+            assert!((base.0 - leaked.0).abs() > 1e-3, "lstm {lstm}: {base:?} vs {leaked:?}");
         }
     }
 }

@@ -22,6 +22,7 @@ fn rollout(t: usize, n: usize, version: u64) -> Rollout {
         truncation_observations: Some(Tensor::from_slice(&[0, 4], &[] as &[f32])),
         action_masks: None,
         initial_state: None,
+        valid: None,
     }
 }
 

@@ -35,6 +35,9 @@ pub enum EnvBackend {
     Gymnasium,
     /// A user's function `module:function` called with `kwargs`, returning a Gymnasium env.
     Factory,
+    /// `envpool.make_gymnasium(id, num_envs=N, seed=..., **kwargs)`: one C++ pool of N envs.
+    /// EnvPool resets one step after an episode ends; those steps are marked and left out.
+    Envpool,
 }
 
 /// A Gymnasium wrapper applied to a hosted env: `gymnasium.wrappers.<name>(env, **kwargs)`, or
@@ -55,7 +58,7 @@ pub struct EnvConfig {
     pub backend: EnvBackend,
     /// Base seed; environment i of actor a gets seed + a * num_envs + i.
     pub seed: u64,
-    /// Keyword arguments for `gymnasium.make` or the factory.
+    /// Keyword arguments for `gymnasium.make`, the factory, or `envpool.make_gymnasium`.
     pub kwargs: toml::Table,
     /// Gymnasium backend: wrappers applied in order, innermost first.
     pub wrappers: Vec<WrapperConfig>,

@@ -41,6 +41,10 @@ pub struct StepOut<'a> {
     /// The last observation of each episode *truncated* in this step, appended in column
     /// order as little-endian bytes of the obs dtype: the learner bootstraps from its value.
     pub final_obs: &'a mut Vec<u8>,
+    /// `[N]`, set to 1 by the caller: an env that autoresets one step late (EnvPool's
+    /// NEXT_STEP mode) writes 0 for a column whose step only reset it (action ignored, no
+    /// transition). `obs` is then the new episode's first observation.
+    pub valid: &'a mut [u8],
 }
 
 /// A failed env call. The message names the env, the call and the field.
