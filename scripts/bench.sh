@@ -70,7 +70,9 @@ print(f"(b) one actor streaming:  {out['b_one_actor_streaming_env_steps_per_s']:
 print(f"(c) learner, 2 actors:    {out['c_learner_frames_per_s']:>12,.0f} frames/s     (c/b = {out['ratio_c_over_b']:.2f})")
 print(f"    time to solve:        {out['c_time_to_solve_s']:>12.1f} s ({out['c_frames_to_solve']:,} frames)")
 for k, v in out["native_env_steps_per_s"].items():
-    print(f"{k:<26} native {v:>12,.0f} steps/s, gymnasium {out['gymnasium_env_steps_per_s'][k]:>10,.0f} ({out['native_over_gymnasium'][k]:.0f}x)")
+    ep = out["envpool_env_steps_per_s"].get(k, {})
+    ep_txt = f", envpool x1 {ep['num_envs_1']:>9,.0f}, x16 {ep['num_envs_16']:>9,.0f}" if ep else ""
+    print(f"{k:<26} native {v:>12,.0f} steps/s, gymnasium {out['gymnasium_env_steps_per_s'][k]:>10,.0f} ({out['native_over_gymnasium'][k]:.0f}x){ep_txt}")
 print(f"host bare loop (Gymnasium CartPole x16): {out['host_bare_loop_env_steps_per_s']:,.0f} steps/s; SyncVectorEnv x16: {out['gymnasium_sync_vector_env_steps_per_s']:,.0f} ({out['host_over_sync_vector']:.2f})")
 if minatar:
     print(f"MinAtar Breakout (cnn), learner frames/s: {out['minatar_breakout_frames_per_s']:,.0f}")

@@ -4,7 +4,7 @@
   random actions, reset on episode end), for each of Troupe's native ids;
 - gymnasium_sync_vector: steps/s of Gymnasium's own SyncVectorEnv over N CartPole-v1 envs
   (what the actor's Python host replaces);
-- envpool: the same ids through EnvPool, where it is installed and has them.
+- envpool: the same ids through EnvPool, one env and N envs batched, where it is installed.
 
     python scripts/bench_envs.py [SECONDS] [NUM_ENVS]
 """
@@ -52,25 +52,36 @@ def sync_vector(seconds, n):
     return steps / (time.perf_counter() - start)
 
 
-def envpool_rates(seconds):
+def envpool_rates(seconds, n):
+    """EnvPool steps/s per id: one env (as the single-env Gymnasium loop) and n envs batched
+    (as it is meant to run), pre-drawn random actions."""
     try:
         import envpool
     except ImportError:
         return {}
     out = {}
+    rng = np.random.default_rng(2)
     for env_id in IDS:
-        try:
-            env = envpool.make_gymnasium(env_id, num_envs=1, seed=1)
-        except Exception:  # noqa: BLE001 - EnvPool does not have every id
-            continue
-        env.reset()
-        space = env.action_space
-        steps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            for _ in range(4096):
-                env.step(np.array([space.sample()]))
-            steps += 4096
-        out[env_id] = steps / (time.perf_counter() - start)
+        rates = {}
+        for num in (1, n):
+            try:
+                env = envpool.make_gymnasium(env_id, num_envs=num, seed=1)
+            except Exception:  # noqa: BLE001 - EnvPool does not have every id
+                break
+            env.reset()
+            space = env.action_space
+            if isinstance(space, gym.spaces.Discrete):
+                actions = [rng.integers(0, space.n, num).astype(np.int32) for _ in range(256)]
+            else:
+                actions = [rng.uniform(space.low[0], space.high[0], (num,) + space.shape).astype(np.float32) for _ in range(256)]
+            steps, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                for a in actions:
+                    env.step(a)
+                steps += len(actions) * num
+            rates[f"num_envs_{num}"] = steps / (time.perf_counter() - start)
+        if rates:
+            out[env_id] = rates
     return out
 
 
@@ -83,7 +94,7 @@ def main():
                 "bench": "gymnasium_envs",
                 "gymnasium": {i: single(i, seconds) for i in IDS},
                 "gymnasium_sync_vector": {"env": "CartPole-v1", "num_envs": n, "env_steps_per_s": sync_vector(seconds, n)},
-                "envpool": envpool_rates(seconds),
+                "envpool": envpool_rates(seconds, n),
             }
         )
     )
