@@ -190,6 +190,26 @@ def load(path):
     return policy, env_config
 
 
+class _OneEnvPool:
+    """An EnvPool of one env behind the single-env Gymnasium API (what `play` drives)."""
+
+    def __init__(self, env_id, kwargs):
+        import envpool
+        import numpy as np
+
+        self.np = np
+        self.env = envpool.make_gymnasium(env_id, num_envs=1, **kwargs)
+        self.action_space = self.env.action_space
+
+    def reset(self, seed=None):
+        obs, info = self.env.reset()
+        return obs[0], {}
+
+    def step(self, action):
+        obs, r, term, trunc, info = self.env.step(self.np.asarray([action]))
+        return obs[0], float(r[0]), bool(term[0]), bool(trunc[0]), {}
+
+
 def make_env(cfg):
     import sys
 
@@ -204,6 +224,8 @@ def make_env(cfg):
             getattr(importlib.import_module(mod), fn)()
         else:
             importlib.import_module(module)
+    if cfg.get("backend") == "envpool":
+        return _OneEnvPool(cfg["id"], cfg.get("kwargs", {}))
     if cfg.get("backend") == "factory":
         mod, _, fn = cfg["factory"].partition(":")
         return getattr(importlib.import_module(mod), fn)(**cfg.get("kwargs", {}))

@@ -275,9 +275,12 @@ class EnvPoolHost:
         obs, rew, term, trunc, info = self.env.step(a, np.arange(self.n, dtype=np.int32))
         out, order = self._obs("step", obs, info["env_id"])
         rew, term, trunc = rew[order], term[order], trunc[order]
-        # Columns that ended at the previous step were only reset by this one.
-        self.valid[:] = ~self.pending
-        reset = self.pending.copy()
+        # A step that only reset its env reports elapsed_step 0 (a life lost under Atari's
+        # episodic_life ends an episode without a reset step). Without that info, the columns
+        # that ended at the previous step were the ones reset.
+        elapsed = info.get("elapsed_step") if isinstance(info, dict) else None
+        reset = (np.asarray(elapsed)[order] == 0) if elapsed is not None else self.pending.copy()
+        self.valid[:] = ~reset
         rewards = np.where(reset, 0.0, rew).astype(np.float32)
         terminated = (term & ~reset).astype(np.uint8)
         truncated = (trunc & ~reset).astype(np.uint8)

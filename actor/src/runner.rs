@@ -291,6 +291,10 @@ impl EnvRunner {
                     self.terminated[t * n + i],
                     self.truncated[t * n + i],
                 );
+                if trunc == 1 {
+                    // One per final observation the env gave, whatever the step's validity.
+                    self.truncations.push((t, i));
+                }
                 if self.valid[t * n + i] == 0 {
                     // Only a reset: no transition, and the new episode starts at the next step.
                     if self.state.size()[1] > 0 {
@@ -300,9 +304,6 @@ impl EnvRunner {
                 }
                 self.episode_return[i] += r;
                 self.episode_length[i] += 1;
-                if trunc == 1 {
-                    self.truncations.push((t, i));
-                }
                 if term == 1 || trunc == 1 {
                     on_episode(EpisodeStat {
                         episode_return: self.episode_return[i],

@@ -16,10 +16,14 @@ async fn rollouts_over_the_message_cap_are_split_and_train() -> anyhow::Result<(
     cluster.add_actor().await?;
     let actor_metrics = cluster.actor_metrics[0].clone();
     // One unroll is 4096 columns: several messages, every column trained on.
-    eventually("the learner trains on a whole split unroll", Duration::from_secs(180), || async {
-        let m = scrape(&cluster.learner_metrics)?;
-        Ok((metric(&m, "troupe_learner_updates_total").unwrap_or(0.0) >= 8.0).then_some(m))
-    })
+    eventually(
+        "the learner trains on a whole split unroll",
+        Duration::from_secs(180),
+        || async {
+            let m = scrape(&cluster.learner_metrics)?;
+            Ok((metric(&m, "troupe_learner_updates_total").unwrap_or(0.0) >= 8.0).then_some(m))
+        },
+    )
     .await
     .map_err(|e| anyhow::anyhow!("{e}{}", cluster.logs()))?;
     let actor = scrape(&actor_metrics)?;

@@ -52,9 +52,10 @@ impl ObservationSpace {
         }
     }
 
-    /// Elements in one observation.
+    /// Elements in one observation (saturating: a shape too large to count is refused by
+    /// [`EnvSpec::validate`]).
     pub fn size(&self) -> usize {
-        self.shape.iter().product()
+        self.shape.iter().fold(1usize, |a, &d| a.saturating_mul(d))
     }
 
     /// Bytes in one observation.
@@ -150,6 +151,10 @@ pub struct SpaceError {
 /// Largest number of elements in one observation (a 4-frame 210x160 RGB stack is ~400k).
 pub const MAX_OBS_ELEMENTS: usize = 1 << 22;
 
+/// Largest count of one discrete choice, of MultiDiscrete components, and of Box dimensions:
+/// a spec comes from a peer, and its sizes become the model's head.
+pub const MAX_CHOICES: usize = 1 << 16;
+
 impl EnvSpec {
     /// Checks that Troupe can train on these spaces.
     pub fn validate(&self) -> Result<(), SpaceError> {
@@ -171,21 +176,26 @@ impl EnvSpec {
             );
         }
         match &self.action {
-            ActionSpace::Discrete { n } if *n < 1 => {
-                return err("action space", format!("Discrete({n}): expected n >= 1"));
-            }
-            ActionSpace::MultiDiscrete { nvec } if nvec.is_empty() || nvec.contains(&0) => {
+            ActionSpace::Discrete { n } if *n < 1 || *n > MAX_CHOICES => {
                 return err(
                     "action space",
-                    format!("MultiDiscrete({nvec:?}): expected 1 or more counts >= 1"),
+                    format!("Discrete({n}): expected 1 <= n <= {MAX_CHOICES}"),
+                );
+            }
+            ActionSpace::MultiDiscrete { nvec }
+                if nvec.is_empty() || nvec.len() > MAX_CHOICES || nvec.iter().any(|&k| k == 0 || k > MAX_CHOICES) =>
+            {
+                return err(
+                    "action space",
+                    format!("MultiDiscrete({nvec:?}): expected 1 to {MAX_CHOICES} counts, each in 1..={MAX_CHOICES}"),
                 );
             }
             ActionSpace::Box { low, high } => {
-                if low.is_empty() || low.len() != high.len() {
+                if low.is_empty() || low.len() != high.len() || low.len() > MAX_CHOICES {
                     return err(
                         "action space",
                         format!(
-                            "Box with {} lows and {} highs: expected a 1-D Box of equal lengths >= 1",
+                            "Box with {} lows and {} highs: expected a 1-D Box of equal lengths in 1..={MAX_CHOICES}",
                             low.len(),
                             high.len()
                         ),
@@ -250,8 +260,16 @@ mod tests {
         let e = spec(ActionSpace::Discrete { n: 0 }).validate().unwrap_err().to_string();
         assert_eq!(
             e,
-            "environment Test-v0: unsupported action space: Discrete(0): expected n >= 1"
+            "environment Test-v0: unsupported action space: Discrete(0): expected 1 <= n <= 65536"
         );
+        let e = spec(ActionSpace::Discrete { n: 1 << 40 })
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected 1 <= n <= 65536"), "{e}");
+        let mut huge = spec(ActionSpace::Discrete { n: 2 });
+        huge.observation.shape = vec![1 << 32, 1 << 32];
+        assert!(huge.validate().unwrap_err().to_string().contains("at most"));
         let e = spec(ActionSpace::Box {
             low: vec![0.0],
             high: vec![f32::INFINITY],

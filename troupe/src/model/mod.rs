@@ -292,7 +292,9 @@ impl Model {
         for t in 0..t1 {
             if t > 0 {
                 let keep = (Tensor::ones_like(&starts.get(t)) - starts.get(t)).unsqueeze(-1);
-                state *= keep;
+                // Out of place: `states` holds the previous step's state (a shallow clone shares
+                // storage), and the learner reads it for truncated episodes' final observations.
+                state = &state * keep;
             }
             let out = self.step(&obs.get(t), &state);
             params.push(out.params);

@@ -165,6 +165,23 @@ fn lstm_replay_reproduces_step_by_step_outputs_with_resets() {
         assert!(p.allclose(&Tensor::stack(&params, 0), 1e-6, 1e-6, false));
         assert!(v.allclose(&Tensor::stack(&values, 0), 1e-6, 1e-6, false));
         assert!(states.get(t1 - 1).allclose(&state, 1e-6, 1e-6, false));
+        // Each step's state after it is kept as it was, also where the next step starts a new
+        // episode (the learner feeds it with a truncated episode's final observation).
+        let mut replay = state0.shallow_clone();
+        tch::no_grad(|| {
+            for t in 0..t1 {
+                if t > 0 {
+                    let keep = (Tensor::ones_like(&starts.get(t)) - starts.get(t)).unsqueeze(-1);
+                    replay = &replay * keep;
+                }
+                replay = model.step(&obs.get(t), &replay).state;
+                assert!(
+                    states.get(t).allclose(&replay, 1e-6, 1e-6, false),
+                    "state after step {t}"
+                );
+                assert!(replay.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+            }
+        });
         // Without the resets the outputs differ: the test can tell.
         let (p2, _, _) = tch::no_grad(|| model.unroll(&obs, &state0, &starts.zeros_like()));
         assert!(!p2.allclose(&p, 1e-6, 1e-6, false));
