@@ -261,6 +261,8 @@ fn run_envs(env_loop: EnvLoop) -> anyhow::Result<()> {
         .fold(0x9e37_79b9_7f4a_7c15u64, |a, &s| a.rotate_left(7) ^ s);
     let mut envs = runner::EnvRunner::new(env, reg.config.actor.unroll_length, net.state_size(), seed)?;
     let mut version = 0u64;
+    // A version this actor refused to load (malformed or non-finite): not retried.
+    let mut refused = 0u64;
     let first = runtime.block_on(async {
         tokio::select! {
             r = policy_rx.wait_for(|p| p.is_some()) => r.is_ok(),
@@ -274,7 +276,7 @@ fn run_envs(env_loop: EnvLoop) -> anyhow::Result<()> {
     while !shutdown.is_cancelled() {
         // Switch weights between unrolls when a newer version has arrived.
         let newest = policy_rx.borrow_and_update().clone();
-        if let Some(u) = newest.filter(|u| u.version != version) {
+        if let Some(u) = newest.filter(|u| u.version != version && u.version != refused) {
             match net.load_safetensors(&u.blob) {
                 Ok(()) => {
                     if version != 0 {
@@ -284,7 +286,11 @@ fn run_envs(env_loop: EnvLoop) -> anyhow::Result<()> {
                     metrics::gauge!(names::ACTOR_POLICY_VERSION).set(version as f64);
                     progress.lock().expect("progress lock").policy_version = version;
                 }
-                Err(e) => tracing::error!(version = u.version, error = %e, "cannot load policy, keeping the old one"),
+                Err(e) => {
+                    refused = u.version;
+                    metrics::counter!(names::ACTOR_POLICIES_REFUSED).increment(1);
+                    tracing::error!(version = u.version, error = %e, "refused a policy, keeping the current one");
+                }
             }
         }
         let mut finished = Vec::new();

@@ -172,8 +172,9 @@ impl CoordinatorService {
             ))
             .into());
         }
-        if let Err(e) = safetensors::SafeTensors::deserialize(&blob) {
-            return Err(Error::InvalidArgument(format!("PolicyChunk.data: not a safetensors blob: {e}")).into());
+        // A policy with NaN or infinite weights would stop every actor that loads it.
+        if let Err(e) = troupe::policy_file::check_finite(&blob) {
+            return Err(Error::InvalidArgument(format!("PolicyChunk.data: {e}")).into());
         }
         Ok((meta, blob))
     }

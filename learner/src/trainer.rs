@@ -41,6 +41,9 @@ pub struct UpdateStats {
     /// value net explains (1 is perfect, 0 no better than a constant). The value loss itself
     /// grows with the returns; this does not.
     pub explained_variance: f64,
+    /// Why the update was skipped (the weights did not change), if it was: `non_finite_loss`
+    /// or `non_finite_gradient`.
+    pub skipped: Option<&'static str>,
 }
 
 pub struct Trainer {
@@ -97,17 +100,20 @@ impl Trainer {
         Ok(())
     }
 
-    /// Takes the next version number and snapshots the weights under it.
-    pub fn snapshot(&mut self) -> Snapshot {
+    /// Takes the next version number and snapshots the weights under it. Weights with a NaN or
+    /// an infinity are never snapshotted: the error names the tensor, and no version is taken.
+    pub fn snapshot(&mut self) -> Result<Snapshot, troupe::policy_file::BlobError> {
+        let blob = self.net.to_safetensors();
+        troupe::policy_file::check_finite(&blob)?;
         let parent_version = self.version;
         self.version += 1;
-        Snapshot {
+        Ok(Snapshot {
             version: self.version,
             parent_version,
             learner_step: self.updates,
             frames: self.frames,
-            blob: self.net.to_safetensors(),
-        }
+            blob,
+        })
     }
 
     /// One IMPALA update on a [T, B] batch.
@@ -235,21 +241,33 @@ impl Trainer {
         let baseline_loss = masked_mean(&(&vt.vs - &values).square()) * 0.5;
         let entropy = masked_mean(&entropy_per_step);
         let loss = &pg_loss + &baseline_loss * self.cfg.baseline_cost - &entropy * self.cfg.entropy_cost;
-
-        self.opt.zero_grad();
-        loss.backward();
-        let grad_norm = self.clip_gradients();
-        self.opt.step();
-        self.updates += 1;
-        self.frames += (t * b) as u64;
-        UpdateStats {
-            total_loss: loss.double_value(&[]),
+        let total_loss = loss.double_value(&[]);
+        let mut stats = UpdateStats {
+            total_loss,
             pg_loss: pg_loss.double_value(&[]),
             baseline_loss: baseline_loss.double_value(&[]),
             entropy: entropy.double_value(&[]),
-            grad_norm,
+            grad_norm: f64::NAN,
             explained_variance,
+            skipped: None,
+        };
+        // A non-finite loss or gradient would spread into every weight: skip the step.
+        self.opt.zero_grad();
+        if !total_loss.is_finite() {
+            stats.skipped = Some("non_finite_loss");
+            return stats;
         }
+        loss.backward();
+        stats.grad_norm = self.clip_gradients();
+        if !stats.grad_norm.is_finite() {
+            self.opt.zero_grad();
+            stats.skipped = Some("non_finite_gradient");
+            return stats;
+        }
+        self.opt.step();
+        self.updates += 1;
+        self.frames += (t * b) as u64;
+        stats
     }
 
     /// Scales gradients so their global norm is at most `max_grad_norm`; returns the norm before.
@@ -318,6 +336,16 @@ impl TrainerLoop {
                 let start = Instant::now();
                 let stats = self.trainer.update(&batch);
                 let secs = start.elapsed().as_secs_f64();
+                if let Some(reason) = stats.skipped {
+                    metrics::counter!(names::LEARNER_UPDATES_SKIPPED, "reason" => reason).increment(1);
+                    tracing::warn!(
+                        reason,
+                        loss = stats.total_loss,
+                        grad_norm = stats.grad_norm,
+                        "skipped an update"
+                    );
+                    continue;
+                }
                 self.record(&batch, &stats, secs);
                 since_publish += 1;
                 if since_publish >= self.publish_every {
@@ -334,7 +362,14 @@ impl TrainerLoop {
     }
 
     fn publish(&mut self) {
-        let snap = self.trainer.snapshot();
+        let snap = match self.trainer.snapshot() {
+            Ok(s) => s,
+            Err(e) => {
+                metrics::counter!(names::LEARNER_UPDATES_SKIPPED, "reason" => "non_finite_weights").increment(1);
+                tracing::error!(error = %e, "not publishing non-finite weights");
+                return;
+            }
+        };
         // Known before it is published: the coordinator tells actors about a version before
         // our publish call returns, and their rollouts may arrive first.
         self.known_version.fetch_max(snap.version, Ordering::AcqRel);
@@ -458,6 +493,39 @@ mod tests {
         // A second update sees the weights the first produced from these gradients.
         let second = trainer.update(b);
         (first.total_loss, second.total_loss)
+    }
+
+    /// The tensors of a safetensors blob by name (its metadata's order is not fixed).
+    fn weights(blob: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let st = safetensors::SafeTensors::deserialize(blob).unwrap();
+        let mut out: Vec<(String, Vec<u8>)> = st.tensors().into_iter().map(|(n, v)| (n, v.data().to_vec())).collect();
+        out.sort();
+        out
+    }
+
+    /// A batch whose loss overflows (a finite but huge reward) skips the update: the weights,
+    /// the step count and the frames stay as they were.
+    #[test]
+    fn a_non_finite_loss_skips_the_update() {
+        let run = RunConfig::default();
+        tch::manual_seed(3);
+        let mut trainer = Trainer::new(&run, &spec(), Device::Cpu).unwrap();
+        let before = trainer.model().to_safetensors();
+        let mut b = batch(None);
+        let mut rewards: Vec<f32> = bytemuck::pod_collect_to_vec(&b.cols.rewards.data);
+        rewards[3] = 3e38;
+        rewards[4] = 3e38;
+        b.cols.rewards.data = bytemuck::cast_slice(&rewards).to_vec();
+        let stats = trainer.update(&b);
+        assert!(stats.skipped.is_some(), "{:?}", stats.total_loss);
+        assert_eq!(trainer.updates, 0);
+        assert_eq!(trainer.frames, 0);
+        assert_eq!(weights(&trainer.model().to_safetensors()), weights(&before));
+        // A normal batch then trains.
+        assert!(trainer.update(&batch(None)).skipped.is_none());
+        assert_eq!(trainer.updates, 1);
+        assert_ne!(weights(&trainer.model().to_safetensors()), weights(&before));
+        assert!(trainer.snapshot().is_ok());
     }
 
     /// Steps marked invalid (an env's reset step) are left out of every loss term: whatever

@@ -7,6 +7,7 @@ pub mod env;
 pub mod error;
 #[cfg(feature = "torch")]
 pub mod model;
+pub mod policy_file;
 pub mod process;
 pub mod spaces;
 pub mod telemetry;

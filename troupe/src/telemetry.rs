@@ -23,6 +23,7 @@ pub mod names {
     pub const ACTOR_RECONNECTS: &str = "troupe_actor_reconnects_total";
     pub const ACTOR_POLICY_SWITCHES: &str = "troupe_actor_policy_switches_total";
     pub const ACTOR_ENV_ERRORS: &str = "troupe_actor_env_errors_total";
+    pub const ACTOR_POLICIES_REFUSED: &str = "troupe_actor_policies_refused_total";
     // Learner.
     pub const LEARNER_ROLLOUTS: &str = "troupe_learner_rollouts_total";
     pub const LEARNER_ROLLOUTS_REJECTED: &str = "troupe_learner_rollouts_rejected_total";
@@ -32,6 +33,7 @@ pub mod names {
     pub const LEARNER_BATCHER_BYTES: &str = "troupe_learner_batcher_backlog_bytes";
     pub const LEARNER_STREAMS: &str = "troupe_learner_rollout_streams";
     pub const LEARNER_UPDATES: &str = "troupe_learner_updates_total";
+    pub const LEARNER_UPDATES_SKIPPED: &str = "troupe_learner_updates_skipped_total";
     pub const LEARNER_UPDATE_SECONDS: &str = "troupe_learner_update_seconds";
     pub const LEARNER_LOSS: &str = "troupe_learner_loss";
     pub const LEARNER_ENTROPY: &str = "troupe_learner_entropy";
@@ -83,6 +85,11 @@ fn describe_all() {
         "times the actor reconnected to a peer, by peer"
     );
     describe_counter!(
+        ACTOR_POLICIES_REFUSED,
+        Unit::Count,
+        "policy versions the actor refused to load (malformed or non-finite weights)"
+    );
+    describe_counter!(
         ACTOR_ENV_ERRORS,
         Unit::Count,
         "env failures (exceptions, bad shapes or values) after which the actor rebuilt the env"
@@ -112,6 +119,11 @@ fn describe_all() {
     );
     describe_gauge!(LEARNER_STREAMS, "open actor rollout streams");
     describe_counter!(LEARNER_UPDATES, Unit::Count, "optimizer steps taken");
+    describe_counter!(
+        LEARNER_UPDATES_SKIPPED,
+        Unit::Count,
+        "updates or snapshots skipped for non-finite values, by reason"
+    );
     describe_histogram!(
         LEARNER_UPDATE_SECONDS,
         Unit::Seconds,

@@ -43,7 +43,7 @@ pub fn train(config: &RunConfig, updates: u64, seed: i64, lag: usize, target: f6
     let mut acting = Model::new(&spec, Device::Cpu).unwrap();
     let mut runner = EnvRunner::new(env, config.actor.unroll_length, acting.state_size(), seed as u64).unwrap();
     let mut trainer = Trainer::new(config, &spec, Device::Cpu).unwrap();
-    let snap = trainer.snapshot();
+    let snap = trainer.snapshot().expect("finite weights");
     acting.load_safetensors(&snap.blob).unwrap();
     let mut version = snap.version;
     let mut in_flight = std::collections::VecDeque::new();
@@ -84,7 +84,7 @@ pub fn train(config: &RunConfig, updates: u64, seed: i64, lag: usize, target: f6
             let stats = trainer.update(&batch);
             explained_variance.push(stats.explained_variance);
             if trainer.updates.is_multiple_of(config.learner.publish_every) {
-                in_flight.push_back(trainer.snapshot());
+                in_flight.push_back(trainer.snapshot().expect("finite weights"));
                 if in_flight.len() > lag {
                     let snap = in_flight.pop_front().unwrap();
                     acting.load_safetensors(&snap.blob).unwrap();

@@ -342,8 +342,16 @@ impl Model {
         safetensors::serialize(views, Some(metadata)).expect("serialize safetensors")
     }
 
-    /// Copies weights from a safetensors blob. Every variable must be there with its shape.
+    /// Copies weights from a safetensors blob. Every variable must be there with its shape, and
+    /// every weight finite: a refused blob leaves the model as it was.
     pub fn load_safetensors(&mut self, blob: &[u8]) -> Result<(), WeightsError> {
+        crate::policy_file::check_finite(blob).map_err(|e| match e {
+            crate::policy_file::BlobError::Format(m) => WeightsError::Format(m),
+            crate::policy_file::BlobError::NotFinite { tensor, index, value } => WeightsError::Tensor {
+                name: tensor,
+                problem: format!("element {index} is {value}, expected finite weights"),
+            },
+        })?;
         let st = safetensors::SafeTensors::deserialize(blob).map_err(|e| WeightsError::Format(e.to_string()))?;
         let device = self.vs.device();
         tch::no_grad(|| {

@@ -123,6 +123,34 @@ fn wrong_shapes_and_garbage_are_rejected_by_name() {
     assert!(b.load_safetensors(b"not a blob").is_err());
 }
 
+/// A blob with a NaN weight is refused, naming the tensor, and the model keeps its weights.
+#[test]
+fn a_non_finite_blob_is_refused_and_the_model_is_unchanged() {
+    let s = spec(
+        ObservationSpace::f32(&[4]),
+        ActionSpace::Discrete { n: 2 },
+        small(TorsoKind::Mlp),
+    );
+    tch::manual_seed(1);
+    let a = Model::new(&s, Device::Cpu).unwrap();
+    tch::manual_seed(2);
+    let mut b = Model::new(&s, Device::Cpu).unwrap();
+    tch::no_grad(|| {
+        for (name, mut v) in a.var_store().variables() {
+            if name == "value.head.bias" {
+                let _ = v.fill_(f64::NAN);
+            }
+        }
+    });
+    let before = b.to_safetensors();
+    let err = b.load_safetensors(&a.to_safetensors()).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "weights blob: tensor value.head.bias: element 0 is NaN, expected finite weights"
+    );
+    assert_eq!(weights(&b.to_safetensors()), weights(&before), "nothing was copied");
+}
+
 /// The learner's replay of an unroll from the stored start state reproduces what stepping one
 /// step at a time (as the actor does, zeroing the state where an episode ended) gave, episode
 /// starts in the middle of the unroll included.
@@ -186,4 +214,12 @@ fn lstm_replay_reproduces_step_by_step_outputs_with_resets() {
         let (p2, _, _) = tch::no_grad(|| model.unroll(&obs, &state0, &starts.zeros_like()));
         assert!(!p2.allclose(&p, 1e-6, 1e-6, false));
     }
+}
+
+/// The tensors of a safetensors blob by name (its metadata's order is not fixed).
+fn weights(blob: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let st = safetensors::SafeTensors::deserialize(blob).unwrap();
+    let mut out: Vec<(String, Vec<u8>)> = st.tensors().into_iter().map(|(n, v)| (n, v.data().to_vec())).collect();
+    out.sort();
+    out
 }
