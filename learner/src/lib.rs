@@ -62,6 +62,10 @@ pub struct Args {
     pub ready_file: Option<PathBuf>,
     #[arg(long, env = "TROUPE_LOG_JSON")]
     pub log_json: bool,
+    /// Testing only: the model thread panics after this many updates, as a libtorch error or a
+    /// CUDA out-of-memory would end it.
+    #[arg(long, env = "TROUPE_FAULT_MODEL_PANIC_AFTER", hide = true)]
+    pub fault_model_panic_after: Option<u64>,
 }
 
 /// Registers with the coordinator (retrying until it answers, and until the env's spaces are
@@ -92,6 +96,19 @@ async fn register(
                 }
             }
         }
+    }
+}
+
+/// What ended the model thread, from its join result.
+fn why_it_ended(joined: Result<std::thread::Result<()>, tokio::task::JoinError>) -> String {
+    match joined {
+        Ok(Err(panic)) => panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "a panic".into()),
+        Ok(Ok(())) => "it returned".into(),
+        Err(e) => format!("joining it failed: {e}"),
     }
 }
 
@@ -149,10 +166,12 @@ pub async fn run(
         known_version: known_version.clone(),
         runtime: tokio::runtime::Handle::current(),
         shutdown: shutdown.clone(),
+        panic_after: args.fault_model_panic_after,
     };
     let model_thread = std::thread::Builder::new()
         .name("model".into())
         .spawn(move || trainer_loop.run())?;
+    let mut model_done = tokio::task::spawn_blocking(move || model_thread.join());
 
     let service = ingest::LearnerService {
         spec: ingest::RolloutSpec {
@@ -179,12 +198,37 @@ pub async fn run(
                 .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
         )
         .serve_with_incoming_shutdown(troupe::process::incoming(listener), shutdown.clone().cancelled_owned());
-    server.await?;
+    let mut server = std::pin::pin!(server);
+    // The model thread only ends on its own when it fails (a libtorch error, CUDA out of
+    // memory): then the learner fails its health check and exits non-zero, so that a
+    // supervisor restarts it, rather than serving streams that nothing trains on.
+    let mut model_joined = false;
+    let died = tokio::select! {
+        r = &mut server => { r?; None }
+        joined = &mut model_done => {
+            model_joined = true;
+            (!shutdown.is_cancelled()).then(|| why_it_ended(joined))
+        }
+    };
+    if let Some(why) = died {
+        let reason = format!("the model thread died: {why}");
+        tracing::error!(reason = %reason, "learner failing");
+        troupe::telemetry::mark_unhealthy(&reason);
+        // Let health checks see it, then stop everything.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+        anyhow::bail!(reason);
+    }
 
     // Drain: the model thread finishes its update and snapshots once more; the publisher
-    // sends that checkpoint. Both within a deadline.
-    let joined = tokio::task::spawn_blocking(move || model_thread.join());
-    if tokio::time::timeout(Duration::from_secs(20), joined).await.is_err() {
+    // sends that checkpoint. Each within a deadline.
+    if model_joined {
+        // A signal stopped the model thread before the server finished closing its streams.
+        if tokio::time::timeout(Duration::from_secs(20), server).await.is_err() {
+            tracing::warn!("rollout server did not stop within 20 s");
+        }
+    } else if tokio::time::timeout(Duration::from_secs(20), model_done).await.is_err() {
         tracing::warn!("model thread did not stop within 20 s");
     }
     match tokio::time::timeout(Duration::from_secs(20), publisher).await {

@@ -308,6 +308,8 @@ pub struct TrainerLoop {
     pub known_version: Arc<AtomicU64>,
     pub runtime: tokio::runtime::Handle,
     pub shutdown: CancellationToken,
+    /// Testing only: panic after this many updates (the learner's `--fault-model-panic-after`).
+    pub panic_after: Option<u64>,
 }
 
 impl TrainerLoop {
@@ -347,6 +349,9 @@ impl TrainerLoop {
                     continue;
                 }
                 self.record(&batch, &stats, secs);
+                if self.panic_after.is_some_and(|n| self.trainer.updates >= n) {
+                    panic!("injected fault after {} updates", self.trainer.updates);
+                }
                 since_publish += 1;
                 if since_publish >= self.publish_every {
                     self.publish();

@@ -201,6 +201,11 @@ pub struct Cluster {
 impl Cluster {
     /// Redis, a coordinator with `config` (TOML text) and a learner; no actors yet.
     pub async fn start(config: &troupe::RunConfig) -> anyhow::Result<Cluster> {
+        Cluster::start_with_learner_args(config, &[]).await
+    }
+
+    /// [`Cluster::start`] with extra learner flags.
+    pub async fn start_with_learner_args(config: &troupe::RunConfig, learner_args: &[&str]) -> anyhow::Result<Cluster> {
         let dir = tempfile::tempdir()?;
         let (redis, redis_url) = start_redis(dir.path())?;
         let config_path = dir.path().join("run.toml");
@@ -222,7 +227,7 @@ impl Cluster {
             actor_metrics: Vec::new(),
             next_actor: 0,
         };
-        cluster.spawn_learner()?;
+        cluster.spawn_learner_with(learner_args)?;
         if config.env.backend == troupe::config::EnvBackend::Native {
             cluster.wait_learner().await?;
         }
@@ -237,6 +242,11 @@ impl Cluster {
     /// Starts the learner without waiting for it: with a Python-hosted env it registers only
     /// once an actor has reported the env's spaces.
     pub fn spawn_learner(&mut self) -> anyhow::Result<()> {
+        self.spawn_learner_with(&[])
+    }
+
+    /// [`Cluster::spawn_learner`] with extra flags.
+    pub fn spawn_learner_with(&mut self, extra: &[&str]) -> anyhow::Result<()> {
         let ready = self.dir.path().join("learner.json");
         let _ = std::fs::remove_file(&ready);
         let mut cmd = Command::new(bin("learner"));
@@ -251,7 +261,8 @@ impl Cluster {
             "cpu",
             "--ready-file",
         ])
-        .arg(&ready);
+        .arg(&ready)
+        .args(extra);
         let mut p = Proc::spawn("learner", self.dir.path(), cmd)?;
         p.ready = Some(ready);
         self.learner = Some(p);
@@ -357,10 +368,15 @@ async fn start_coordinator(
 
 /// GETs a Prometheus scrape over plain HTTP/1.0.
 pub fn scrape(addr: &str) -> anyhow::Result<String> {
+    http_get(addr, "/metrics")
+}
+
+/// The whole HTTP/1.0 response (status line, headers, body) to `GET path`.
+pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut body = String::new();
     s.read_to_string(&mut body)?;
     Ok(body)

@@ -201,7 +201,17 @@ pub fn install_metrics(episode_returns: &[f64]) -> anyhow::Result<PrometheusHand
     Ok(handle)
 }
 
+/// Why this process is unhealthy, once something has made it so (`/healthz` then answers 503).
+static UNHEALTHY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Marks the process unhealthy for good (the first reason is kept): a worker it cannot do
+/// without has died, and a supervisor should restart it.
+pub fn mark_unhealthy(reason: &str) {
+    let _ = UNHEALTHY.set(reason.to_string());
+}
+
 /// Serves `/metrics` (Prometheus text format 0.0.4) and `/healthz` until `shutdown` fires.
+/// `/healthz` answers 200 `ok`, or 503 with the reason after [`mark_unhealthy`].
 pub async fn serve_metrics(
     listener: TcpListener,
     handle: PrometheusHandle,
@@ -216,7 +226,18 @@ pub async fn serve_metrics(
                 async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body) }
             }),
         )
-        .route("/healthz", get(|| async { "ok\n" }));
+        .route(
+            "/healthz",
+            get(|| async {
+                match UNHEALTHY.get() {
+                    None => (axum::http::StatusCode::OK, "ok\n".to_string()),
+                    Some(why) => (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        format!("unhealthy: {why}\n"),
+                    ),
+                }
+            }),
+        );
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
