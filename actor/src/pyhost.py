@@ -121,6 +121,7 @@ class Host:
         self.mask_width = None if action["type"] == "box" else int(sum(self.nvec))
         self.masks = None
         self.mask_in_info = False
+        self.fresh = False
         self.spec = {"id": env_id, "observation": obs, "action": action, "action_mask": self.mask_in_obs, "num_agents": 1}
 
     def _put_obs(self, call, i, o):
@@ -163,6 +164,11 @@ class Host:
         return json.dumps(self.spec)
 
     def reset(self):
+        if self.fresh:
+            # make() already reset every env (to learn the mask convention): hand over those
+            # observations instead of resetting twice (an Atari reset runs up to 30 no-ops).
+            self.fresh = False
+            return self.obs, self.masks
         for i, env in enumerate(self.envs):
             o, info = env.reset(seed=self.seeds[i])
             mask = self._put_obs("reset", i, o)
@@ -332,12 +338,12 @@ def make(cfg_json, num_envs, seeds):
             return factory(**kwargs)
 
     elif backend == "envpool":
-        host = EnvPoolHost(cfg["id"], num_envs, seeds, kwargs)
-        host.reset()
-        return host
+        # Its spaces come from the pool itself; the runner's first reset starts the episodes.
+        return EnvPoolHost(cfg["id"], num_envs, seeds, kwargs)
     else:
         raise HostError("make", "env.backend", f"the Python host runs 'gymnasium', 'factory' and 'envpool', not {backend!r}")
     host = Host(cfg["id"], [build() for _ in range(num_envs)], seeds)
     # The first reset settles whether masks come in info, which is part of the spec.
     host.reset()
+    host.fresh = True
     return host

@@ -277,7 +277,8 @@ fn check_masks_allow_actions(
 }
 
 pub struct LearnerService {
-    pub spec: RolloutSpec,
+    /// Shared with every stream's decoding task (one per rollout), not copied.
+    pub spec: Arc<RolloutSpec>,
     /// Newest policy version this learner has created.
     pub latest_version: Arc<AtomicU64>,
     pub queue: mpsc::Sender<Columns>,
@@ -346,7 +347,7 @@ impl Learner for LearnerService {
                     }
                 };
                 // Decoding copies megabytes for pixel rollouts: keep it off the async workers.
-                let (spec2, version) = (spec.clone(), latest.load(Ordering::Acquire));
+                let (spec2, version) = (Arc::clone(&spec), latest.load(Ordering::Acquire));
                 let actor_id = rollout.actor_id;
                 let decoded = tokio::task::spawn_blocking(move || validate(&rollout, &spec2, version)).await;
                 let cols = match decoded {

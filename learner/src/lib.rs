@@ -174,12 +174,12 @@ pub async fn run(
     let mut model_done = tokio::task::spawn_blocking(move || model_thread.join());
 
     let service = ingest::LearnerService {
-        spec: ingest::RolloutSpec {
+        spec: Arc::new(ingest::RolloutSpec {
             unroll_length: config.actor.unroll_length,
             max_envs: config.actor.num_envs * env_spec.num_agents,
             env: env_spec,
             state_size,
-        },
+        }),
         latest_version: known_version,
         queue: queue_tx,
         shutdown: shutdown.clone(),
