@@ -282,6 +282,8 @@ pub struct LearnerService {
     /// Newest policy version this learner has created.
     pub latest_version: Arc<AtomicU64>,
     pub queue: mpsc::Sender<Columns>,
+    /// Bytes of the rollouts in `queue` (the model thread's batcher takes them off).
+    pub queue_bytes: Arc<AtomicU64>,
     pub shutdown: CancellationToken,
 }
 
@@ -317,6 +319,7 @@ impl Learner for LearnerService {
             self.queue.clone(),
             self.shutdown.clone(),
         );
+        let queue_bytes = Arc::clone(&self.queue_bytes);
         tokio::spawn(async move {
             let _gauge = StreamGauge::open();
             let mut accepted = 0u64;
@@ -365,6 +368,7 @@ impl Learner for LearnerService {
                     }
                 };
                 // Bounded: the ack (the actor's next credit) waits until there is room.
+                let bytes = cols.bytes() as u64;
                 let queued = tokio::select! {
                     r = queue.send(cols) => r.is_ok(),
                     _ = shutdown.cancelled() => false,
@@ -372,6 +376,8 @@ impl Learner for LearnerService {
                 if !queued {
                     return;
                 }
+                let held = queue_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
+                metrics::gauge!(names::LEARNER_QUEUE_BYTES).set(held as f64);
                 metrics::gauge!(names::LEARNER_QUEUE_DEPTH).set((queue.max_capacity() - queue.capacity()) as f64);
                 metrics::counter!(names::LEARNER_ROLLOUTS).increment(1);
                 accepted += 1;

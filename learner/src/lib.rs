@@ -3,10 +3,12 @@
 //!
 //! - [`ingest`]: the gRPC edge; validates rollouts into a bounded queue.
 //! - [`batch`]: columns of rollouts into [T, B] batches.
-//! - [`trainer`]: the model thread (network, optimizer, loss).
+//! - [`trainer`]: the model thread (network, optimizer) and the batcher thread.
+//! - [`algorithms`]: the losses (IMPALA, APPO) behind one trait.
 //! - [`vtrace`]: the targets.
 //! - [`publisher`]: weight snapshots to the coordinator.
 
+pub mod algorithms;
 pub mod batch;
 pub mod device;
 pub mod ingest;
@@ -153,6 +155,7 @@ pub async fn run(
 
     let known_version = Arc::new(AtomicU64::new(latest));
     let (queue_tx, queue_rx) = mpsc::channel(config.learner.queue_capacity);
+    let queue_bytes = Arc::new(AtomicU64::new(0));
     metrics::gauge!(names::LEARNER_QUEUE_CAPACITY).set(config.learner.queue_capacity as f64);
     let (snap_tx, snap_rx) = watch::channel(None);
     let publisher = tokio::spawn(publisher::run(coordinator, snap_rx, latest));
@@ -161,7 +164,9 @@ pub async fn run(
         trainer,
         batch_size: config.learner.batch_size,
         publish_every: config.learner.publish_every,
+        threads: config.learner.threads,
         queue: queue_rx,
+        queue_bytes: queue_bytes.clone(),
         snapshots: snap_tx,
         known_version: known_version.clone(),
         runtime: tokio::runtime::Handle::current(),
@@ -182,6 +187,7 @@ pub async fn run(
         }),
         latest_version: known_version,
         queue: queue_tx,
+        queue_bytes,
         shutdown: shutdown.clone(),
     };
     if let Some(path) = &args.ready_file {

@@ -1,23 +1,27 @@
 //! The model thread: owns the network and optimizer (tch tensors are not `Sync`, so they live
-//! on one OS thread), turns queued rollouts into [T, B] batches, takes IMPALA updates and hands
-//! weight snapshots to the publisher every K updates.
+//! on one OS thread), takes updates with the run's [`Algorithm`] and hands weight snapshots to
+//! the publisher every K updates. A second thread, the batcher, takes rollouts off the queue and
+//! assembles the next batch's tensors while the model thread trains on the current one.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use troupe::config::{LearnerConfig, Optimizer};
-use troupe::model::{dist, Model, ModelSpec};
-use troupe::spaces::ObsDType;
+use troupe::config::{LearnerConfig, LrSchedule, Optimizer, ValueNormalization};
+use troupe::model::{Model, ModelSpec};
 use troupe::telemetry::names;
 use troupe::RunConfig;
 
-use crate::batch::{Batch, Batcher, Columns, Rows};
-use crate::vtrace::{vtrace_from_flags, Ends, VTraceParams};
+use crate::algorithms::{self, Algorithm, TrainBatch};
+use crate::batch::{Batch, Batcher, Columns};
 
 /// Weights to publish as a policy version.
 #[derive(Debug)]
@@ -29,37 +33,78 @@ pub struct Snapshot {
     pub blob: Vec<u8>,
 }
 
-/// What one update measured.
-#[derive(Debug, Clone, Copy)]
+/// What one update (one batch, one or more SGD steps) measured.
+#[derive(Debug, Clone)]
 pub struct UpdateStats {
     pub total_loss: f64,
-    pub pg_loss: f64,
-    pub baseline_loss: f64,
-    pub entropy: f64,
+    /// The algorithm's own terms, averaged over the SGD steps.
+    pub terms: Vec<(&'static str, f64)>,
+    /// Gradient norm before clipping, averaged over the SGD steps.
     pub grad_norm: f64,
-    /// 1 - Var(targets - values) / Var(targets): how much of the value targets' variance the
-    /// value net explains (1 is perfect, 0 no better than a constant). The value loss itself
-    /// grows with the returns; this does not.
+    /// 1 - Var(targets - values) / Var(targets), on the first pass: how much of the value
+    /// targets' variance the value net explains (1 is perfect, 0 no better than a constant).
     pub explained_variance: f64,
-    /// Why the update was skipped (the weights did not change), if it was: `non_finite_loss`
-    /// or `non_finite_gradient`.
+    pub learning_rate: f64,
+    /// SGD steps taken (the weights changed this many times).
+    pub sgd_steps: usize,
+    /// Why SGD steps were skipped, if any were: `non_finite_loss` or `non_finite_gradient`.
+    /// The batch's remaining steps are dropped with it.
     pub skipped: Option<&'static str>,
+}
+
+impl UpdateStats {
+    pub fn term(&self, name: &str) -> Option<f64> {
+        self.terms.iter().find(|(n, _)| *n == name).map(|&(_, v)| v)
+    }
 }
 
 pub struct Trainer {
     net: Model,
     opt: nn::Optimizer,
     cfg: LearnerConfig,
+    algorithm: Box<dyn Algorithm>,
     device: Device,
+    /// Minibatch splits.
+    rng: StdRng,
     pub updates: u64,
     pub frames: u64,
     /// Version of the weights as they were last snapshotted.
     pub version: u64,
 }
 
-/// Raw bytes of `kind` elements as a CPU tensor of `shape` (one copy).
-fn tensor_of(rows: &Rows, shape: &[i64], kind: Kind) -> Tensor {
-    Tensor::from_data_size(&rows.data, shape, kind)
+/// Sums over valid steps for the value statistics and the explained variance.
+#[derive(Default)]
+struct TargetSums {
+    n: f64,
+    target: f64,
+    target_sq: f64,
+    resid: f64,
+    resid_sq: f64,
+}
+
+impl TargetSums {
+    fn add(&mut self, targets: &Tensor, values: &Tensor, valid: &Tensor) {
+        let sum = |x: &Tensor| (x * valid).sum(Kind::Double).double_value(&[]);
+        let resid = targets - values;
+        self.n += valid.sum(Kind::Double).double_value(&[]);
+        self.target += sum(targets);
+        self.target_sq += sum(&targets.square());
+        self.resid += sum(&resid);
+        self.resid_sq += sum(&resid.square());
+    }
+
+    fn explained_variance(&self) -> f64 {
+        if self.n < 1.0 {
+            return f64::NAN;
+        }
+        let var = self.target_sq / self.n - (self.target / self.n).powi(2);
+        let resid = self.resid_sq / self.n - (self.resid / self.n).powi(2);
+        if var > 1e-12 {
+            1.0 - resid / var
+        } else {
+            f64::NAN
+        }
+    }
 }
 
 impl Trainer {
@@ -67,6 +112,9 @@ impl Trainer {
         let mut net = Model::new(spec, device)?;
         net.set_env_config(&run.env);
         let l = &run.learner;
+        if l.value_normalization != ValueNormalization::None {
+            net.enable_value_norm();
+        }
         let opt = match l.optimizer {
             Optimizer::Adam => nn::Adam::default().build(net.var_store(), l.learning_rate)?,
             Optimizer::Rmsprop => nn::RmsProp {
@@ -80,7 +128,9 @@ impl Trainer {
             net,
             opt,
             cfg: l.clone(),
+            algorithm: algorithms::build(run),
             device,
+            rng: StdRng::seed_from_u64(run.env.seed ^ 0x7472_6f75_7065),
             updates: 0,
             frames: 0,
             version: 0,
@@ -89,6 +139,10 @@ impl Trainer {
 
     pub fn model(&self) -> &Model {
         &self.net
+    }
+
+    pub fn algorithm(&self) -> &dyn Algorithm {
+        self.algorithm.as_ref()
     }
 
     /// Starts from stored weights (a restarted learner resumes from the latest version).
@@ -116,158 +170,133 @@ impl Trainer {
         })
     }
 
-    /// One IMPALA update on a [T, B] batch.
-    pub fn update(&mut self, batch: &Batch) -> UpdateStats {
-        let dev = self.device;
-        let spec = self.net.spec().clone();
-        let c = &batch.cols;
-        let (t, b) = (c.t as i64, c.n as i64);
-        let obs_dims: Vec<i64> = spec.env.observation.shape.iter().map(|&d| d as i64).collect();
-        let obs_kind = match spec.env.observation.dtype {
-            ObsDType::F32 => Kind::Float,
-            ObsDType::U8 => Kind::Uint8,
-        };
-        let with_obs = |lead: &[i64]| -> Vec<i64> { lead.iter().chain(obs_dims.iter()).copied().collect() };
-        // Pixels cross to the device as u8 and become floats there (Model::prepare).
-        let obs = self
-            .net
-            .prepare(&tensor_of(&c.observations, &with_obs(&[t + 1, b]), obs_kind));
-        let d = spec.env.action.dim() as i64;
-        let p = spec.env.action.dist_params() as i64;
-        let action_kind = if spec.env.action.is_continuous() {
-            Kind::Float
-        } else {
-            Kind::Int64
-        };
-        let actions = tensor_of(&c.actions, &[t, b, d], action_kind).to_device(dev);
-        let rewards = tensor_of(&c.rewards, &[t, b], Kind::Float).to_device(dev);
-        let terminated = tensor_of(&c.terminated, &[t, b], Kind::Uint8)
-            .to_device(dev)
-            .to_kind(Kind::Float);
-        let truncated = tensor_of(&c.truncated, &[t, b], Kind::Uint8)
-            .to_device(dev)
-            .to_kind(Kind::Float);
-        let behaviour = tensor_of(&c.params, &[t, b, p], Kind::Float).to_device(dev);
-        let masks = c.masks.as_ref().map(|m| {
-            let w = spec.env.action.mask_width().unwrap_or(0) as i64;
-            tensor_of(m, &[t, b, w], Kind::Uint8).to_device(dev)
-        });
-        let s = self.net.state_size() as i64;
-        let state0 = match &c.state {
-            Some(rows) => tensor_of(rows, &[b, s], Kind::Float).to_device(dev),
-            None => Tensor::zeros([b, s], (Kind::Float, dev)),
-        };
-        // 0 where a step only reset its env (EnvPool's NEXT_STEP): no transition, so it is left
-        // out of every loss term below.
-        let valid = tensor_of(&c.valid, &[t, b], Kind::Uint8)
-            .to_device(dev)
-            .to_kind(Kind::Float);
-        let n_valid = valid.sum(Kind::Float).clamp_min(1.0);
-        let masked_mean = |x: &Tensor| (x * &valid).sum(Kind::Float) / &n_valid;
-        // An episode starts at step t + 1 where one ended at step t, or where step t was only a
-        // reset.
-        let invalid: Tensor = valid.ones_like() - &valid;
-        let ended = (&terminated + &truncated + invalid).clamp_max(1.0);
-        let starts = Tensor::cat(&[Tensor::zeros([1, b], (Kind::Float, dev)), ended.shallow_clone()], 0);
+    /// The learning rate after `frames` trained frames.
+    pub fn learning_rate_at(&self, frames: u64) -> f64 {
+        let (lr0, lr1) = (self.cfg.learning_rate, self.cfg.final_learning_rate);
+        let frac = (frames as f64 / self.cfg.schedule_frames as f64).min(1.0);
+        match self.cfg.lr_schedule {
+            LrSchedule::Constant => lr0,
+            LrSchedule::Linear => lr0 + (lr1 - lr0) * frac,
+            LrSchedule::Cosine => lr1 + (lr0 - lr1) * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos()),
+        }
+    }
 
-        let (params_all, values_all, states) = self.net.unroll(&obs, &state0, &starts);
-        let params = params_all.narrow(0, 0, t);
-        let (action_log_probs, entropy_per_step) =
-            dist::log_prob_entropy(&spec.env.action, &params, &actions, masks.as_ref());
-        let (behaviour_log_probs, _) = dist::log_prob_entropy(&spec.env.action, &behaviour, &actions, masks.as_ref());
-        let log_rhos = action_log_probs.detach() - behaviour_log_probs;
+    /// One update from a batch of bytes (tests; the model thread gets its tensors built ahead).
+    pub fn update_batch(&mut self, batch: &Batch) -> UpdateStats {
+        let tb = TrainBatch::from_batch(batch, self.net.spec(), self.net.state_size());
+        self.update(&tb)
+    }
 
-        // The value of each truncated episode's last observation, placed at its step. With a
-        // recurrent core, that observation follows the state after its step.
-        let truncation_values = if batch.truncation_index.is_empty() {
-            Tensor::zeros([t, b], (Kind::Float, dev))
-        } else {
-            let k = batch.truncation_index.len() as i64;
-            let rows = Rows::new(1, 0, c.truncation_observations.clone());
-            let tobs = self.net.prepare(&tensor_of(&rows, &with_obs(&[k]), obs_kind));
-            let index = Tensor::from_slice(&batch.truncation_index).to_device(dev);
-            let tstate = if s > 0 {
-                states.narrow(0, 0, t).reshape([t * b, s]).index_select(0, &index)
-            } else {
-                Tensor::zeros([k, 0], (Kind::Float, dev))
-            };
-            let v = tch::no_grad(|| self.net.step(&tobs, &tstate.detach()).value);
-            Tensor::zeros([t * b], (Kind::Float, dev))
-                .index_put(&[Some(index)], &v, false)
-                .view([t, b])
-        };
-        let vt = vtrace_from_flags(
-            &log_rhos,
-            &rewards,
-            &values_all.detach(),
-            &Ends {
-                terminated: &terminated,
-                truncated: &truncated,
-                truncation_values: &truncation_values,
-            },
-            &VTraceParams {
-                discount: self.cfg.discount,
-                rho_bar: self.cfg.rho_bar,
-                c_bar: self.cfg.c_bar,
-                pg_rho_bar: self.cfg.pg_rho_bar,
-            },
-        );
-        let values = values_all.narrow(0, 0, t);
-        let advantages = if self.cfg.normalize_advantages && n_valid.double_value(&[]) > 1.0 {
-            // Without this, a value net that lags rising returns makes nearly every advantage
-            // large and positive, and the policy drifts into always taking one action.
-            let mean = masked_mean(&vt.pg_advantages);
-            let centred = &vt.pg_advantages - &mean;
-            let bessel: Tensor = &n_valid / (&n_valid - 1.0).clamp_min(1.0);
-            let var = masked_mean(&centred.square()) * bessel;
-            centred / (var.sqrt() + 1e-8)
-        } else {
-            vt.pg_advantages.shallow_clone()
-        };
-        let explained_variance = tch::no_grad(|| {
-            let var_of = |x: &Tensor| {
-                let m = masked_mean(x);
-                masked_mean(&(x - m).square()).double_value(&[])
-            };
-            let var = var_of(&vt.vs);
-            let resid = var_of(&(&vt.vs - &values));
-            if var > 1e-12 {
-                1.0 - resid / var
-            } else {
-                f64::NAN
+    /// One update on a [T, B] batch: the algorithm's passes over it, an SGD step per minibatch.
+    pub fn update(&mut self, batch: &TrainBatch) -> UpdateStats {
+        let mut b = batch.to_device(self.device);
+        if self.cfg.reward_clip > 0.0 {
+            b.rewards = b.rewards.clamp(-self.cfg.reward_clip, self.cfg.reward_clip);
+        }
+        if self.cfg.reward_scale != 1.0 {
+            b.rewards = &b.rewards * self.cfg.reward_scale;
+        }
+        // The observation statistics take this batch's observations (rows 0..T, valid steps)
+        // before the loss sees them.
+        if self.net.obs_norm_mut().is_some() {
+            let obs = self.net.prepare(&b.obs.narrow(0, 0, b.t)).flatten(0, 1);
+            let w = b.valid.flatten(0, 1);
+            if let Some(n) = self.net.obs_norm_mut() {
+                n.update(&obs, &w);
+                metrics::gauge!(names::LEARNER_OBS_NORM_COUNT).set(n.count());
             }
-        });
-        let pg_loss = -masked_mean(&(&action_log_probs * &advantages));
-        let baseline_loss = masked_mean(&(&vt.vs - &values).square()) * 0.5;
-        let entropy = masked_mean(&entropy_per_step);
-        let loss = &pg_loss + &baseline_loss * self.cfg.baseline_cost - &entropy * self.cfg.entropy_cost;
-        let total_loss = loss.double_value(&[]);
+        }
+        let lr = self.learning_rate_at(self.frames);
+        self.opt.set_lr(lr);
+        let passes = self.algorithm.passes();
+        let per = (b.b as usize / passes.minibatches).max(1);
+        let mut order: Vec<i64> = (0..b.b).collect();
+        let mut sums = TargetSums::default();
         let mut stats = UpdateStats {
-            total_loss,
-            pg_loss: pg_loss.double_value(&[]),
-            baseline_loss: baseline_loss.double_value(&[]),
-            entropy: entropy.double_value(&[]),
-            grad_norm: f64::NAN,
-            explained_variance,
+            total_loss: 0.0,
+            terms: Vec::new(),
+            grad_norm: 0.0,
+            explained_variance: f64::NAN,
+            learning_rate: lr,
+            sgd_steps: 0,
             skipped: None,
         };
-        // A non-finite loss or gradient would spread into every weight: skip the step.
-        self.opt.zero_grad();
-        if !total_loss.is_finite() {
-            stats.skipped = Some("non_finite_loss");
+        'passes: for epoch in 0..passes.epochs {
+            if passes.minibatches > 1 {
+                order.shuffle(&mut self.rng);
+            }
+            for m in 0..passes.minibatches {
+                let mb = if passes.minibatches == 1 {
+                    None
+                } else {
+                    Some(b.columns(&order[m * per..(m + 1) * per]))
+                };
+                let mb = mb.as_ref().unwrap_or(&b);
+                let loss = self.algorithm.loss(&self.net, mb);
+                let total = loss.total.double_value(&[]);
+                // A non-finite loss or gradient would spread into every weight: skip the step
+                // (and the rest of this batch).
+                self.opt.zero_grad();
+                if !total.is_finite() {
+                    stats.skipped = Some("non_finite_loss");
+                    stats.total_loss = total;
+                    break 'passes;
+                }
+                loss.total.backward();
+                let grad_norm = self.clip_gradients();
+                if !grad_norm.is_finite() {
+                    self.opt.zero_grad();
+                    stats.skipped = Some("non_finite_gradient");
+                    stats.grad_norm = grad_norm;
+                    break 'passes;
+                }
+                self.opt.step();
+                if epoch == 0 {
+                    sums.add(&loss.value_targets, &loss.values, &mb.valid);
+                }
+                stats.sgd_steps += 1;
+                stats.total_loss += total;
+                stats.grad_norm += grad_norm;
+                for (name, v) in &loss.terms {
+                    let v = v.double_value(&[]);
+                    match stats.terms.iter_mut().find(|(n, _)| n == name) {
+                        Some((_, acc)) => *acc += v,
+                        None => stats.terms.push((name, v)),
+                    }
+                }
+            }
+        }
+        if stats.sgd_steps == 0 {
             return stats;
         }
-        loss.backward();
-        stats.grad_norm = self.clip_gradients();
-        if !stats.grad_norm.is_finite() {
-            self.opt.zero_grad();
-            stats.skipped = Some("non_finite_gradient");
-            return stats;
+        let k = stats.sgd_steps as f64;
+        if stats.skipped.is_none() {
+            stats.total_loss /= k;
+            stats.grad_norm /= k;
         }
-        self.opt.step();
+        stats.terms.iter_mut().for_each(|(_, v)| *v /= k);
+        stats.explained_variance = sums.explained_variance();
+        self.update_value_stats(&sums);
         self.updates += 1;
-        self.frames += (t * b) as u64;
+        self.frames += (b.t * b.b) as u64;
         stats
+    }
+
+    /// Folds the first pass's targets into the value statistics; with PopArt, rescales the
+    /// value head so its outputs in return units stay as they were.
+    fn update_value_stats(&mut self, sums: &TargetSums) {
+        let beta = self.cfg.value_norm_beta;
+        let popart = self.cfg.value_normalization == ValueNormalization::Popart;
+        if sums.n < 1.0 {
+            return;
+        }
+        let Some(norm) = self.net.value_norm_mut() else { return };
+        let (before, after) = norm.update(sums.target / sums.n, sums.target_sq / sums.n, beta);
+        if popart {
+            self.net.preserve_value_outputs(before, after);
+        }
+        metrics::gauge!(names::LEARNER_VALUE_NORM, "stat" => "mean").set(after.mean);
+        metrics::gauge!(names::LEARNER_VALUE_NORM, "stat" => "std").set(after.std);
     }
 
     /// Scales gradients so their global norm is at most `max_grad_norm`; returns the norm before.
@@ -297,12 +326,23 @@ impl Trainer {
     }
 }
 
+/// A batch whose tensors the batcher thread built, and what the metrics need of it.
+struct Prepared {
+    batch: TrainBatch,
+    versions: Vec<u64>,
+    bytes: usize,
+}
+
 /// Everything the model thread needs.
 pub struct TrainerLoop {
     pub trainer: Trainer,
     pub batch_size: usize,
     pub publish_every: u64,
+    /// libtorch intra-op threads (0: every core this process may use).
+    pub threads: usize,
     pub queue: mpsc::Receiver<Columns>,
+    /// Bytes in `queue`, shared with ingest.
+    pub queue_bytes: Arc<AtomicU64>,
     pub snapshots: watch::Sender<Option<Arc<Snapshot>>>,
     /// Newest version this learner has created; rollouts may carry any version up to it.
     pub known_version: Arc<AtomicU64>,
@@ -312,54 +352,112 @@ pub struct TrainerLoop {
     pub panic_after: Option<u64>,
 }
 
+/// libtorch's intra-op threads for `configured` (0: every core this process may use).
+pub fn intra_op_threads(configured: usize) -> usize {
+    if configured > 0 {
+        configured
+    } else {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    }
+}
+
 impl TrainerLoop {
     /// Runs until shutdown, then snapshots the weights one last time (the drain checkpoint).
-    pub fn run(mut self) {
-        let mut batcher = Batcher::new(self.batch_size);
+    pub fn run(self) {
+        let TrainerLoop {
+            trainer,
+            batch_size,
+            publish_every,
+            threads,
+            queue,
+            queue_bytes,
+            snapshots,
+            known_version,
+            runtime,
+            shutdown,
+            panic_after,
+        } = self;
+        let batcher = BatcherThread {
+            batcher: Batcher::new(batch_size),
+            queue,
+            queue_bytes,
+            spec: trainer.model().spec().clone(),
+            state_size: trainer.model().state_size(),
+            runtime,
+            shutdown: shutdown.clone(),
+        };
+        ModelThread {
+            trainer,
+            publish_every,
+            snapshots,
+            known_version,
+            shutdown,
+            panic_after,
+        }
+        .run(threads, batcher)
+    }
+}
+
+/// The model thread's half of a [`TrainerLoop`].
+struct ModelThread {
+    trainer: Trainer,
+    publish_every: u64,
+    snapshots: watch::Sender<Option<Arc<Snapshot>>>,
+    known_version: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+    panic_after: Option<u64>,
+}
+
+impl ModelThread {
+    fn run(mut self, threads: usize, batcher: BatcherThread) {
+        let threads = intra_op_threads(threads);
+        tch::set_num_threads(threads as i32);
+        tracing::info!(threads, algorithm = self.trainer.algorithm().name(), "model thread");
+        // One batch ready ahead: the batcher assembles it while the current one trains.
+        let (ready_tx, ready_rx) = sync_channel::<Prepared>(1);
+        let handle = std::thread::Builder::new()
+            .name("batcher".into())
+            .spawn(move || batcher.run(ready_tx))
+            .expect("spawn the batcher thread");
         let mut since_publish = 0u64;
         if self.trainer.version == 0 {
             // A fresh run: publish the initial weights so actors can start.
             self.publish();
         }
         while !self.shutdown.is_cancelled() {
-            let cols = self.runtime.block_on(async {
-                tokio::select! {
-                    c = self.queue.recv() => c,
-                    _ = tokio::time::sleep(Duration::from_millis(200)) => None,
-                }
-            });
-            metrics::gauge!(names::LEARNER_QUEUE_DEPTH).set(self.queue.len() as f64);
-            let Some(cols) = cols else { continue };
-            batcher.push(cols);
-            // Every complete batch is trained before the next rollout is taken, so the backlog
-            // stays under B columns plus one rollout whatever num_envs is.
-            while let Some(batch) = batcher.next_batch() {
-                metrics::gauge!(names::LEARNER_BATCHER_BYTES).set(batcher.pending_bytes() as f64);
-                let start = Instant::now();
-                let stats = self.trainer.update(&batch);
-                let secs = start.elapsed().as_secs_f64();
-                if let Some(reason) = stats.skipped {
-                    metrics::counter!(names::LEARNER_UPDATES_SKIPPED, "reason" => reason).increment(1);
-                    tracing::warn!(
-                        reason,
-                        loss = stats.total_loss,
-                        grad_norm = stats.grad_norm,
-                        "skipped an update"
-                    );
+            let p = match ready_rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(p) => p,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            metrics::gauge!(names::LEARNER_PREFETCH_BYTES).set(0.0);
+            let start = Instant::now();
+            let stats = self.trainer.update(&p.batch);
+            let secs = start.elapsed().as_secs_f64();
+            if let Some(reason) = stats.skipped {
+                metrics::counter!(names::LEARNER_UPDATES_SKIPPED, "reason" => reason).increment(1);
+                tracing::warn!(
+                    reason,
+                    loss = stats.total_loss,
+                    grad_norm = stats.grad_norm,
+                    "skipped an update"
+                );
+                if stats.sgd_steps == 0 {
                     continue;
                 }
-                self.record(&batch, &stats, secs);
-                if self.panic_after.is_some_and(|n| self.trainer.updates >= n) {
-                    panic!("injected fault after {} updates", self.trainer.updates);
-                }
-                since_publish += 1;
-                if since_publish >= self.publish_every {
-                    self.publish();
-                    since_publish = 0;
-                }
             }
-            metrics::gauge!(names::LEARNER_BATCHER_BYTES).set(batcher.pending_bytes() as f64);
+            self.record(&p, &stats, secs);
+            if self.panic_after.is_some_and(|n| self.trainer.updates >= n) {
+                panic!("injected fault after {} updates", self.trainer.updates);
+            }
+            since_publish += 1;
+            if since_publish >= self.publish_every {
+                self.publish();
+                since_publish = 0;
+            }
         }
+        drop(ready_rx);
+        let _ = handle.join();
         if since_publish > 0 {
             tracing::info!(updates = self.trainer.updates, "publishing final weights before exit");
             self.publish();
@@ -381,20 +479,25 @@ impl TrainerLoop {
         self.snapshots.send_replace(Some(Arc::new(snap)));
     }
 
-    fn record(&self, batch: &Batch, s: &UpdateStats, secs: f64) {
+    fn record(&self, p: &Prepared, s: &UpdateStats, secs: f64) {
+        let algorithm = self.trainer.algorithm().name();
         metrics::counter!(names::LEARNER_UPDATES).increment(1);
-        metrics::counter!(names::LEARNER_FRAMES).increment((batch.t() * batch.b()) as u64);
+        metrics::counter!(names::LEARNER_FRAMES).increment((p.batch.t * p.batch.b) as u64);
         metrics::histogram!(names::LEARNER_UPDATE_SECONDS).record(secs);
-        metrics::gauge!(names::LEARNER_LOSS, "term" => "total").set(s.total_loss);
-        metrics::gauge!(names::LEARNER_LOSS, "term" => "pg").set(s.pg_loss);
-        metrics::gauge!(names::LEARNER_LOSS, "term" => "baseline").set(s.baseline_loss);
-        metrics::gauge!(names::LEARNER_ENTROPY).set(s.entropy);
+        metrics::gauge!(names::LEARNER_LOSS, "algorithm" => algorithm, "term" => "total").set(s.total_loss);
+        for &(term, v) in &s.terms {
+            metrics::gauge!(names::LEARNER_LOSS, "algorithm" => algorithm, "term" => term).set(v);
+        }
+        if let Some(e) = s.term("entropy") {
+            metrics::gauge!(names::LEARNER_ENTROPY).set(e);
+        }
         metrics::gauge!(names::LEARNER_GRAD_NORM).set(s.grad_norm);
+        metrics::gauge!(names::LEARNER_LEARNING_RATE).set(s.learning_rate);
         if s.explained_variance.is_finite() {
             metrics::gauge!(names::LEARNER_EXPLAINED_VARIANCE).set(s.explained_variance);
         }
         let latest = self.known_version.load(Ordering::Acquire);
-        for &v in &batch.versions {
+        for &v in &p.versions {
             metrics::histogram!(names::LEARNER_POLICY_LAG).record(latest.saturating_sub(v) as f64);
         }
         if self.trainer.updates.is_multiple_of(100) {
@@ -402,10 +505,58 @@ impl TrainerLoop {
                 updates = self.trainer.updates,
                 frames = self.trainer.frames,
                 loss = s.total_loss,
-                entropy = s.entropy,
+                entropy = s.term("entropy"),
                 update_ms = secs * 1e3,
+                batch_bytes = p.bytes,
                 "training"
             );
+        }
+    }
+}
+
+/// Takes rollouts off the queue into the batcher and builds each complete batch's tensors, one
+/// batch ahead of the model thread.
+struct BatcherThread {
+    batcher: Batcher,
+    queue: mpsc::Receiver<Columns>,
+    queue_bytes: Arc<AtomicU64>,
+    spec: ModelSpec,
+    state_size: usize,
+    runtime: tokio::runtime::Handle,
+    shutdown: CancellationToken,
+}
+
+impl BatcherThread {
+    fn run(mut self, ready: std::sync::mpsc::SyncSender<Prepared>) {
+        loop {
+            let cols = self.runtime.block_on(async {
+                tokio::select! {
+                    c = self.queue.recv() => c,
+                    _ = self.shutdown.cancelled() => None,
+                }
+            });
+            let Some(cols) = cols else { return };
+            let held = self.queue_bytes.fetch_sub(cols.bytes() as u64, Ordering::AcqRel) - cols.bytes() as u64;
+            metrics::gauge!(names::LEARNER_QUEUE_BYTES).set(held as f64);
+            metrics::gauge!(names::LEARNER_QUEUE_DEPTH).set(self.queue.len() as f64);
+            self.batcher.push(cols);
+            // Every complete batch goes to the model thread before the next rollout is taken,
+            // so the backlog stays under B columns plus one rollout whatever num_envs is.
+            while let Some(batch) = self.batcher.next_batch() {
+                metrics::gauge!(names::LEARNER_BATCHER_BYTES).set(self.batcher.pending_bytes() as f64);
+                let tb = TrainBatch::from_batch(&batch, &self.spec, self.state_size);
+                let bytes = tb.bytes();
+                metrics::gauge!(names::LEARNER_PREFETCH_BYTES).set(bytes as f64);
+                let p = Prepared {
+                    batch: tb,
+                    versions: batch.versions,
+                    bytes,
+                };
+                if ready.send(p).is_err() {
+                    return; // the model thread has stopped
+                }
+            }
+            metrics::gauge!(names::LEARNER_BATCHER_BYTES).set(self.batcher.pending_bytes() as f64);
         }
     }
 }
@@ -413,7 +564,7 @@ impl TrainerLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::{assemble, Columns};
+    use crate::batch::{assemble, Columns, Rows};
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
     use troupe::config::ModelConfig;
@@ -498,9 +649,9 @@ mod tests {
         };
         tch::manual_seed(3);
         let mut trainer = Trainer::new(&run, &s, Device::Cpu).unwrap();
-        let first = trainer.update(b);
+        let first = trainer.update_batch(b);
         // A second update sees the weights the first produced from these gradients.
-        let second = trainer.update(b);
+        let second = trainer.update_batch(b);
         (first.total_loss, second.total_loss)
     }
 
@@ -526,13 +677,13 @@ mod tests {
         rewards[3] = 3e38;
         rewards[4] = 3e38;
         b.cols.rewards.data = bytemuck::cast_slice(&rewards).to_vec();
-        let stats = trainer.update(&b);
+        let stats = trainer.update_batch(&b);
         assert!(stats.skipped.is_some(), "{:?}", stats.total_loss);
         assert_eq!(trainer.updates, 0);
         assert_eq!(trainer.frames, 0);
         assert_eq!(weights(&trainer.model().to_safetensors()), weights(&before));
         // A normal batch then trains.
-        assert!(trainer.update(&batch(None)).skipped.is_none());
+        assert!(trainer.update_batch(&batch(None)).skipped.is_none());
         assert_eq!(trainer.updates, 1);
         assert_ne!(weights(&trainer.model().to_safetensors()), weights(&before));
         assert!(trainer.snapshot().is_ok());

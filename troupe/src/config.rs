@@ -22,6 +22,10 @@ pub struct RunConfig {
     pub model: ModelConfig,
     pub actor: ActorConfig,
     pub learner: LearnerConfig,
+    /// IMPALA's settings; only with `learner.algorithm = "impala"` (the default).
+    pub impala: Option<ImpalaConfig>,
+    /// APPO's settings; only with `learner.algorithm = "appo"`.
+    pub appo: Option<AppoConfig>,
     pub coordinator: CoordinatorConfig,
 }
 
@@ -122,6 +126,11 @@ pub struct ModelConfig {
     pub share_torso: bool,
     /// Gaussian heads: the initial log standard deviation (a learned parameter per dimension).
     pub init_log_std: f64,
+    /// Normalise observations by running mean and variance (learned by the learner, carried
+    /// in the policy file, applied by the actors): `clamp((x - mean) / sqrt(var + 1e-8), ±clip)`.
+    pub normalize_observations: bool,
+    /// The clip for normalised observations.
+    pub observation_clip: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,17 +153,88 @@ pub enum Optimizer {
     Rmsprop,
 }
 
+/// The learner's algorithm: its loss, its targets and its statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlgorithmKind {
+    /// IMPALA (Espeholt et al. 2018): V-trace targets and the V-trace policy gradient.
+    Impala,
+    /// APPO: V-trace targets with PPO's clipped surrogate (Schulman et al. 2017), as Sample
+    /// Factory and RLlib define it, and an optional KL penalty to the behaviour policy.
+    Appo,
+}
+
+impl AlgorithmKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AlgorithmKind::Impala => "impala",
+            AlgorithmKind::Appo => "appo",
+        }
+    }
+}
+
+/// How the learning rate moves over the run, from `learning_rate` to `final_learning_rate`
+/// over `schedule_frames` trained frames (then it stays at the final rate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+/// Value-target normalisation (see docs/CONFIG.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValueNormalization {
+    None,
+    /// The value head predicts targets normalised by running statistics (Sample Factory's
+    /// `normalize_returns`); a change of statistics changes its unnormalised outputs.
+    Running,
+    /// PopArt (van Hasselt et al. 2016): the same statistics, and after each change the value
+    /// head's last layer is rescaled so its unnormalised outputs are preserved exactly.
+    Popart,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LearnerConfig {
+    /// `impala` or `appo`; its settings are in the section of that name.
+    pub algorithm: AlgorithmKind,
     /// B: environment columns per update (each column is one env's T-step unroll).
     pub batch_size: usize,
     pub optimizer: Optimizer,
     pub learning_rate: f64,
+    pub lr_schedule: LrSchedule,
+    /// Where a linear or cosine schedule ends.
+    pub final_learning_rate: f64,
+    /// Trained frames over which the schedule moves.
+    pub schedule_frames: u64,
     /// RMSProp smoothing (alpha); Adam's beta2 is fixed at 0.999.
     pub rmsprop_alpha: f64,
     pub rmsprop_eps: f64,
     pub discount: f64,
+    /// Rewards are multiplied by this before training (after clipping).
+    pub reward_scale: f64,
+    /// Rewards are clipped to [-reward_clip, reward_clip] before training; 0 for no clip.
+    pub reward_clip: f64,
+    pub value_normalization: ValueNormalization,
+    /// Step size of the value statistics' moving averages.
+    pub value_norm_beta: f64,
+    pub max_grad_norm: f64,
+    /// libtorch's intra-op threads for the learner; 0 for every core the process may use.
+    pub threads: usize,
+    /// Publish the weights as a new policy version every K updates.
+    pub publish_every: u64,
+    /// Rollouts the learner holds in its queue before actors must wait.
+    pub queue_capacity: usize,
+}
+
+/// IMPALA's loss: `-mean(log pi(a|x) * A) + baseline_cost * 0.5 * mean((v_s - V)^2)
+/// - entropy_cost * mean(H)`, with V-trace targets `v_s` and advantages `A`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImpalaConfig {
     /// V-trace clip for the value targets' importance weights.
     pub rho_bar: f64,
     /// V-trace clip for the trace coefficients.
@@ -165,11 +245,28 @@ pub struct LearnerConfig {
     pub entropy_cost: f64,
     /// Normalise the policy-gradient advantages of each batch to mean 0, std 1.
     pub normalize_advantages: bool,
-    pub max_grad_norm: f64,
-    /// Publish the weights as a new policy version every K updates.
-    pub publish_every: u64,
-    /// Rollouts the learner holds in its queue before actors must wait.
-    pub queue_capacity: usize,
+}
+
+/// APPO's loss (the learner's `algorithms::appo` gives it in full): PPO's clipped surrogate on
+/// `r = pi(a|x) / mu(a|x)` with V-trace advantages, the V-trace value loss, an entropy bonus and
+/// `kl_cost * mean(KL(mu || pi))`; targets are recomputed on each minibatch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AppoConfig {
+    pub rho_bar: f64,
+    pub c_bar: f64,
+    pub pg_rho_bar: f64,
+    pub baseline_cost: f64,
+    pub entropy_cost: f64,
+    pub normalize_advantages: bool,
+    /// PPO's epsilon: the ratio is clipped to [1 - clip_ratio, 1 + clip_ratio].
+    pub clip_ratio: f64,
+    /// Weight of the KL penalty to the behaviour policy; 0 for none.
+    pub kl_cost: f64,
+    /// Passes over each batch.
+    pub epochs: usize,
+    /// Minibatches per pass (the batch's columns are split; B must divide evenly).
+    pub minibatches: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -216,6 +313,8 @@ impl Default for ModelConfig {
             lstm_size: 0,
             share_torso: false,
             init_log_std: 0.0,
+            normalize_observations: false,
+            observation_clip: 10.0,
         }
     }
 }
@@ -234,21 +333,54 @@ impl Default for ActorConfig {
 impl Default for LearnerConfig {
     fn default() -> Self {
         LearnerConfig {
+            algorithm: AlgorithmKind::Impala,
             batch_size: 64,
             optimizer: Optimizer::Adam,
             learning_rate: 5e-4,
+            lr_schedule: LrSchedule::Constant,
+            final_learning_rate: 0.0,
+            schedule_frames: 10_000_000,
             rmsprop_alpha: 0.99,
             rmsprop_eps: 1e-5,
             discount: 0.99,
+            reward_scale: 1.0,
+            reward_clip: 0.0,
+            value_normalization: ValueNormalization::None,
+            value_norm_beta: 0.001,
+            max_grad_norm: 40.0,
+            threads: 0,
+            publish_every: 1,
+            queue_capacity: 4,
+        }
+    }
+}
+
+impl Default for ImpalaConfig {
+    fn default() -> Self {
+        ImpalaConfig {
             rho_bar: 1.0,
             c_bar: 1.0,
             pg_rho_bar: 1.0,
             baseline_cost: 0.5,
             entropy_cost: 0.01,
             normalize_advantages: true,
-            max_grad_norm: 40.0,
-            publish_every: 1,
-            queue_capacity: 4,
+        }
+    }
+}
+
+impl Default for AppoConfig {
+    fn default() -> Self {
+        AppoConfig {
+            rho_bar: 1.0,
+            c_bar: 1.0,
+            pg_rho_bar: 1.0,
+            baseline_cost: 0.5,
+            entropy_cost: 0.01,
+            normalize_advantages: true,
+            clip_ratio: 0.2,
+            kl_cost: 0.0,
+            epochs: 1,
+            minibatches: 1,
         }
     }
 }
@@ -271,6 +403,8 @@ impl Default for RunConfig {
             model: ModelConfig::default(),
             actor: ActorConfig::default(),
             learner: LearnerConfig::default(),
+            impala: None,
+            appo: None,
             coordinator: CoordinatorConfig::default(),
         }
     }
@@ -305,6 +439,16 @@ impl RunConfig {
         let text =
             std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
         RunConfig::from_toml(&text)
+    }
+
+    /// IMPALA's settings (the `[impala]` section, or its defaults).
+    pub fn impala(&self) -> ImpalaConfig {
+        self.impala.clone().unwrap_or_default()
+    }
+
+    /// APPO's settings (the `[appo]` section, or its defaults).
+    pub fn appo(&self) -> AppoConfig {
+        self.appo.clone().unwrap_or_default()
     }
 
     /// The canonical TOML form, as sent to the learner and actors.
@@ -342,13 +486,62 @@ impl RunConfig {
         check_open_range("learner.learning_rate", l.learning_rate, 0.0, 1.0)?;
         check_open_range("learner.rmsprop_alpha", l.rmsprop_alpha, 0.0, 1.0)?;
         check_open_range("learner.rmsprop_eps", l.rmsprop_eps, 0.0, 1.0)?;
+        check_range("learner.final_learning_rate", l.final_learning_rate, 0.0, 1.0)?;
+        check_range("learner.schedule_frames", l.schedule_frames as f64, 1.0, 1e18)?;
         check_range("learner.discount", l.discount, 0.0, 1.0)?;
-        check_open_range("learner.rho_bar", l.rho_bar, 0.0, f64::MAX)?;
-        check_open_range("learner.c_bar", l.c_bar, 0.0, f64::MAX)?;
-        check_open_range("learner.pg_rho_bar", l.pg_rho_bar, 0.0, f64::MAX)?;
-        check_range("learner.baseline_cost", l.baseline_cost, 0.0, 1e6)?;
-        check_range("learner.entropy_cost", l.entropy_cost, 0.0, 1e6)?;
+        check_open_range("learner.reward_scale", l.reward_scale, 0.0, f64::MAX)?;
+        check_range("learner.reward_clip", l.reward_clip, 0.0, f64::MAX)?;
+        check_open_range("learner.value_norm_beta", l.value_norm_beta, 0.0, 1.0)?;
         check_open_range("learner.max_grad_norm", l.max_grad_norm, 0.0, f64::MAX)?;
+        check_range("learner.threads", l.threads as f64, 0.0, 1024.0)?;
+        let vtrace = |section: &str, rho: f64, c: f64, pg: f64, base: f64, ent: f64| {
+            check_open_range(&format!("{section}.rho_bar"), rho, 0.0, f64::MAX)?;
+            check_open_range(&format!("{section}.c_bar"), c, 0.0, f64::MAX)?;
+            check_open_range(&format!("{section}.pg_rho_bar"), pg, 0.0, f64::MAX)?;
+            check_range(&format!("{section}.baseline_cost"), base, 0.0, 1e6)?;
+            check_range(&format!("{section}.entropy_cost"), ent, 0.0, 1e6)
+        };
+        let i = self.impala();
+        vtrace(
+            "impala",
+            i.rho_bar,
+            i.c_bar,
+            i.pg_rho_bar,
+            i.baseline_cost,
+            i.entropy_cost,
+        )?;
+        let a = self.appo();
+        vtrace(
+            "appo",
+            a.rho_bar,
+            a.c_bar,
+            a.pg_rho_bar,
+            a.baseline_cost,
+            a.entropy_cost,
+        )?;
+        check_open_range("appo.clip_ratio", a.clip_ratio, 0.0, 1.0)?;
+        check_range("appo.kl_cost", a.kl_cost, 0.0, 1e6)?;
+        check_range("appo.epochs", a.epochs as f64, 1.0, 1000.0)?;
+        check_range("appo.minibatches", a.minibatches as f64, 1.0, l.batch_size as f64)?;
+        if !l.batch_size.is_multiple_of(a.minibatches) {
+            return bad(
+                "appo.minibatches",
+                &format!("a divisor of learner.batch_size ({})", l.batch_size),
+                &a.minibatches.to_string(),
+            );
+        }
+        for (section, given) in [("impala", self.impala.is_some()), ("appo", self.appo.is_some())] {
+            if given && section != l.algorithm.name() {
+                return bad(
+                    section,
+                    &format!(
+                        "no [{section}] section, as learner.algorithm is \"{}\"",
+                        l.algorithm.name()
+                    ),
+                    &format!("[{section}]"),
+                );
+            }
+        }
         check_range("learner.publish_every", l.publish_every as f64, 1.0, 1e9)?;
         check_range("learner.queue_capacity", l.queue_capacity as f64, 1.0, 65536.0)?;
         check_range(
@@ -484,6 +677,7 @@ impl ModelConfig {
         check_range("model.dense_size", self.dense_size as f64, 1.0, 65536.0)?;
         check_range("model.lstm_size", self.lstm_size as f64, 0.0, 65536.0)?;
         check_range("model.init_log_std", self.init_log_std, -20.0, 5.0)?;
+        check_open_range("model.observation_clip", self.observation_clip, 0.0, f64::MAX)?;
         Ok(())
     }
 }
@@ -587,6 +781,22 @@ mod tests {
             (
                 "[model]\ntorso = \"cnn\"\nconv_channels = [16, 32]",
                 "model.conv_kernels: expected one kernel and one stride per conv layer (2 layers)",
+            ),
+            (
+                "[learner]\nalgorithm = \"appo\"\nbatch_size = 6\n[appo]\nminibatches = 4",
+                "appo.minibatches: expected a divisor of learner.batch_size (6), got 4",
+            ),
+            (
+                "[appo]\nepochs = 2",
+                "appo: expected no [appo] section, as learner.algorithm is \"impala\", got [appo]",
+            ),
+            (
+                "[learner]\nalgorithm = \"appo\"\n[appo]\nclip_ratio = 0",
+                "appo.clip_ratio: expected a value in (0, 1], got 0",
+            ),
+            (
+                "[impala]\nrho_bar = -1",
+                "impala.rho_bar: expected a finite value > 0, got -1",
             ),
             (
                 "[learner]\nmax_grad_norm = nan",

@@ -31,6 +31,11 @@ pub mod names {
     pub const LEARNER_QUEUE_DEPTH: &str = "troupe_learner_rollout_queue_depth";
     pub const LEARNER_QUEUE_CAPACITY: &str = "troupe_learner_rollout_queue_capacity";
     pub const LEARNER_BATCHER_BYTES: &str = "troupe_learner_batcher_backlog_bytes";
+    pub const LEARNER_QUEUE_BYTES: &str = "troupe_learner_rollout_queue_bytes";
+    pub const LEARNER_PREFETCH_BYTES: &str = "troupe_learner_prefetched_batch_bytes";
+    pub const LEARNER_LEARNING_RATE: &str = "troupe_learner_learning_rate";
+    pub const LEARNER_OBS_NORM_COUNT: &str = "troupe_learner_observation_norm_count";
+    pub const LEARNER_VALUE_NORM: &str = "troupe_learner_value_norm";
     pub const LEARNER_STREAMS: &str = "troupe_learner_rollout_streams";
     pub const LEARNER_UPDATES: &str = "troupe_learner_updates_total";
     pub const LEARNER_UPDATES_SKIPPED: &str = "troupe_learner_updates_skipped_total";
@@ -117,6 +122,28 @@ fn describe_all() {
         Unit::Bytes,
         "bytes of rollout columns held back by the batcher for the next batch"
     );
+    describe_gauge!(
+        LEARNER_QUEUE_BYTES,
+        Unit::Bytes,
+        "bytes of validated rollouts waiting in the learner's queue for the batcher"
+    );
+    describe_gauge!(
+        LEARNER_PREFETCH_BYTES,
+        Unit::Bytes,
+        "bytes of the batch assembled ahead, waiting for the model thread (0 or 1 batch)"
+    );
+    describe_gauge!(
+        LEARNER_LEARNING_RATE,
+        "learning rate of the last update (learner.lr_schedule)"
+    );
+    describe_gauge!(
+        LEARNER_OBS_NORM_COUNT,
+        "observations folded into the running observation statistics"
+    );
+    describe_gauge!(
+        LEARNER_VALUE_NORM,
+        "value-target statistics, by stat (mean, std), with value normalisation"
+    );
     describe_gauge!(LEARNER_STREAMS, "open actor rollout streams");
     describe_counter!(LEARNER_UPDATES, Unit::Count, "optimizer steps taken");
     describe_counter!(
@@ -131,7 +158,7 @@ fn describe_all() {
     );
     describe_gauge!(
         LEARNER_LOSS,
-        "loss terms of the last update, by term (total, pg, baseline)"
+        "the algorithm's loss terms and statistics, last update, by algorithm and term (IMPALA: total, pg, baseline, entropy; APPO: total, policy, baseline, entropy, kl, clip_fraction)"
     );
     describe_gauge!(LEARNER_ENTROPY, "mean policy entropy of the last batch, in nats");
     describe_gauge!(LEARNER_GRAD_NORM, "gradient norm before clipping, last update");

@@ -81,7 +81,7 @@ pub fn train(config: &RunConfig, updates: u64, seed: i64, lag: usize, target: f6
             batcher.push(validate(&r, &rollout_spec, version).unwrap());
         }
         while let Some(batch) = batcher.next_batch() {
-            let stats = trainer.update(&batch);
+            let stats = trainer.update_batch(&batch);
             explained_variance.push(stats.explained_variance);
             if trainer.updates.is_multiple_of(config.learner.publish_every) {
                 in_flight.push_back(trainer.snapshot().expect("finite weights"));
@@ -98,7 +98,8 @@ pub fn train(config: &RunConfig, updates: u64, seed: i64, lag: usize, target: f6
             if trainer.updates.is_multiple_of(250) {
                 eprintln!(
                     "updates {} mean return {mean:.1} entropy {:.3}",
-                    trainer.updates, stats.entropy
+                    trainer.updates,
+                    stats.term("entropy").unwrap_or(f64::NAN)
                 );
             }
         }

@@ -67,6 +67,40 @@ pub fn log_prob_entropy(
     }
 }
 
+/// KL(p || q) per step, `[..]`, between the distributions of parameters `p` and `q` `[.., P]`
+/// (summed over a MultiDiscrete's components and a Box's dimensions). Illegal choices have
+/// probability 0 under both and add nothing.
+pub fn kl_divergence(space: &ActionSpace, p: &Tensor, q: &Tensor, mask: Option<&Tensor>) -> Tensor {
+    match space {
+        ActionSpace::Box { low, .. } => {
+            let d = low.len() as i64;
+            let (mp, lsp) = (p.narrow(-1, 0, d), p.narrow(-1, d, d));
+            let (mq, lsq) = (q.narrow(-1, 0, d), q.narrow(-1, d, d));
+            // log(sq / sp) + (sp^2 + (mp - mq)^2) / (2 sq^2) - 1/2
+            let var_q = (&lsq * 2.0).exp();
+            let kl = &lsq - &lsp + ((&lsp * 2.0).exp() + (mp - mq).square()) / (var_q * 2.0) - 0.5;
+            kl.sum_dim_intlist(-1, false, Kind::Float)
+        }
+        _ => {
+            let mut total: Option<Tensor> = None;
+            let mut offset = 0i64;
+            for n in space.nvec() {
+                let n = n as i64;
+                let m = mask.map(|m| m.narrow(-1, offset, n));
+                let lp = masked_log_softmax(&p.narrow(-1, offset, n), m.as_ref().map(|m| m.shallow_clone()));
+                let lq = masked_log_softmax(&q.narrow(-1, offset, n), m);
+                let kl = (lp.exp() * (&lp - lq)).sum_dim_intlist(-1, false, Kind::Float);
+                total = Some(match total {
+                    Some(x) => x + kl,
+                    None => kl,
+                });
+                offset += n;
+            }
+            total.expect("one or more components")
+        }
+    }
+}
+
 /// `log_softmax` over the last dimension with illegal entries set to [`MASKED_LOGIT`] first.
 pub fn masked_log_softmax(logits: &Tensor, mask: Option<Tensor>) -> Tensor {
     let logits = match mask {

@@ -26,10 +26,13 @@
 //! | `{enc}.core.*` | LSTM core |
 //! | `policy.head`, `value.head` | Linear heads |
 //! | `policy.log_std` | Gaussian heads: `[dim]` |
+//! | `obs_norm.{mean,var,count}` | with `model.normalize_observations` ([`normalize::ObsNorm`]) |
+//! | `value.norm.{mean,second_moment,count}` | learner's value normalisation ([`normalize::ValueNorm`]) |
 //!
 //! `{enc}` is `encoder` when shared, else `policy.encoder` and `value.encoder`.
 
 pub mod dist;
+pub mod normalize;
 mod torso;
 
 use std::collections::HashMap;
@@ -40,6 +43,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::ModelConfig;
 use crate::spaces::{ActionSpace, EnvSpec, ObsDType};
+use normalize::{ObsNorm, ValueNorm, ValueStats};
 use torso::Torso;
 
 /// A problem loading a weights blob; names the tensor and what was expected.
@@ -133,6 +137,9 @@ pub struct Model {
     policy_head: nn::Linear,
     value_head: nn::Linear,
     log_std: Option<Tensor>,
+    obs_norm: Option<ObsNorm>,
+    /// Only on the learner (actors have no use for values): see [`Model::enable_value_norm`].
+    value_norm: Option<ValueNorm>,
     /// The run's env config as JSON, written into policy files (`env_config`) so a file alone
     /// says how to build its env (backend, kwargs, wrappers).
     env_config: Option<String>,
@@ -166,6 +173,10 @@ impl Model {
             }
             _ => None,
         };
+        let obs_norm = spec.model.normalize_observations.then(|| {
+            let shape: Vec<i64> = spec.env.observation.shape.iter().map(|&d| d as i64).collect();
+            ObsNorm::new(&root / "obs_norm", &shape, spec.model.observation_clip)
+        });
         Ok(Model {
             vs,
             spec: spec.clone(),
@@ -174,6 +185,8 @@ impl Model {
             policy_head,
             value_head,
             log_std,
+            obs_norm,
+            value_norm: None,
             env_config: None,
         })
     }
@@ -185,6 +198,50 @@ impl Model {
     /// Records the env config that policy files carry.
     pub fn set_env_config(&mut self, env: &crate::config::EnvConfig) {
         self.env_config = Some(serde_json::to_string(env).expect("env config serializes"));
+    }
+
+    /// Adds value-target statistics (`value.norm.*`): the value head then predicts normalised
+    /// values; see [`Model::denormalize_values`].
+    pub fn enable_value_norm(&mut self) {
+        if self.value_norm.is_none() {
+            self.value_norm = Some(ValueNorm::new(self.vs.root() / "value" / "norm"));
+        }
+    }
+
+    pub fn obs_norm_mut(&mut self) -> Option<&mut ObsNorm> {
+        self.obs_norm.as_mut()
+    }
+
+    pub fn value_norm_mut(&mut self) -> Option<&mut ValueNorm> {
+        self.value_norm.as_mut()
+    }
+
+    /// The value statistics (mean 0, std 1 without value normalisation).
+    pub fn value_stats(&self) -> ValueStats {
+        self.value_norm
+            .as_ref()
+            .map(ValueNorm::stats)
+            .unwrap_or(ValueStats { mean: 0.0, std: 1.0 })
+    }
+
+    /// The value head's outputs in return units.
+    pub fn denormalize_values(&self, v: &Tensor) -> Tensor {
+        let s = self.value_stats();
+        v * s.std + s.mean
+    }
+
+    /// PopArt's "preserving outputs precisely": rescales the value head's last layer so its
+    /// outputs in return units are what they were under the statistics `before`.
+    pub fn preserve_value_outputs(&mut self, before: ValueStats, after: ValueStats) {
+        tch::no_grad(|| {
+            let w = &mut self.value_head.ws;
+            let scaled = &*w * (before.std / after.std);
+            w.copy_(&scaled);
+            if let Some(b) = self.value_head.bs.as_mut() {
+                let shifted = (&*b * before.std + before.mean - after.mean) / after.std;
+                b.copy_(&shifted);
+            }
+        });
     }
 
     pub fn var_store(&self) -> &nn::VarStore {
@@ -218,6 +275,7 @@ impl Model {
     /// One step for `M` columns: `obs` float `[M, obs...]` (see [`Model::prepare`]), `state`
     /// `[M, state_size]` (ignored without a core).
     pub fn step(&self, obs: &Tensor, state: &Tensor) -> StepOutput {
+        let obs = &self.normalize_obs(obs);
         let m = obs.size()[0];
         let lstm = self.spec.model.lstm_size as i64;
         let recurrent = lstm > 0;
@@ -252,10 +310,19 @@ impl Model {
             let out = self.step(obs, state);
             return (out.params, out.state);
         }
+        let obs = &self.normalize_obs(obs);
         let (pf, next) = self.policy_encoder.step(obs, recurrent.then_some(state));
         let m = obs.size()[0];
         let next = next.unwrap_or_else(|| Tensor::zeros([m, 0], (Kind::Float, self.device())));
         (self.params(&pf), next)
+    }
+
+    /// Observations through the running normalisation, when the model has one.
+    fn normalize_obs(&self, obs: &Tensor) -> Tensor {
+        match &self.obs_norm {
+            Some(n) => n.apply(obs),
+            None => obs.shallow_clone(),
+        }
     }
 
     fn params(&self, features: &Tensor) -> Tensor {
