@@ -111,7 +111,7 @@ class Encoder(nn.Module):
 class Policy(nn.Module):
     """Troupe's model: tensor names match the policy file's (see troupe/src/model/mod.rs)."""
 
-    def __init__(self, spec):
+    def __init__(self, spec, names=()):
         super().__init__()
         self.spec = spec
         env, m = spec["env"], spec["model"]
@@ -136,6 +136,19 @@ class Policy(nn.Module):
             width = sum(self.action["nvec"])
         self.policy.head = nn.Linear(features, width)
         self.value.head = nn.Linear(features, 1)
+        shape = self.obs["shape"]
+        self.obs_clip = m.get("observation_clip", 10.0)
+        if m.get("normalize_observations"):
+            # Running statistics, applied as the actors apply them.
+            self.obs_norm = nn.Module()
+            self.obs_norm.register_buffer("mean", torch.zeros(shape))
+            self.obs_norm.register_buffer("var", torch.ones(shape))
+            self.obs_norm.register_buffer("count", torch.zeros(1))
+        if "value.norm.mean" in names:
+            # The learner's value normalisation: the head predicts (v - mean) / std.
+            self.value.norm = nn.Module()
+            for b in ("mean", "second_moment", "count"):
+                self.value.norm.register_buffer(b, torch.zeros(1))
         cores = 1 if self.shared else 2
         self.state_size = cores * 2 * m["lstm_size"] if m["lstm_size"] else 0
 
@@ -148,6 +161,9 @@ class Policy(nn.Module):
 
     def forward(self, x, state):
         """x: float [M, obs...]; returns distribution params [M, P], values [M], next state."""
+        if hasattr(self, "obs_norm"):
+            n = self.obs_norm
+            x = ((x - n.mean) / torch.sqrt(n.var + 1e-8)).clamp(-self.obs_clip, self.obs_clip)
         if self.shared:
             f, s = self.encoder(x, state)
             pf, vf, nxt = f, f, s
@@ -160,6 +176,9 @@ class Policy(nn.Module):
         if self.action["type"] == "box":
             params = torch.cat([params, self.policy.log_std.expand_as(params)], -1)
         value = self.value.head(vf).squeeze(-1)
+        if hasattr(self.value, "norm"):
+            mu, nu = self.value.norm.mean, self.value.norm.second_moment
+            value = value * torch.sqrt((nu - mu * mu).clamp_min(0)).clamp(1e-4, 1e6) + mu
         if nxt is None:
             nxt = torch.zeros(x.shape[0], 0)
         return params, value, nxt
@@ -183,8 +202,9 @@ def load(path):
     with safe_open(path, framework="pt") as f:
         meta = f.metadata()
     spec = json.loads(meta["spec"])
-    policy = Policy(spec)
-    policy.load_state_dict(load_file(path), strict=True)
+    tensors = load_file(path)
+    policy = Policy(spec, names=tensors.keys())
+    policy.load_state_dict(tensors, strict=True)
     policy.eval()
     env_config = json.loads(meta["env_config"]) if "env_config" in meta else {"id": spec["env"]["id"]}
     return policy, env_config

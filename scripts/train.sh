@@ -8,6 +8,9 @@
 #
 # Leaves in DIR: summary.json, policy.safetensors, learning_curve.png and logs/.
 set -euo pipefail
+# The summary's times from launch count from here.
+TROUPE_LAUNCHED_AT=$(date +%s.%N)
+export TROUPE_LAUNCHED_AT
 source "$(dirname "$0")/setup.sh"
 
 OUT=out/train
@@ -33,17 +36,22 @@ troupe_setup
 mkdir -p "$OUT/logs"
 OUT=$(cd "$OUT" && pwd)
 RUN=$(mktemp -d)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+PIDS=()    # redis, then the coordinator: stopped last
+WORKERS=() # the learner and actors: stopped first, while the coordinator takes the final publish
+stop_all() { # pids...
+  for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
   # Give each process its drain deadline, then make sure nothing is left.
-  for _ in $(seq 1 50); do
+  for _ in $(seq 1 200); do
     alive=0
-    for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    [ $alive = 0 ] && break
-    sleep 0.2
+    for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ $alive = 0 ] && return
+    sleep 0.05
   done
-  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  for p in "$@"; do kill -KILL "$p" 2>/dev/null || true; done
+}
+cleanup() {
+  [ ${#WORKERS[@]} -gt 0 ] && stop_all "${WORKERS[@]}"
+  stop_all "${PIDS[@]}"
   rm -rf "$RUN"
 }
 trap cleanup EXIT
@@ -54,10 +62,10 @@ sed "s/^seed = .*/seed = $SEED/" "$CONFIG" > "$RUN/run.toml"
 cp "$RUN/run.toml" "$OUT/run.toml"
 
 wait_ready() { # file, pid, name
-  for _ in $(seq 1 300); do
+  for _ in $(seq 1 1500); do
     [ -f "$1" ] && return 0
     kill -0 "$2" 2>/dev/null || { echo "train.sh: $3 exited at start-up; see $OUT/logs/$3.log" >&2; tail -5 "$OUT/logs/$3.log" >&2; exit 1; }
-    sleep 0.1
+    sleep 0.02
   done
   echo "train.sh: $3 not ready after 30 s" >&2; exit 1
 }
@@ -74,14 +82,14 @@ COORD="http://$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["
 
 "$TROUPE_BIN/learner" --coordinator "$COORD" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --seed "$SEED" \
   --ready-file "$RUN/learner.json" > "$OUT/logs/learner.log" 2>&1 &
-PIDS+=($!)
+WORKERS+=($!)
 LEARNER_PID=$!
 
 # Actors register without the learner; with a Python-hosted env the learner waits for the
 # first actor to report the env's spaces.
 for i in $(seq 1 "$ACTORS"); do
   "$TROUPE_BIN/actor" --coordinator "$COORD" --metrics-listen 127.0.0.1:0 > "$OUT/logs/actor-$i.log" 2>&1 &
-  PIDS+=($!)
+  WORKERS+=($!)
 done
 wait_ready "$RUN/learner.json" $LEARNER_PID learner
 troupe_log "cluster up: coordinator $COORD, learner $(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["grpc"])' "$RUN/learner.json"), $ACTORS actors; logs in $OUT/logs"

@@ -24,7 +24,14 @@ pub struct Summary {
     pub episodes: u64,
     pub frames: u64,
     pub wall_s: f64,
+    /// From the watcher's start (the cluster is up) to the solve.
     pub time_to_solve_s: Option<f64>,
+    /// From the first trained frame (the first trained version published) to the solve.
+    pub solve_from_first_frame_s: Option<f64>,
+    /// From the launch of the run (`--launched-at`, `scripts/train.sh`'s start) to the solve.
+    pub solve_from_launch_s: Option<f64>,
+    /// From the launch to the first trained frame.
+    pub launch_to_first_frame_s: Option<f64>,
     pub frames_to_solve: Option<u64>,
     pub frames_per_s: f64,
     pub policy_version: u64,

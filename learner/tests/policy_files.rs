@@ -71,6 +71,9 @@ fn load_policy_rebuilds_every_model_with_the_same_outputs() {
                     // Both layouts of encoders, across the cases.
                     share_torso: (ai + lstm) % 2 == 0,
                     init_log_std: -0.5,
+                    // Running statistics on the MLP cases: observations in, values out.
+                    normalize_observations: torso == TorsoKind::Mlp,
+                    observation_clip: 3.0,
                     ..ModelConfig::default()
                 };
                 let spec = ModelSpec {
@@ -84,7 +87,15 @@ fn load_policy_rebuilds_every_model_with_the_same_outputs() {
                     model,
                 };
                 tch::manual_seed(checked);
-                let net = Model::new(&spec, Device::Cpu).unwrap();
+                let mut net = Model::new(&spec, Device::Cpu).unwrap();
+                if torso == TorsoKind::Mlp {
+                    let seen = Tensor::randn([50, 3, 2], (Kind::Float, Device::Cpu)) * 2.0 + 0.5;
+                    net.obs_norm_mut()
+                        .unwrap()
+                        .update(&seen, &Tensor::ones([50], (Kind::Float, Device::Cpu)));
+                    net.enable_value_norm();
+                    net.value_norm_mut().unwrap().update(3.0, 25.0, 0.1);
+                }
                 let m = 3i64;
                 let mut shape = vec![m];
                 shape.extend(observation.shape.iter().map(|&d| d as i64));
@@ -94,6 +105,8 @@ fn load_policy_rebuilds_every_model_with_the_same_outputs() {
                 };
                 let state = Tensor::randn([m, net.state_size() as i64], (Kind::Float, Device::Cpu));
                 let out = tch::no_grad(|| net.step(&net.prepare(&obs), &state));
+                // Python gives values in return units.
+                let value = net.denormalize_values(&out.value);
                 let file = dir.path().join(format!("p{checked}.safetensors"));
                 std::fs::write(&file, net.to_safetensors()).unwrap();
                 let input = dir.path().join(format!("in{checked}.json"));
@@ -115,7 +128,7 @@ fn load_policy_rebuilds_every_model_with_the_same_outputs() {
                     String::from_utf8_lossy(&run.stderr)
                 );
                 let got: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
-                for (name, want) in [("params", &out.params), ("value", &out.value), ("state", &out.state)] {
+                for (name, want) in [("params", &out.params), ("value", &value), ("state", &out.state)] {
                     let mut g = Vec::new();
                     flat(&got[name], &mut g);
                     let w = Vec::<f64>::try_from(want.to_kind(Kind::Double).flatten(0, -1)).unwrap();

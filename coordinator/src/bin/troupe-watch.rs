@@ -31,8 +31,13 @@ struct Args {
     /// Stop after this many seconds even if not solved.
     #[arg(long, default_value_t = 600.0)]
     budget_s: f64,
-    #[arg(long, default_value_t = 0.5)]
+    /// Seconds between Status polls (also how late a solve can be noticed).
+    #[arg(long, default_value_t = 0.1)]
     interval_s: f64,
+    /// When the run was launched, in seconds since the Unix epoch (`date +%s.%N`), for the
+    /// summary's times from launch.
+    #[arg(long, env = "TROUPE_LAUNCHED_AT")]
+    launched_at: Option<f64>,
     /// Print plain lines instead of one updating line.
     #[arg(long)]
     plain: bool,
@@ -69,6 +74,18 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("no target: the run config has no target_return and --target-return was not given");
     };
     let start = Instant::now();
+    // Seconds from the launch to `start`.
+    let launch_offset = args.launched_at.map(|t| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(t);
+        (now - t).max(0.0)
+    });
+    // The first trained frame: the first version published after the one the run started from
+    // (version 1 is a fresh run's initial weights).
+    let mut first_frame: Option<f64> = None;
+    let mut start_version: Option<u64> = None;
     let mut curve: Vec<Point> = Vec::new();
     let mut last = (Instant::now(), 0u64);
     let mut rate = 0.0;
@@ -82,6 +99,10 @@ async fn main() -> anyhow::Result<()> {
         match client.status(req).await {
             Ok(s) => {
                 let s = s.into_inner();
+                let from = *start_version.get_or_insert(s.latest_version.max(1));
+                if s.latest_version > from && first_frame.is_none() {
+                    first_frame = Some(elapsed);
+                }
                 let now = Instant::now();
                 let dt = now.duration_since(last.0).as_secs_f64();
                 if dt >= 1.0 {
@@ -144,7 +165,7 @@ async fn main() -> anyhow::Result<()> {
     let s = latest.unwrap_or_default();
     let summary = Summary {
         env: config.env.id.clone(),
-        algorithm: "impala".to_string(),
+        algorithm: config.learner.algorithm.name().to_string(),
         solved: solved_at.is_some(),
         target_return: target,
         mean_return_100: s.mean_return_100.is_finite().then_some(s.mean_return_100),
@@ -152,6 +173,9 @@ async fn main() -> anyhow::Result<()> {
         frames: s.frames,
         wall_s,
         time_to_solve_s: solved_at.map(|x| x.0),
+        solve_from_first_frame_s: solved_at.zip(first_frame).map(|(x, f)| x.0 - f),
+        solve_from_launch_s: solved_at.zip(launch_offset).map(|(x, l)| x.0 + l),
+        launch_to_first_frame_s: first_frame.zip(launch_offset).map(|(f, l)| f + l),
         frames_to_solve: solved_at.map(|x| x.1),
         frames_per_s: s.frames as f64 / wall_s.max(1e-9),
         policy_version,
