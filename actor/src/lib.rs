@@ -76,6 +76,42 @@ pub struct PolicyUpdate {
     pub blob: bytes::Bytes,
 }
 
+/// The weights an actor acts with: newer versions are loaded between unrolls; a blob that cannot
+/// be loaded (malformed, or with a non-finite weight) is refused once, counted, and the current
+/// weights stay.
+#[derive(Debug, Default)]
+pub struct ActingPolicy {
+    /// The version loaded (0 before the first).
+    pub version: u64,
+    /// The last version refused: not retried.
+    pub refused: u64,
+}
+
+impl ActingPolicy {
+    /// Offers `u` to `net`; returns whether the weights changed.
+    pub fn offer(&mut self, net: &mut Model, u: &PolicyUpdate) -> bool {
+        if u.version == self.version || u.version == self.refused {
+            return false;
+        }
+        match net.load_safetensors(&u.blob) {
+            Ok(()) => {
+                if self.version != 0 {
+                    metrics::counter!(names::ACTOR_POLICY_SWITCHES).increment(1);
+                }
+                self.version = u.version;
+                metrics::gauge!(names::ACTOR_POLICY_VERSION).set(self.version as f64);
+                true
+            }
+            Err(e) => {
+                self.refused = u.version;
+                metrics::counter!(names::ACTOR_POLICIES_REFUSED).increment(1);
+                tracing::error!(version = u.version, error = %e, "refused a policy, keeping the current one");
+                false
+            }
+        }
+    }
+}
+
 /// Counters the runner fills and the heartbeat drains. Episodes are capped so a coordinator that
 /// is away for long cannot make this grow without bound (the oldest are dropped and counted).
 #[derive(Default)]
@@ -260,9 +296,7 @@ fn run_envs(env_loop: EnvLoop) -> anyhow::Result<()> {
         .iter()
         .fold(0x9e37_79b9_7f4a_7c15u64, |a, &s| a.rotate_left(7) ^ s);
     let mut envs = runner::EnvRunner::new(env, reg.config.actor.unroll_length, net.state_size(), seed)?;
-    let mut version = 0u64;
-    // A version this actor refused to load (malformed or non-finite): not retried.
-    let mut refused = 0u64;
+    let mut acting = ActingPolicy::default();
     let first = runtime.block_on(async {
         tokio::select! {
             r = policy_rx.wait_for(|p| p.is_some()) => r.is_ok(),
@@ -276,23 +310,12 @@ fn run_envs(env_loop: EnvLoop) -> anyhow::Result<()> {
     while !shutdown.is_cancelled() {
         // Switch weights between unrolls when a newer version has arrived.
         let newest = policy_rx.borrow_and_update().clone();
-        if let Some(u) = newest.filter(|u| u.version != version && u.version != refused) {
-            match net.load_safetensors(&u.blob) {
-                Ok(()) => {
-                    if version != 0 {
-                        metrics::counter!(names::ACTOR_POLICY_SWITCHES).increment(1);
-                    }
-                    version = u.version;
-                    metrics::gauge!(names::ACTOR_POLICY_VERSION).set(version as f64);
-                    progress.lock().expect("progress lock").policy_version = version;
-                }
-                Err(e) => {
-                    refused = u.version;
-                    metrics::counter!(names::ACTOR_POLICIES_REFUSED).increment(1);
-                    tracing::error!(version = u.version, error = %e, "refused a policy, keeping the current one");
-                }
+        if let Some(u) = newest {
+            if acting.offer(&mut net, &u) {
+                progress.lock().expect("progress lock").policy_version = acting.version;
             }
         }
+        let version = acting.version;
         let mut finished = Vec::new();
         let parts = match envs.unroll(&net, reg.actor_id, version, &mut |e| finished.push(e)) {
             Ok(parts) => parts,

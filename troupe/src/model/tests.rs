@@ -223,3 +223,89 @@ fn weights(blob: &[u8]) -> Vec<(String, Vec<u8>)> {
     out.sort();
     out
 }
+
+/// PopArt: after the value statistics move, the rescaled head gives the same values in return
+/// units; without the rescale ("running") they change.
+#[test]
+fn popart_preserves_value_outputs_when_the_statistics_move() {
+    let s = spec(
+        ObservationSpace::f32(&[5]),
+        ActionSpace::Discrete { n: 2 },
+        small(TorsoKind::Mlp),
+    );
+    let mut net = Model::new(&s, Device::Cpu).unwrap();
+    net.enable_value_norm();
+    let obs = random_obs(&s, 7);
+    let state = net.initial_state(7);
+    let values = |net: &Model| tch::no_grad(|| net.denormalize_values(&net.step(&obs, &state).value));
+    let before = values(&net);
+    // Returns around -300 with spread 40: mean -300, mean square 300^2 + 40^2.
+    let (old, new) = net.value_norm_mut().unwrap().update(-300.0, 90_000.0 + 1_600.0, 0.001);
+    assert_eq!((old.mean, old.std), (0.0, 1.0));
+    assert!(
+        (new.mean + 300.0).abs() < 1e-3 && (new.std - 40.0).abs() < 1e-2,
+        "{new:?}"
+    );
+    let moved = values(&net);
+    assert!(
+        f64::try_from((&moved - &before).abs().max()).unwrap() > 1.0,
+        "the raw outputs move"
+    );
+    net.preserve_value_outputs(old, new);
+    let after = values(&net);
+    let diff = f64::try_from((&after - &before).abs().max()).unwrap();
+    assert!(diff < 1e-3, "PopArt keeps the outputs: max diff {diff}");
+}
+
+/// Observation statistics merge batches exactly (the mean and variance of everything seen),
+/// skip rows of weight 0, travel in the policy file, and normalise the model's input.
+#[test]
+fn observation_statistics_merge_exactly_and_travel_in_the_file() {
+    let mut m = small(TorsoKind::Mlp);
+    m.normalize_observations = true;
+    let s = spec(ObservationSpace::f32(&[3]), ActionSpace::Discrete { n: 2 }, m);
+    let mut net = Model::new(&s, Device::Cpu).unwrap();
+    let a = Tensor::randn([40, 3], (Kind::Float, Device::Cpu)) * 3.0 + 1.0;
+    let b = Tensor::randn([25, 3], (Kind::Float, Device::Cpu)) * 0.5 - 2.0;
+    let junk = Tensor::full([5, 3], 1e6, (Kind::Float, Device::Cpu));
+    let ones = |n: i64| Tensor::ones([n], (Kind::Float, Device::Cpu));
+    let norm = net.obs_norm_mut().unwrap();
+    norm.update(&a, &ones(40));
+    norm.update(
+        &Tensor::cat(&[&b, &junk], 0),
+        &Tensor::cat(&[ones(25), Tensor::zeros([5], (Kind::Float, Device::Cpu))], 0),
+    );
+    assert_eq!(norm.count(), 65.0);
+    let all = Tensor::cat(&[&a, &b], 0).to_kind(Kind::Double);
+    let blob = net.to_safetensors();
+    let st = safetensors::SafeTensors::deserialize(&blob).unwrap();
+    let read = |name: &str| -> Vec<f64> {
+        bytemuck::pod_collect_to_vec::<u8, f32>(st.tensor(name).unwrap().data())
+            .into_iter()
+            .map(f64::from)
+            .collect()
+    };
+    let want_mean = Vec::<f64>::try_from(all.mean_dim(0, false, Kind::Double)).unwrap();
+    let want_var = Vec::<f64>::try_from(all.var_dim(0, false, false)).unwrap();
+    for (g, w) in read("obs_norm.mean").iter().zip(&want_mean) {
+        assert!((g - w).abs() < 1e-4, "mean {g} vs {w}");
+    }
+    for (g, w) in read("obs_norm.var").iter().zip(&want_var) {
+        assert!((g - w).abs() < 1e-3 * w.max(1.0), "var {g} vs {w}");
+    }
+    // An actor's model loads the statistics with the weights and acts as the learner's does.
+    let mut actor = Model::new(&s, Device::Cpu).unwrap();
+    actor.load_safetensors(&blob).unwrap();
+    let x = Tensor::randn([4, 3], (Kind::Float, Device::Cpu));
+    let state = actor.initial_state(4);
+    let p1 = tch::no_grad(|| actor.act(&x, &state).0);
+    let p0 = tch::no_grad(|| net.act(&x, &state).0);
+    assert!(p1.allclose(&p0, 1e-6, 1e-6, false));
+    // The same weights without the statistics act differently: the normalisation is applied.
+    let mut plain_spec = s.clone();
+    plain_spec.model.normalize_observations = false;
+    let mut plain = Model::new(&plain_spec, Device::Cpu).unwrap();
+    plain.load_safetensors(&blob).unwrap();
+    let p2 = tch::no_grad(|| plain.act(&x, &state).0);
+    assert!(!p2.allclose(&p0, 1e-3, 1e-3, false));
+}
