@@ -9,20 +9,27 @@
 #     of each native env, of the same env in Gymnasium's Python loop, and in EnvPool;
 #   host_bare_loop_env_steps_per_s vs gymnasium_sync_vector_env_steps_per_s: the actor's bare
 #     loop on Python-hosted CartPole against Gymnasium's own vector-env loop;
-#   minatar_breakout_frames_per_s, pong_frames_per_s: end-to-end learner frames/s on pixels.
+#   minatar_breakout_frames_per_s, pong_frames_per_s: end-to-end learner frames/s on pixels;
+#   cartpole_solve: {"appo": {...}, "impala": {...}}, 5 seeds each through train.sh (median,
+#     min and max frames, median seconds from the first trained frame and from launch);
+#   thresholds: Acrobot, Pendulum and MinAtar Breakout (10) once each, curves in DIR/curves;
+#   learner_update: update ms and frames/s against libtorch intra-op threads (1, 2; CUDA too
+#     where there is one).
 #
-#   scripts/bench.sh [--out DIR] [--seconds N] [--skip-pixels]
+#   scripts/bench.sh [--out DIR] [--seconds N] [--skip-pixels] [--skip-solve]
 set -euo pipefail
 source "$(dirname "$0")/setup.sh"
 OUT=out/bench
 SECONDS_PER=15
 PIXELS=1
+SOLVE=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT=$2; shift 2 ;;
     --seconds) SECONDS_PER=$2; shift 2 ;;
     --skip-pixels) PIXELS=0; shift ;;
-    *) echo "bench.sh: unknown argument $1 (expected --out, --seconds, --skip-pixels)" >&2; exit 64 ;;
+    --skip-solve) SOLVE=0; shift ;;
+    *) echo "bench.sh: unknown argument $1 (expected --out, --seconds, --skip-pixels, --skip-solve)" >&2; exit 64 ;;
   esac
 done
 troupe_setup
@@ -39,11 +46,17 @@ if [ "$PIXELS" = 1 ]; then
   minatar=$(cargo bench -p tests --bench throughput -- 60 configs/minatar-breakout.toml 2>/dev/null | grep '^{')
   pong=$(cargo bench -p tests --bench throughput -- 60 configs/pong.toml 2>/dev/null | grep '^{')
 fi
-python3 - "$OUT/bench.json" "$a" "$bc" "$native" "$gym" "$host" "$minatar" "$pong" <<'PY'
+update=$(cargo bench -p learner --bench update -- 5 1 2 2>/dev/null | grep '^{')
+solve='{"cartpole_solve": null, "thresholds": null}'
+if [ "$SOLVE" = 1 ]; then
+  solve=$(python3 "$TROUPE_ROOT/scripts/bench_solve.py" "$OUT" | grep '^{')
+fi
+python3 - "$OUT/bench.json" "$a" "$bc" "$native" "$gym" "$host" "$minatar" "$pong" "$update" "$solve" <<'PY'
 import json, os, platform, sys
 path, a, bc = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 native, gym, host = json.loads(sys.argv[4]), json.loads(sys.argv[5]), json.loads(sys.argv[6])
 minatar, pong = json.loads(sys.argv[7]), json.loads(sys.argv[8])
+update, solve = json.loads(sys.argv[9]), json.loads(sys.argv[10])
 out = {
     "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     "a_bare_loop_env_steps_per_s": a["env_steps_per_s"],
@@ -62,6 +75,9 @@ out = {
     "host_over_sync_vector": host["env_steps_per_s"] / gym["gymnasium_sync_vector"]["env_steps_per_s"],
     "minatar_breakout_frames_per_s": minatar and minatar["learner_frames_per_s"],
     "pong_frames_per_s": pong and pong["learner_frames_per_s"],
+    "cartpole_solve": solve["cartpole_solve"],
+    "thresholds": solve["thresholds"],
+    "learner_update": update,
     "detail": {"bare_loop": a, "cluster": bc, "native_envs": native, "gymnasium_envs": gym, "host_bare_loop": host, "minatar_breakout": minatar, "pong": pong},
 }
 json.dump(out, open(path, "w"), indent=2)
@@ -79,4 +95,11 @@ if minatar:
 if pong:
     print(f"Pong (impala_resnet, CPU), learner frames/s: {out['pong_frames_per_s']:,.0f}")
 print(f"wrote {path}")
+for algo, r in (out["cartpole_solve"] or {}).items():
+    print(f"CartPole {algo}: {r['seeds_solved']}/{r['seeds']} solved, median {r['median_frames']:,} frames "
+          f"(min {r['min_frames']:,}, max {r['max_frames']:,}), median {r['median_s']:.1f} s from the first "
+          f"trained frame, {r['median_launch_s']:.1f} s from launch; collapsed seeds {r['collapsed_seeds']}")
+for name, r in (out["thresholds"] or {}).items():
+    print(f"{name}: solved={r['solved']} {r['frames']:,} frames, return {r['mean_return_100']}, "
+          f"{r['s_from_launch'] or float('nan'):.1f} s from launch")
 PY
