@@ -197,12 +197,15 @@ impl Trainer {
             b.rewards = &b.rewards * self.cfg.reward_scale;
         }
         // The observation statistics take this batch's observations (rows 0..T, valid steps)
-        // before the loss sees them.
+        // before the loss sees them (and give them back if no step is taken).
+        let saved_obs_stats = self.net.obs_norm_mut().map(|n| n.save());
         if self.net.obs_norm_mut().is_some() {
             let obs = self.net.prepare(&b.obs.narrow(0, 0, b.t)).flatten(0, 1);
             let w = b.valid.flatten(0, 1);
             if let Some(n) = self.net.obs_norm_mut() {
-                n.update(&obs, &w);
+                if !n.update(&obs, &w) {
+                    tracing::warn!("a batch with non-finite observations: observation statistics unchanged");
+                }
                 metrics::gauge!(names::LEARNER_OBS_NORM_COUNT).set(n.count());
             }
         }
@@ -267,6 +270,9 @@ impl Trainer {
             }
         }
         if stats.sgd_steps == 0 {
+            if let (Some(n), Some(saved)) = (self.net.obs_norm_mut(), saved_obs_stats.as_ref()) {
+                n.restore(saved);
+            }
             return stats;
         }
         let k = stats.sgd_steps as f64;
@@ -663,14 +669,20 @@ mod tests {
         out
     }
 
-    /// A batch whose loss overflows (a finite but huge reward) skips the update: the weights,
-    /// the step count and the frames stay as they were.
+    /// A batch whose loss overflows (a finite but huge reward), or with a NaN observation,
+    /// skips the update: the weights (observation statistics included), the step count and the
+    /// frames stay as they were.
     #[test]
     fn a_non_finite_loss_skips_the_update() {
         let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
-        let run = RunConfig::default();
+        let mut s = spec();
+        s.model.normalize_observations = true;
+        let run = RunConfig {
+            model: s.model.clone(),
+            ..RunConfig::default()
+        };
         tch::manual_seed(3);
-        let mut trainer = Trainer::new(&run, &spec(), Device::Cpu).unwrap();
+        let mut trainer = Trainer::new(&run, &s, Device::Cpu).unwrap();
         let before = trainer.model().to_safetensors();
         let mut b = batch(None);
         let mut rewards: Vec<f32> = bytemuck::pod_collect_to_vec(&b.cols.rewards.data);
@@ -681,6 +693,16 @@ mod tests {
         assert!(stats.skipped.is_some(), "{:?}", stats.total_loss);
         assert_eq!(trainer.updates, 0);
         assert_eq!(trainer.frames, 0);
+        assert_eq!(weights(&trainer.model().to_safetensors()), weights(&before));
+        // A NaN observation, with observation normalisation on: skipped too, and the
+        // statistics stay clean.
+        let mut b = batch(None);
+        let mut obs: Vec<f32> = bytemuck::pod_collect_to_vec(&b.cols.observations.data);
+        obs[5] = f32::NAN;
+        b.cols.observations.data = bytemuck::cast_slice(&obs).to_vec();
+        let stats = trainer.update_batch(&b);
+        assert_eq!(stats.skipped, Some("non_finite_loss"), "{:?}", stats.total_loss);
+        assert_eq!(trainer.updates, 0);
         assert_eq!(weights(&trainer.model().to_safetensors()), weights(&before));
         // A normal batch then trains.
         assert!(trainer.update_batch(&batch(None)).skipped.is_none());

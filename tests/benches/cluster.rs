@@ -5,11 +5,25 @@
 //! (c) frames/s consumed by the learner with 2 actors, and the time and frames to solve
 //!     CartPole-v1 (mean return of the last 100 episodes >= 475).
 //!
+//! Both use the throughput layout of v0's CartPole run (IMPALA, 16 envs per actor, 2 rollouts
+//! in flight, a queue of 4, B = 64): the shipped APPO config trades learner frames/s for
+//! sample efficiency (4 epochs of 4 minibatches on batches of 16), so it is benchmarked by
+//! `scripts/bench_solve.py` instead.
+//!
 //!   cargo bench --workspace --bench cluster [-- SECONDS]
 
 use std::time::{Duration, Instant};
 
-use tests::{cartpole_config, eventually, metric, scrape, Cluster};
+use tests::{eventually, metric, scrape, shipped_config, Cluster};
+
+fn throughput_config() -> troupe::RunConfig {
+    let mut c = shipped_config("cartpole-impala");
+    c.actor.num_envs = 16;
+    c.actor.max_in_flight = 2;
+    c.learner.queue_capacity = 4;
+    c.learner.batch_size = 64;
+    c
+}
 
 fn learner_frames(c: &Cluster) -> f64 {
     metric(
@@ -24,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
     let seconds: f64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(15.0);
 
     // (b) One actor streaming: measure after a short warm-up.
-    let mut cluster = Cluster::start(&cartpole_config()).await?;
+    let mut cluster = Cluster::start(&throughput_config()).await?;
     cluster.add_actor().await?;
     eventually("the actor streams", Duration::from_secs(60), || async {
         Ok((learner_frames(&cluster) > 0.0).then_some(()))
@@ -43,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
     drop(cluster);
 
     // (c) The training run: 2 actors until solved.
-    let mut cluster = Cluster::start(&cartpole_config()).await?;
+    let mut cluster = Cluster::start(&throughput_config()).await?;
     cluster.add_actor().await?;
     cluster.add_actor().await?;
     let start = Instant::now();

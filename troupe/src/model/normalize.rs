@@ -39,7 +39,9 @@ impl ObsNorm {
     }
 
     /// Merges the rows of `x` (float `[M, obs...]`) whose `weight` (`[M]`, 0 or 1) is 1.
-    pub fn update(&mut self, x: &Tensor, weight: &Tensor) {
+    /// Returns false, leaving the statistics as they were, when the batch holds a non-finite
+    /// value (it would poison every later normalisation).
+    pub fn update(&mut self, x: &Tensor, weight: &Tensor) -> bool {
         tch::no_grad(|| {
             let x = x.to_kind(Kind::Double);
             let shape = x.size();
@@ -54,7 +56,7 @@ impl ObsNorm {
             let n = w.sum(Kind::Double);
             let nb = n.double_value(&[]);
             if nb < 1.0 {
-                return;
+                return true;
             }
             let bmean = (&x * &w).sum_dim_intlist(0, false, Kind::Double) / nb;
             let bvar = ((&x - &bmean).square() * &w).sum_dim_intlist(0, false, Kind::Double) / nb;
@@ -64,14 +66,35 @@ impl ObsNorm {
             let delta = &bmean - &mean;
             let new_mean = &mean + &delta * (nb / total);
             let m2 = self.var.to_kind(Kind::Double) * na + bvar * nb + delta.square() * (na * nb / total);
+            let new_var = m2 / total;
+            let finite = |t: &Tensor| bool::try_from(t.isfinite().all()).unwrap_or(false);
+            if !finite(&new_mean) || !finite(&new_var) {
+                return false;
+            }
             self.mean.copy_(&new_mean);
-            self.var.copy_(&(m2 / total));
+            self.var.copy_(&new_var);
             let _ = self.count.fill_(total);
+            true
         })
     }
 
     pub fn count(&self) -> f64 {
         self.count.double_value(&[0])
+    }
+
+    /// A copy of the statistics, for [`ObsNorm::restore`].
+    pub fn save(&self) -> [Tensor; 3] {
+        [self.mean.copy(), self.var.copy(), self.count.copy()]
+    }
+
+    /// Puts back statistics from [`ObsNorm::save`] (an update that was skipped takes nothing
+    /// from its batch).
+    pub fn restore(&mut self, saved: &[Tensor; 3]) {
+        tch::no_grad(|| {
+            self.mean.copy_(&saved[0]);
+            self.var.copy_(&saved[1]);
+            self.count.copy_(&saved[2]);
+        });
     }
 }
 

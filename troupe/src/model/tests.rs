@@ -276,6 +276,11 @@ fn observation_statistics_merge_exactly_and_travel_in_the_file() {
         &Tensor::cat(&[ones(25), Tensor::zeros([5], (Kind::Float, Device::Cpu))], 0),
     );
     assert_eq!(norm.count(), 65.0);
+    // A batch with a NaN is refused whole.
+    let bad = Tensor::randn([2, 3], (Kind::Float, Device::Cpu));
+    let _ = bad.get(1).get(2).fill_(f64::NAN);
+    assert!(!norm.update(&bad, &ones(2)));
+    assert_eq!(norm.count(), 65.0);
     let all = Tensor::cat(&[&a, &b], 0).to_kind(Kind::Double);
     let blob = net.to_safetensors();
     let st = safetensors::SafeTensors::deserialize(&blob).unwrap();
