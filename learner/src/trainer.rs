@@ -206,7 +206,7 @@ impl Trainer {
                 if !n.update(&obs, &w) {
                     tracing::warn!("a batch with non-finite observations: observation statistics unchanged");
                 }
-                metrics::gauge!(names::LEARNER_OBS_NORM_COUNT).set(n.count());
+                metrics::gauge!(names::LEARNER_OBS_NORM_SAMPLES).set(n.count());
             }
         }
         let lr = self.learning_rate_at(self.frames);

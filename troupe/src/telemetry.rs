@@ -34,7 +34,7 @@ pub mod names {
     pub const LEARNER_QUEUE_BYTES: &str = "troupe_learner_rollout_queue_bytes";
     pub const LEARNER_PREFETCH_BYTES: &str = "troupe_learner_prefetched_batch_bytes";
     pub const LEARNER_LEARNING_RATE: &str = "troupe_learner_learning_rate";
-    pub const LEARNER_OBS_NORM_COUNT: &str = "troupe_learner_observation_norm_count";
+    pub const LEARNER_OBS_NORM_SAMPLES: &str = "troupe_learner_observation_norm_samples";
     pub const LEARNER_VALUE_NORM: &str = "troupe_learner_value_norm";
     pub const LEARNER_STREAMS: &str = "troupe_learner_rollout_streams";
     pub const LEARNER_UPDATES: &str = "troupe_learner_updates_total";
@@ -137,7 +137,7 @@ fn describe_all() {
         "learning rate of the last update (learner.lr_schedule)"
     );
     describe_gauge!(
-        LEARNER_OBS_NORM_COUNT,
+        LEARNER_OBS_NORM_SAMPLES,
         "observations folded into the running observation statistics"
     );
     describe_gauge!(
