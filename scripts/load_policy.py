@@ -147,7 +147,7 @@ class Policy(nn.Module):
         if "value.norm.mean" in names:
             # The learner's value normalisation: the head predicts (v - mean) / std.
             self.value.norm = nn.Module()
-            for b in ("mean", "second_moment", "count"):
+            for b in ("mean", "var", "count"):
                 self.value.norm.register_buffer(b, torch.zeros(1))
         cores = 1 if self.shared else 2
         self.state_size = cores * 2 * m["lstm_size"] if m["lstm_size"] else 0
@@ -177,8 +177,8 @@ class Policy(nn.Module):
             params = torch.cat([params, self.policy.log_std.expand_as(params)], -1)
         value = self.value.head(vf).squeeze(-1)
         if hasattr(self.value, "norm"):
-            mu, nu = self.value.norm.mean, self.value.norm.second_moment
-            value = value * torch.sqrt((nu - mu * mu).clamp_min(0)).clamp(1e-4, 1e6) + mu
+            n = self.value.norm
+            value = value * torch.sqrt(n.var.clamp_min(0)).clamp(1e-4, 1e6) + n.mean
         if nxt is None:
             nxt = torch.zeros(x.shape[0], 0)
         return params, value, nxt

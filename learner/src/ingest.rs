@@ -368,16 +368,19 @@ impl Learner for LearnerService {
                     }
                 };
                 // Bounded: the ack (the actor's next credit) waits until there is room.
+                // Counted before the send: the batcher may take it off the queue (and count it
+                // off) before `send` returns here.
                 let bytes = cols.bytes() as u64;
+                let held = queue_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
+                metrics::gauge!(names::LEARNER_QUEUE_BYTES).set(held as f64);
                 let queued = tokio::select! {
                     r = queue.send(cols) => r.is_ok(),
                     _ = shutdown.cancelled() => false,
                 };
                 if !queued {
+                    queue_bytes.fetch_sub(bytes, Ordering::AcqRel);
                     return;
                 }
-                let held = queue_bytes.fetch_add(bytes, Ordering::AcqRel) + bytes;
-                metrics::gauge!(names::LEARNER_QUEUE_BYTES).set(held as f64);
                 metrics::gauge!(names::LEARNER_QUEUE_DEPTH).set((queue.max_capacity() - queue.capacity()) as f64);
                 metrics::counter!(names::LEARNER_ROLLOUTS).increment(1);
                 accepted += 1;

@@ -212,7 +212,13 @@ impl Trainer {
         let lr = self.learning_rate_at(self.frames);
         self.opt.set_lr(lr);
         let passes = self.algorithm.passes();
-        let per = (b.b as usize / passes.minibatches).max(1);
+        assert!(
+            passes.minibatches >= 1 && (b.b as usize).is_multiple_of(passes.minibatches),
+            "{} minibatches do not split {} columns evenly (the config's validation checks this)",
+            passes.minibatches,
+            b.b
+        );
+        let per = b.b as usize / passes.minibatches;
         let mut order: Vec<i64> = (0..b.b).collect();
         let mut sums = TargetSums::default();
         let mut stats = UpdateStats {
@@ -242,7 +248,9 @@ impl Trainer {
                 self.opt.zero_grad();
                 if !total.is_finite() {
                     stats.skipped = Some("non_finite_loss");
-                    stats.total_loss = total;
+                    if stats.sgd_steps == 0 {
+                        stats.total_loss = total;
+                    }
                     break 'passes;
                 }
                 loss.total.backward();
@@ -250,7 +258,9 @@ impl Trainer {
                 if !grad_norm.is_finite() {
                     self.opt.zero_grad();
                     stats.skipped = Some("non_finite_gradient");
-                    stats.grad_norm = grad_norm;
+                    if stats.sgd_steps == 0 {
+                        (stats.total_loss, stats.grad_norm) = (total, grad_norm);
+                    }
                     break 'passes;
                 }
                 self.opt.step();
@@ -275,11 +285,10 @@ impl Trainer {
             }
             return stats;
         }
+        // Averages over the steps taken (a skip after some steps keeps theirs).
         let k = stats.sgd_steps as f64;
-        if stats.skipped.is_none() {
-            stats.total_loss /= k;
-            stats.grad_norm /= k;
-        }
+        stats.total_loss /= k;
+        stats.grad_norm /= k;
         stats.terms.iter_mut().for_each(|(_, v)| *v /= k);
         stats.explained_variance = sums.explained_variance();
         self.update_value_stats(&sums);
@@ -297,7 +306,9 @@ impl Trainer {
             return;
         }
         let Some(norm) = self.net.value_norm_mut() else { return };
-        let (before, after) = norm.update(sums.target / sums.n, sums.target_sq / sums.n, beta);
+        let mean = sums.target / sums.n;
+        let var = (sums.target_sq / sums.n - mean * mean).max(0.0);
+        let (before, after) = norm.update(mean, var, beta);
         if popart {
             self.net.preserve_value_outputs(before, after);
         }
@@ -462,8 +473,19 @@ impl ModelThread {
                 since_publish = 0;
             }
         }
+        // Batches already assembled (their rollouts acknowledged) are trained before the final
+        // publish: the batcher stops at the cancel, so this ends within a batch or two.
+        while let Ok(p) = ready_rx.recv_timeout(Duration::from_millis(50)) {
+            let stats = self.trainer.update(&p.batch);
+            if stats.sgd_steps > 0 {
+                since_publish += 1;
+            }
+        }
         drop(ready_rx);
-        let _ = handle.join();
+        if let Err(panic) = handle.join() {
+            // The batcher's failure is the model thread's: the learner reports it and exits.
+            std::panic::resume_unwind(panic);
+        }
         if since_publish > 0 {
             tracing::info!(updates = self.trainer.updates, "publishing final weights before exit");
             self.publish();
@@ -537,12 +559,17 @@ impl BatcherThread {
         loop {
             let cols = self.runtime.block_on(async {
                 tokio::select! {
-                    c = self.queue.recv() => c,
+                    biased;
                     _ = self.shutdown.cancelled() => None,
+                    c = self.queue.recv() => c,
                 }
             });
             let Some(cols) = cols else { return };
-            let held = self.queue_bytes.fetch_sub(cols.bytes() as u64, Ordering::AcqRel) - cols.bytes() as u64;
+            let bytes = cols.bytes() as u64;
+            let held = self
+                .queue_bytes
+                .fetch_sub(bytes, Ordering::AcqRel)
+                .saturating_sub(bytes);
             metrics::gauge!(names::LEARNER_QUEUE_BYTES).set(held as f64);
             metrics::gauge!(names::LEARNER_QUEUE_DEPTH).set(self.queue.len() as f64);
             self.batcher.push(cols);

@@ -94,7 +94,7 @@ fn load_policy_rebuilds_every_model_with_the_same_outputs() {
                         .unwrap()
                         .update(&seen, &Tensor::ones([50], (Kind::Float, Device::Cpu)));
                     net.enable_value_norm();
-                    net.value_norm_mut().unwrap().update(3.0, 25.0, 0.1);
+                    net.value_norm_mut().unwrap().update(3.0, 16.0, 0.1);
                 }
                 let m = 3i64;
                 let mut shape = vec![m];

@@ -12,7 +12,8 @@
 //!       + kl_cost * mean(KL(mu || pi))
 //! ```
 //!
-//! Means are over valid steps. `eps` is `clip_ratio`; the clip is PPO's symmetric one (RLlib's;
+//! Means are over valid steps. With value normalisation the value loss is taken on normalised
+//! targets and outputs, `((v_s - mu) / sigma - head(x))^2`. `eps` is `clip_ratio`; the clip is PPO's symmetric one (RLlib's;
 //! Sample Factory clips to [1 / (1 + eps), 1 + eps]). KL(mu || pi) is the direction of PPO's
 //! penalty (KL[pi_old, pi]).
 

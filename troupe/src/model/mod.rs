@@ -27,7 +27,7 @@
 //! | `policy.head`, `value.head` | Linear heads |
 //! | `policy.log_std` | Gaussian heads: `[dim]` |
 //! | `obs_norm.{mean,var,count}` | with `model.normalize_observations` ([`normalize::ObsNorm`]) |
-//! | `value.norm.{mean,second_moment,count}` | learner's value normalisation ([`normalize::ValueNorm`]) |
+//! | `value.norm.{mean,var,count}` | learner's value normalisation ([`normalize::ValueNorm`]) |
 //!
 //! `{enc}` is `encoder` when shared, else `policy.encoder` and `value.encoder`.
 

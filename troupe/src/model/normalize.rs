@@ -4,10 +4,11 @@
 //! - [`ObsNorm`]: the observations' running mean and variance, merged exactly from each batch
 //!   (Chan et al.'s parallel update, as Gymnasium's `NormalizeObservation` and SB3's
 //!   `VecNormalize` keep them). Actors apply `clamp((x - mean) / sqrt(var + 1e-8), ±clip)`.
-//! - [`ValueNorm`]: the value targets' mean and second moment, for value-target normalisation
-//!   (PopArt, van Hasselt et al. 2016): `beta_t = max(beta, 1 / t)` (an exact average of the first
-//!   `1 / beta` batches, then an exponential one), `sigma = sqrt(nu - mu^2)` within
-//!   [1e-4, 1e6]. The value head predicts `(v - mu) / sigma`.
+//! - [`ValueNorm`]: the value targets' mean and variance, for value-target normalisation
+//!   (PopArt, van Hasselt et al. 2016): each batch is mixed in with weight
+//!   `beta_t = max(beta, 1 / t)` (an exact average of the first `1 / beta` batches, then an
+//!   exponential one); `sigma = sqrt(var)` within [1e-4, 1e6]. The value head predicts
+//!   `(v - mu) / sigma`.
 
 use tch::{nn, Kind, Tensor};
 
@@ -100,7 +101,7 @@ impl ObsNorm {
 
 pub struct ValueNorm {
     mu: Tensor,
-    nu: Tensor,
+    var: Tensor,
     count: Tensor,
 }
 
@@ -112,36 +113,38 @@ pub struct ValueStats {
 }
 
 impl ValueNorm {
-    /// Variables `value.norm.mean`, `.second_moment` and `.count` (each `[1]`), starting at
-    /// mean 0, std 1.
+    /// Variables `value.norm.mean`, `.var` and `.count` (each `[1]`), starting at mean 0,
+    /// variance 1.
     pub fn new(path: nn::Path<'_>) -> ValueNorm {
         ValueNorm {
             mu: path.zeros_no_train("mean", &[1]),
-            nu: path.ones_no_train("second_moment", &[1]),
+            var: path.ones_no_train("var", &[1]),
             count: path.zeros_no_train("count", &[1]),
         }
     }
 
     pub fn stats(&self) -> ValueStats {
-        let mean = self.mu.double_value(&[0]);
-        let nu = self.nu.double_value(&[0]);
         ValueStats {
-            mean,
-            std: (nu - mean * mean).max(0.0).sqrt().clamp(1e-4, 1e6),
+            mean: self.mu.double_value(&[0]),
+            std: self.var.double_value(&[0]).max(0.0).sqrt().clamp(1e-4, 1e6),
         }
     }
 
-    /// Folds in one batch's targets (their mean and mean square); returns the statistics
-    /// before and after.
-    pub fn update(&mut self, mean: f64, mean_square: f64, beta: f64) -> (ValueStats, ValueStats) {
+    /// Folds in one batch's targets (their mean and variance) as a mixture with weight
+    /// `beta_t`: `mu' = mu + b d`, `var' = (1 - b) var + b var_batch + b (1 - b) d^2` with
+    /// `d = mean - mu`. Keeping the variance (not the second moment) avoids the cancellation
+    /// of `nu - mu^2` when returns are far from 0 compared with their spread. Returns the
+    /// statistics before and after.
+    pub fn update(&mut self, mean: f64, var: f64, beta: f64) -> (ValueStats, ValueStats) {
         let before = self.stats();
         let t = self.count.double_value(&[0]) + 1.0;
         let b = beta.max(1.0 / t);
         let mu = self.mu.double_value(&[0]);
-        let nu = self.nu.double_value(&[0]);
+        let old_var = self.var.double_value(&[0]);
+        let d = mean - mu;
         tch::no_grad(|| {
-            let _ = self.mu.fill_((1.0 - b) * mu + b * mean);
-            let _ = self.nu.fill_((1.0 - b) * nu + b * mean_square);
+            let _ = self.mu.fill_(mu + b * d);
+            let _ = self.var.fill_((1.0 - b) * old_var + b * var + b * (1.0 - b) * d * d);
             let _ = self.count.fill_(t);
         });
         (before, self.stats())
