@@ -2,7 +2,7 @@
 APPO (configs/cartpole.toml) and IMPALA (configs/cartpole-impala.toml), then Acrobot-v1,
 Pendulum-v1 and MinAtar Breakout (threshold 10) once each, with their learning curves.
 
-    python3 scripts/bench_solve.py OUTDIR [--seeds N] [--skip-others]
+    python3 scripts/bench_solve.py OUTDIR [--seeds N] [--algorithms appo,impala] [--skip-others]
 
 Prints one JSON object: {"cartpole_solve": {"appo": {...}, "impala": {...}}, "thresholds": {...}}.
 Frames count env steps reported by the actors; times are from the launch of train.sh and from
@@ -70,7 +70,10 @@ def main():
     out = sys.argv[1]
     seeds = int(sys.argv[sys.argv.index("--seeds") + 1]) if "--seeds" in sys.argv else 5
     result = {"cartpole_solve": {}, "thresholds": {}}
-    for algo, cfg in [("appo", "configs/cartpole.toml"), ("impala", "configs/cartpole-impala.toml")]:
+    algos = sys.argv[sys.argv.index("--algorithms") + 1].split(",") if "--algorithms" in sys.argv else ["appo", "impala"]
+    configs = {"appo": "configs/cartpole.toml", "impala": "configs/cartpole-impala.toml"}
+    for algo in algos:
+        cfg = configs[algo]
         runs = [run(os.path.join(ROOT, cfg), s, os.path.join(out, "solve", f"cartpole-{algo}-{s}"), 120)
                 for s in range(1, seeds + 1)]
         result["cartpole_solve"][algo] = summarise(runs)
