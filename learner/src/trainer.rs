@@ -738,6 +738,44 @@ mod tests {
         assert!(trainer.snapshot().is_ok());
     }
 
+    /// The schedules move from `learning_rate` to `final_learning_rate` over `schedule_frames`
+    /// trained frames, then stay; the optimizer takes the scheduled rate on each update.
+    #[test]
+    fn the_learning_rate_follows_its_schedule() {
+        let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+        let mut run = RunConfig::default();
+        run.learner.learning_rate = 1e-3;
+        run.learner.final_learning_rate = 1e-4;
+        run.learner.schedule_frames = 1000;
+        let at = |run: &RunConfig, frames: u64| {
+            Trainer::new(run, &spec(), Device::Cpu)
+                .unwrap()
+                .learning_rate_at(frames)
+        };
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        assert!(close(at(&run, 0), 1e-3) && close(at(&run, 500), 1e-3) && close(at(&run, 5000), 1e-3));
+        run.learner.lr_schedule = LrSchedule::Linear;
+        assert!(close(at(&run, 0), 1e-3));
+        assert!(close(at(&run, 250), 1e-3 - 0.25 * 9e-4));
+        assert!(close(at(&run, 1000), 1e-4) && close(at(&run, 10_000), 1e-4));
+        run.learner.lr_schedule = LrSchedule::Cosine;
+        assert!(close(at(&run, 0), 1e-3));
+        assert!(close(at(&run, 500), 5.5e-4), "half way is the midpoint");
+        assert!(close(at(&run, 1000), 1e-4) && close(at(&run, 2000), 1e-4));
+        // The update reports the rate it trained with, and frames move it.
+        run.learner.lr_schedule = LrSchedule::Linear;
+        run.learner.schedule_frames = 48; // two updates of the 6 x 4 test batch
+        tch::manual_seed(3);
+        let mut trainer = Trainer::new(&run, &spec(), Device::Cpu).unwrap();
+        let rates: Vec<f64> = (0..3)
+            .map(|_| trainer.update_batch(&batch(None)).learning_rate)
+            .collect();
+        assert!(
+            close(rates[0], 1e-3) && close(rates[1], 5.5e-4) && close(rates[2], 1e-4),
+            "{rates:?}"
+        );
+    }
+
     /// Steps marked invalid (an env's reset step) are left out of every loss term: whatever
     /// they hold, the losses and the gradients (seen through a second update) are the same.
     #[test]
