@@ -84,13 +84,25 @@ struct TargetSums {
 
 impl TargetSums {
     fn add(&mut self, targets: &Tensor, values: &Tensor, valid: &Tensor) {
-        let sum = |x: &Tensor| (x * valid).sum(Kind::Double).double_value(&[]);
+        let sum = |x: &Tensor| (x * valid).sum(Kind::Double);
         let resid = targets - values;
-        self.n += valid.sum(Kind::Double).double_value(&[]);
-        self.target += sum(targets);
-        self.target_sq += sum(&targets.square());
-        self.resid += sum(&resid);
-        self.resid_sq += sum(&resid.square());
+        // One transfer from the device for the five sums.
+        let sums = Vec::<f64>::try_from(Tensor::stack(
+            &[
+                valid.sum(Kind::Double),
+                sum(targets),
+                sum(&targets.square()),
+                sum(&resid),
+                sum(&resid.square()),
+            ],
+            0,
+        ))
+        .expect("five f64 sums");
+        self.n += sums[0];
+        self.target += sums[1];
+        self.target_sq += sums[2];
+        self.resid += sums[3];
+        self.resid_sq += sums[4];
     }
 
     fn explained_variance(&self) -> f64 {
@@ -270,9 +282,15 @@ impl Trainer {
                 stats.sgd_steps += 1;
                 stats.total_loss += total;
                 stats.grad_norm += grad_norm;
-                for (name, v) in &loss.terms {
-                    let v = v.double_value(&[]);
-                    match stats.terms.iter_mut().find(|(n, _)| n == name) {
+                // One transfer from the device for every term.
+                let values: Vec<f64> = if loss.terms.is_empty() {
+                    Vec::new()
+                } else {
+                    let stacked: Vec<Tensor> = loss.terms.iter().map(|(_, v)| v.to_kind(Kind::Double)).collect();
+                    Vec::<f64>::try_from(Tensor::stack(&stacked, 0)).expect("scalar terms")
+                };
+                for (&(name, _), &v) in loss.terms.iter().zip(&values) {
+                    match stats.terms.iter_mut().find(|(n, _)| *n == name) {
                         Some((_, acc)) => *acc += v,
                         None => stats.terms.push((name, v)),
                     }

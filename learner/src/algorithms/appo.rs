@@ -21,7 +21,7 @@ use tch::Tensor;
 use troupe::config::AppoConfig;
 use troupe::model::{dist, Model};
 
-use super::{normalize_advantages, Algorithm, Forward, Loss, Passes, TrainBatch};
+use super::{Algorithm, Forward, Loss, Passes, TrainBatch};
 use crate::vtrace::VTraceParams;
 
 pub struct Appo {
@@ -55,11 +55,7 @@ impl Algorithm for Appo {
 
     fn loss(&self, model: &Model, b: &TrainBatch) -> Loss {
         let f = Forward::compute(model, b, &self.vtrace);
-        let adv = if self.cfg.normalize_advantages {
-            normalize_advantages(b, &f.vtrace.pg_advantages)
-        } else {
-            f.vtrace.pg_advantages.shallow_clone()
-        };
+        let adv = f.advantages(b, self.cfg.normalize_advantages);
         let ratio = (&f.log_probs - &f.behaviour_log_probs).exp();
         let eps = self.cfg.clip_ratio;
         let surrogate = (&ratio * &adv).minimum(&(ratio.clamp(1.0 - eps, 1.0 + eps) * &adv));

@@ -11,7 +11,7 @@ use tch::Tensor;
 use troupe::config::ImpalaConfig;
 use troupe::model::Model;
 
-use super::{normalize_advantages, Algorithm, Forward, Loss, Passes, TrainBatch};
+use super::{Algorithm, Forward, Loss, Passes, TrainBatch};
 use crate::vtrace::VTraceParams;
 
 pub struct Impala {
@@ -45,11 +45,7 @@ impl Algorithm for Impala {
 
     fn loss(&self, model: &Model, b: &TrainBatch) -> Loss {
         let f = Forward::compute(model, b, &self.vtrace);
-        let adv = if self.cfg.normalize_advantages {
-            normalize_advantages(b, &f.vtrace.pg_advantages)
-        } else {
-            f.vtrace.pg_advantages.shallow_clone()
-        };
+        let adv = f.advantages(b, self.cfg.normalize_advantages);
         let pg_loss = -b.masked_mean(&(&f.log_probs * adv));
         let baseline_loss = f.value_loss(model, b);
         let entropy = b.masked_mean(&f.entropy);

@@ -237,7 +237,7 @@ pub struct Forward {
 impl Forward {
     pub fn compute(model: &Model, b: &TrainBatch, p: &VTraceParams) -> Forward {
         let spec = model.spec();
-        let (t, n) = (b.t, b.n());
+        let (t, n) = (b.t, b.b);
         let dev = model.device();
         let obs = model.prepare(&b.obs);
         // An episode starts at step t + 1 where one ended at step t, or where step t was only a
@@ -295,6 +295,16 @@ impl Forward {
         }
     }
 
+    /// The V-trace policy-gradient advantages, normalised over the batch's valid steps when
+    /// `normalize`.
+    pub fn advantages(&self, b: &TrainBatch, normalize: bool) -> Tensor {
+        if normalize {
+            normalize_advantages(b, &self.vtrace.pg_advantages)
+        } else {
+            self.vtrace.pg_advantages.shallow_clone()
+        }
+    }
+
     /// The value loss, `0.5 * mean((target - V)^2)` over valid steps, in the value head's
     /// units (normalised targets when the model normalises values).
     pub fn value_loss(&self, model: &Model, b: &TrainBatch) -> Tensor {
@@ -304,16 +314,9 @@ impl Forward {
     }
 }
 
-impl TrainBatch {
-    /// Columns (B).
-    pub fn n(&self) -> i64 {
-        self.b
-    }
-}
-
 /// Advantages normalised to mean 0 and (Bessel-corrected) std 1 over the valid steps; left as
 /// they are when fewer than two steps are valid (one value has no spread).
-pub fn normalize_advantages(b: &TrainBatch, adv: &Tensor) -> Tensor {
+fn normalize_advantages(b: &TrainBatch, adv: &Tensor) -> Tensor {
     let n_valid = b.valid.sum(Kind::Float);
     if n_valid.double_value(&[]) <= 1.0 {
         return adv.shallow_clone();
