@@ -195,6 +195,8 @@ pub struct Cluster {
     pub learner_addr: String,
     pub actors: Vec<Proc>,
     pub actor_metrics: Vec<String>,
+    /// Each actor's gRPC health address.
+    pub actor_health: Vec<String>,
     next_actor: usize,
 }
 
@@ -225,6 +227,7 @@ impl Cluster {
             learner_addr: String::new(),
             actors: Vec::new(),
             actor_metrics: Vec::new(),
+            actor_health: Vec::new(),
             next_actor: 0,
         };
         cluster.spawn_learner_with(learner_args)?;
@@ -289,6 +292,8 @@ impl Cluster {
             &self.coordinator_addr,
             "--metrics-listen",
             "127.0.0.1:0",
+            "--health-listen",
+            "127.0.0.1:0",
             "--ready-file",
         ])
         .arg(&ready);
@@ -298,6 +303,8 @@ impl Cluster {
         self.actors.push(p);
         self.actor_metrics
             .push(info["metrics"].as_str().context("metrics")?.to_string());
+        self.actor_health
+            .push(info["health"].as_str().context("health")?.to_string());
         info["actor_id"].as_u64().context("actor_id")
     }
 
@@ -405,6 +412,15 @@ pub fn shipped_config(name: &str) -> troupe::RunConfig {
 /// Waits until the mean return of the last 100 episodes reaches `target`; panics with the
 /// last status and the processes' logs if `within` runs out first.
 pub async fn wait_solved(cluster: &Cluster, target: f64, within: Duration) -> StatusResponse {
+    match try_solved(cluster, target, within).await {
+        Ok(s) => s,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Like [`wait_solved`], but a run that does not reach `target` in time is an `Err` carrying
+/// the last status and the processes' logs.
+pub async fn try_solved(cluster: &Cluster, target: f64, within: Duration) -> Result<StatusResponse, String> {
     let solved = eventually(
         "mean return of the last 100 episodes reaches the target",
         within,
@@ -415,8 +431,8 @@ pub async fn wait_solved(cluster: &Cluster, target: f64, within: Duration) -> St
     )
     .await;
     match solved {
-        Ok(s) => s,
-        Err(e) => panic!(
+        Ok(s) => Ok(s),
+        Err(e) => Err(format!(
             "{e} ({target})\nlast status: {:?}\n{}",
             cluster
                 .status()
@@ -424,6 +440,6 @@ pub async fn wait_solved(cluster: &Cluster, target: f64, within: Duration) -> St
                 .ok()
                 .map(|s| (s.frames, s.mean_return_100, s.latest_version)),
             cluster.logs()
-        ),
+        )),
     }
 }
