@@ -88,7 +88,7 @@ LEARNER_PID=$!
 # Actors register without the learner; with a Python-hosted env the learner waits for the
 # first actor to report the env's spaces.
 for i in $(seq 1 "$ACTORS"); do
-  "$TROUPE_BIN/actor" --coordinator "$COORD" --metrics-listen 127.0.0.1:0 > "$OUT/logs/actor-$i.log" 2>&1 &
+  "$TROUPE_BIN/actor" --coordinator "$COORD" --metrics-listen 127.0.0.1:0 --health-listen 127.0.0.1:0 > "$OUT/logs/actor-$i.log" 2>&1 &
   WORKERS+=($!)
 done
 wait_ready "$RUN/learner.json" $LEARNER_PID learner

@@ -43,6 +43,7 @@ pub async fn run(
                 frames: std::mem::take(&mut p.frames),
                 episodes: p.episodes.drain(..).collect(),
                 policy_version: p.policy_version,
+                policy_loaded_ms_ago: p.policy_since.map_or(0, |t| t.elapsed().as_millis() as u64),
             }
         };
         let mut call = tonic::Request::new(req.clone());

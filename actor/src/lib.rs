@@ -45,7 +45,7 @@ pub struct Args {
     /// Where to serve Prometheus metrics (`/metrics`); port 0 picks a free port.
     #[arg(long, env = "TROUPE_METRICS_LISTEN", default_value = "127.0.0.1:9101")]
     pub metrics_listen: SocketAddr,
-    /// Once registered, write {"actor_id", "metrics"} as JSON here.
+    /// Once registered, write {"actor_id", "metrics", "health"} as JSON here.
     #[arg(long, env = "TROUPE_READY_FILE")]
     pub ready_file: Option<PathBuf>,
     /// Log JSON lines instead of text.
@@ -55,6 +55,10 @@ pub struct Args {
     /// with gymnasium and the envs' packages (scripts/setup.sh installs one).
     #[arg(long, env = "TROUPE_PYTHON_PATH", value_delimiter = ':')]
     pub python_path: Vec<String>,
+    /// Where to serve the gRPC health service (grpc.health.v1: "" while the process runs,
+    /// troupe.v1.Actor once registered); port 0 picks a free port.
+    #[arg(long, env = "TROUPE_HEALTH_LISTEN", default_value = "127.0.0.1:50053")]
+    pub health_listen: SocketAddr,
     /// Rollouts waiting to be sent before the env loop waits.
     #[arg(long, env = "TROUPE_ACTOR_OUTBOX", default_value_t = 1)]
     pub outbox_capacity: usize,
@@ -120,6 +124,9 @@ pub struct Progress {
     pub episodes: std::collections::VecDeque<EpisodeStat>,
     pub dropped_episodes: u64,
     pub policy_version: u64,
+    /// When the actor switched to `policy_version` (reported as an age, for the coordinator's
+    /// policy-distribution latency).
+    pub policy_since: Option<std::time::Instant>,
 }
 
 pub const MAX_PENDING_EPISODES: usize = 10_000;
@@ -312,7 +319,9 @@ fn run_envs(env_loop: EnvLoop) -> anyhow::Result<()> {
         let newest = policy_rx.borrow_and_update().clone();
         if let Some(u) = newest {
             if acting.offer(&mut net, &u) {
-                progress.lock().expect("progress lock").policy_version = acting.version;
+                let mut p = progress.lock().expect("progress lock");
+                p.policy_version = acting.version;
+                p.policy_since = Some(std::time::Instant::now());
             }
         }
         let version = acting.version;

@@ -3,8 +3,10 @@
 //!
 //! - [`store`]: Redis keys and the retention rule.
 //! - [`service`]: the gRPC service.
+//! - [`distribution`]: policy-distribution latency from the actors' heartbeats.
 //! - [`report`]: summary.json and the learning curve (used by `troupe-watch`).
 
+pub mod distribution;
 pub mod report;
 pub mod service;
 pub mod store;
@@ -58,7 +60,13 @@ pub async fn run(
         Duration::from_secs_f64(args.redis_patience_s),
     )
     .await?;
-    let service = service::CoordinatorService::recover(config, store, shutdown.clone()).await?;
+    let service = std::sync::Arc::new(service::CoordinatorService::recover(config, store, shutdown.clone()).await?);
+    tokio::spawn({
+        let service = service.clone();
+        let shutdown = shutdown.clone();
+        async move { service.upkeep(shutdown).await }
+    });
+    let (health, health_service) = troupe::health::health_service(troupe::health::COORDINATOR).await;
     let local = listener.local_addr()?;
     if let Some(path) = &args.ready_file {
         troupe::process::write_ready_file(
@@ -67,9 +75,15 @@ pub async fn run(
         )?;
     }
     tracing::info!(listen = %local, "coordinator serving");
+    health.set(troupe::health::ServingStatus::Serving).await;
     troupe::process::grpc_server()
+        .layer(troupe::grpc_metrics::GrpcMetricsLayer::new(&[
+            proto::methods::GRPC_METHODS,
+            troupe::grpc_metrics::HEALTH_METHODS,
+        ]))
+        .add_service(health_service)
         .add_service(
-            CoordinatorServer::new(service)
+            CoordinatorServer::from_arc(service)
                 .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
         )

@@ -16,6 +16,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let shutdown = shutdown_token();
     let metrics_addr = telemetry::start_metrics(args.metrics_listen, shutdown.clone()).await?;
+    telemetry::set_build_info("coordinator");
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     coordinator::run(args, config, listener, metrics_addr, shutdown).await
 }

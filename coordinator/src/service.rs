@@ -60,6 +60,7 @@ pub struct CoordinatorService {
     /// The env's spaces: the native env's, or the first an actor reported (kept in Redis).
     env_spec: Mutex<Option<EnvSpecValue>>,
     actors: Mutex<HashMap<u64, ActorEntry>>,
+    distribution: Mutex<crate::distribution::Distribution>,
     stats: Mutex<RunStats>,
     shutdown: CancellationToken,
 }
@@ -72,6 +73,54 @@ fn now_ms() -> u64 {
 }
 
 impl CoordinatorService {
+    /// Actors heard from within `coordinator.actor_timeout_s`.
+    fn live_actors(&self) -> Vec<u64> {
+        let timeout = Duration::from_secs_f64(self.config.coordinator.actor_timeout_s);
+        let actors = self.actors.lock().expect("lock");
+        actors
+            .iter()
+            .filter(|(_, a)| a.last_seen.elapsed() < timeout)
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    /// Once a second: the live-actor gauge, and actors that timed out stop holding up the
+    /// policy-distribution latency. Every 5 s: a Redis ping for `troupe_coordinator_redis_up`.
+    pub async fn upkeep(&self, shutdown: CancellationToken) {
+        let timeout = Duration::from_secs_f64(self.config.coordinator.actor_timeout_s);
+        let mut ticks = 0u64;
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let (live, silent): (Vec<u64>, Vec<u64>) = {
+                let actors = self.actors.lock().expect("lock");
+                let (live, silent): (Vec<_>, Vec<_>) =
+                    actors.iter().partition(|(_, a)| a.last_seen.elapsed() < timeout);
+                (
+                    live.into_iter().map(|(id, _)| *id).collect(),
+                    silent.into_iter().map(|(id, _)| *id).collect(),
+                )
+            };
+            metrics::gauge!(names::COORD_ACTORS).set(live.len() as f64);
+            {
+                let mut d = self.distribution.lock().expect("lock");
+                for actor in silent {
+                    for latency in d.gone(actor) {
+                        metrics::histogram!(names::COORD_POLICY_DISTRIBUTION_SECONDS).record(latency.as_secs_f64());
+                    }
+                }
+            }
+            if ticks.is_multiple_of(5) {
+                let up = self.store.ping().await.is_ok();
+                metrics::gauge!(names::COORD_REDIS_UP).set(if up { 1.0 } else { 0.0 });
+            }
+            ticks += 1;
+        }
+    }
+
     /// Builds the service from what Redis holds (the recovery path after a restart).
     pub async fn recover(
         config: RunConfig,
@@ -110,6 +159,7 @@ impl CoordinatorService {
             latest: watch::channel(latest).0,
             publish_lock: tokio::sync::Mutex::new(()),
             learner_address: Mutex::new(learner),
+            distribution: Mutex::new(Default::default()),
             actors: Mutex::new(HashMap::new()),
             stats: Mutex::new(RunStats {
                 frames,
@@ -393,6 +443,13 @@ impl Coordinator for CoordinatorService {
         if !dropped.is_empty() {
             tracing::debug!(?dropped, "dropped old policy versions");
         }
+        {
+            let live = self.live_actors();
+            self.distribution
+                .lock()
+                .expect("lock")
+                .stored(meta.version, Instant::now(), live);
+        }
         metrics::counter!(names::COORD_POLICIES_PUBLISHED).increment(1);
         metrics::gauge!(names::COORD_POLICY_VERSION).set(meta.version as f64);
         if let Ok(v) = self.store.versions().await {
@@ -463,6 +520,20 @@ impl Coordinator for CoordinatorService {
             entry.frames = entry.frames.saturating_add(r.frames);
             entry.episodes += returns.len() as u64;
             entry.last_seen = Instant::now();
+        }
+        if r.policy_version > 0 {
+            let now = Instant::now();
+            let switched_at = now
+                .checked_sub(Duration::from_millis(r.policy_loaded_ms_ago))
+                .unwrap_or(now);
+            let done = self
+                .distribution
+                .lock()
+                .expect("lock")
+                .acting(r.actor_id, r.policy_version, switched_at);
+            for latency in done {
+                metrics::histogram!(names::COORD_POLICY_DISTRIBUTION_SECONDS).record(latency.as_secs_f64());
+            }
         }
         let mean = {
             let mut s = self.stats.lock().expect("lock");

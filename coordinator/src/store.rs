@@ -25,6 +25,7 @@ pub const RETURN_WINDOW: usize = 100;
 
 fn redis_err(e: redis::RedisError) -> Error {
     metrics::counter!(names::COORD_REDIS_ERRORS).increment(1);
+    metrics::gauge!(names::COORD_REDIS_UP).set(0.0);
     Error::Unavailable(format!("redis: {e}"))
 }
 
@@ -72,10 +73,12 @@ impl Store {
         loop {
             match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
                 Ok(conn) => {
+                    metrics::gauge!(names::COORD_REDIS_UP).set(1.0);
+                    metrics::counter!(names::COORD_REDIS_ERRORS).absolute(0);
                     return Ok(Store {
                         conn,
                         prefix: format!("troupe:{run}:"),
-                    })
+                    });
                 }
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     tracing::warn!(error = %e, "redis not reachable yet, retrying");
@@ -84,6 +87,13 @@ impl Store {
                 Err(e) => anyhow::bail!("redis at {url}: {e}"),
             }
         }
+    }
+
+    /// A round trip to Redis (`PING`).
+    pub async fn ping(&self) -> Result<(), Error> {
+        let mut c = self.conn.clone();
+        let _: String = redis::cmd("PING").query_async(&mut c).await.map_err(redis_err)?;
+        Ok(())
     }
 
     fn key(&self, k: &str) -> String {

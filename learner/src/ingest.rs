@@ -55,6 +55,15 @@ pub enum RejectKind {
 }
 
 impl RejectKind {
+    pub const ALL: [RejectKind; 6] = [
+        RejectKind::UnknownVersion,
+        RejectKind::NotFinite,
+        RejectKind::Shape,
+        RejectKind::OutOfRange,
+        RejectKind::Missing,
+        RejectKind::DType,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             RejectKind::UnknownVersion => "unknown_version",

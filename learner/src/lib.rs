@@ -10,6 +10,7 @@
 
 pub mod algorithms;
 pub mod batch;
+pub mod checkpoint;
 pub mod device;
 pub mod ingest;
 pub mod publisher;
@@ -64,6 +65,10 @@ pub struct Args {
     pub ready_file: Option<PathBuf>,
     #[arg(long, env = "TROUPE_LOG_JSON")]
     pub log_json: bool,
+    /// Where to keep the latest policy snapshot (`latest.safetensors`, `latest.json`), written
+    /// at most every 30 s and at shutdown; a persistent volume in Kubernetes and compose.
+    #[arg(long, env = "TROUPE_CHECKPOINT_DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
     /// Testing only: the model thread panics after this many updates, as a libtorch error or a
     /// CUDA out-of-memory would end it.
     #[arg(long, env = "TROUPE_FAULT_MODEL_PANIC_AFTER", hide = true)]
@@ -157,8 +162,18 @@ pub async fn run(
     let (queue_tx, queue_rx) = mpsc::channel(config.learner.queue_capacity);
     let queue_bytes = Arc::new(AtomicU64::new(0));
     metrics::gauge!(names::LEARNER_QUEUE_CAPACITY).set(config.learner.queue_capacity as f64);
+    // Every rejection reason exists from the start at 0, so the first rejection shows in
+    // `increase()` (a counter that appears at 1 has no increase to show).
+    for reason in ingest::RejectKind::ALL.iter().map(|k| k.label()).chain(["too_large"]) {
+        metrics::counter!(names::LEARNER_ROLLOUTS_REJECTED, "reason" => reason).absolute(0);
+    }
     let (snap_tx, snap_rx) = watch::channel(None);
-    let publisher = tokio::spawn(publisher::run(coordinator, snap_rx, latest));
+    let checkpoint = match &args.checkpoint_dir {
+        Some(dir) => Some(checkpoint::Checkpointer::new(dir, Duration::from_secs(30))?),
+        None => None,
+    };
+    let publisher = tokio::spawn(publisher::run(coordinator, snap_rx, latest, checkpoint));
+    device::watch_gpu_memory(device, shutdown.clone());
 
     let trainer_loop = trainer::TrainerLoop {
         trainer,
@@ -197,7 +212,14 @@ pub async fn run(
         )?;
     }
     tracing::info!(listen = %local, "serving rollout streams");
+    let (health, health_service) = troupe::health::health_service(troupe::health::LEARNER).await;
+    health.set(troupe::health::ServingStatus::Serving).await;
     let server = troupe::process::grpc_server()
+        .layer(troupe::grpc_metrics::GrpcMetricsLayer::new(&[
+            proto::methods::GRPC_METHODS,
+            troupe::grpc_metrics::HEALTH_METHODS,
+        ]))
+        .add_service(health_service)
         .add_service(
             LearnerServer::new(service)
                 .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
@@ -220,6 +242,7 @@ pub async fn run(
         let reason = format!("the model thread died: {why}");
         tracing::error!(reason = %reason, "learner failing");
         troupe::telemetry::mark_unhealthy(&reason);
+        health.set(troupe::health::ServingStatus::NotServing).await;
         // Let health checks see it, then stop everything.
         tokio::time::sleep(Duration::from_secs(2)).await;
         shutdown.cancel();

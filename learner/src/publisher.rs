@@ -40,7 +40,12 @@ pub fn chunks(s: &Snapshot) -> Vec<PolicyChunk> {
 }
 
 /// Runs until the trainer drops its sender and the last snapshot is published (or given up).
-pub async fn run(channel: Channel, mut snapshots: watch::Receiver<Option<Arc<Snapshot>>>, mut published: u64) {
+pub async fn run(
+    channel: Channel,
+    mut snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    mut published: u64,
+    mut checkpoint: Option<crate::checkpoint::Checkpointer>,
+) {
     let mut client = CoordinatorClient::new(channel).max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
     let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     loop {
@@ -57,6 +62,9 @@ pub async fn run(channel: Channel, mut snapshots: watch::Receiver<Option<Arc<Sna
                 return;
             }
             continue;
+        }
+        if let Some(c) = checkpoint.as_mut() {
+            c.offer(&snap, closed).await;
         }
         let mut attempts = 0;
         loop {

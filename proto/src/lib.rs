@@ -11,6 +11,11 @@ pub mod v1 {
 
 mod tensor;
 
+/// The full name of every method in the protocol (`troupe.v1.Coordinator/Heartbeat`, ...).
+pub mod methods {
+    include!(concat!(env!("OUT_DIR"), "/methods.rs"));
+}
+
 pub use tensor::{dtype_size, ElementType, TensorError, TensorView};
 
 /// Largest gRPC message either side will decode or encode (16 MiB). Policies and rollouts larger

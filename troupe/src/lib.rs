@@ -5,6 +5,8 @@ pub mod client;
 pub mod config;
 pub mod env;
 pub mod error;
+pub mod grpc_metrics;
+pub mod health;
 #[cfg(feature = "torch")]
 pub mod model;
 pub mod policy_file;

@@ -59,6 +59,16 @@ pub mod names {
     pub const COORD_MEAN_RETURN_100: &str = "troupe_coordinator_mean_return_100";
     pub const COORD_WATCHERS: &str = "troupe_coordinator_policy_watchers";
     pub const COORD_REDIS_ERRORS: &str = "troupe_coordinator_redis_errors_total";
+    pub const COORD_REDIS_UP: &str = "troupe_coordinator_redis_up";
+    pub const COORD_POLICY_DISTRIBUTION_SECONDS: &str = "troupe_coordinator_policy_distribution_seconds";
+    pub const LEARNER_GPU_MEMORY_USED: &str = "troupe_learner_gpu_memory_used_bytes";
+    pub const LEARNER_GPU_MEMORY_TOTAL: &str = "troupe_learner_gpu_memory_total_bytes";
+
+    pub const BUILD_INFO: &str = "troupe_build_info";
+    pub const GRPC_SERVER_STARTED: &str = "troupe_grpc_server_started_total";
+    pub const GRPC_SERVER_HANDLED: &str = "troupe_grpc_server_handled_total";
+    pub const GRPC_SERVER_RECEIVED_BYTES: &str = "troupe_grpc_server_received_bytes_total";
+    pub const GRPC_SERVER_SENT_BYTES: &str = "troupe_grpc_server_sent_bytes_total";
 }
 
 fn describe_all() {
@@ -190,6 +200,55 @@ fn describe_all() {
     );
     describe_gauge!(COORD_WATCHERS, "open policy-version watch streams");
     describe_counter!(COORD_REDIS_ERRORS, Unit::Count, "failed Redis commands");
+    describe_gauge!(
+        COORD_REDIS_UP,
+        "1 if the coordinator's last Redis command or ping (every 5 s) succeeded, else 0"
+    );
+    describe_histogram!(
+        COORD_POLICY_DISTRIBUTION_SECONDS,
+        Unit::Seconds,
+        "time from storing a policy version to the last live actor acting with it (or a newer one)"
+    );
+    describe_gauge!(
+        LEARNER_GPU_MEMORY_USED,
+        Unit::Bytes,
+        "memory in use on the learner's GPU, all processes (CUDA only)"
+    );
+    describe_gauge!(
+        LEARNER_GPU_MEMORY_TOTAL,
+        Unit::Bytes,
+        "memory of the learner's GPU (CUDA only)"
+    );
+
+    describe_gauge!(
+        BUILD_INFO,
+        "1, labelled with the process and the Troupe version it runs"
+    );
+    describe_counter!(
+        GRPC_SERVER_STARTED,
+        Unit::Count,
+        "gRPC calls started on this server, by method"
+    );
+    describe_counter!(
+        GRPC_SERVER_HANDLED,
+        Unit::Count,
+        "gRPC calls finished on this server, by method and status code"
+    );
+    describe_counter!(
+        GRPC_SERVER_RECEIVED_BYTES,
+        Unit::Bytes,
+        "bytes of gRPC request bodies received by this server, by method"
+    );
+    describe_counter!(
+        GRPC_SERVER_SENT_BYTES,
+        Unit::Bytes,
+        "bytes of gRPC response bodies sent by this server, by method"
+    );
+}
+
+/// Sets `troupe_build_info{process, version}` to 1 (after the recorder is installed).
+pub fn set_build_info(process: &'static str) {
+    metrics::gauge!(names::BUILD_INFO, "process" => process, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
 /// Installs the global Prometheus recorder (before any metric is described or touched).
@@ -211,6 +270,10 @@ pub fn install_metrics(episode_returns: &[f64]) -> anyhow::Result<PrometheusHand
             &[
                 1.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 27000.0, 100000.0,
             ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(names::COORD_POLICY_DISTRIBUTION_SECONDS.to_string()),
+            &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
         )?
         .set_buckets_for_metric(
             Matcher::Full(names::LEARNER_POLICY_LAG.to_string()),
