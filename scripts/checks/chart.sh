@@ -1,0 +1,267 @@
+#!/usr/bin/env bash
+# Checks the Helm chart helm/troupe offline, failing on the first problem:
+#   1. yamllint on the chart's own YAML (values, test values, files/; templates are checked by
+#      rendering them) and check-jsonschema's metaschema check of values.schema.json;
+#   2. for each value set (defaults, values-cpu.yaml, every helm/troupe/ci/*-values.yaml):
+#      `helm lint --strict`; `helm template`; kubernetes-validate --strict (k8s 1.32) on the core
+#      kinds; scripts/checks/validate_monitoring.js on the prometheus-operator kinds (which
+#      kubernetes-validate has no schemas for); yamllint on the rendered output; and assertions
+#      on what the manifests wire together (names, ports, probes, security settings);
+#   3. negative tests: values the schema or the templates must refuse.
+# Usage: scripts/checks/chart.sh   (installs the pinned tools on first use: scripts/setup.sh)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+# shellcheck source=scripts/setup.sh
+source scripts/setup.sh
+troupe_install_deploy_tools
+
+CHART=helm/troupe
+RELEASE=troupe
+NAMESPACE=troupe-check
+K8S_VERSION=1.32.0
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+
+step() { printf '\n== %s\n' "$*"; }
+fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+
+step "yamllint: chart YAML (templates excluded by .yamllint.yaml)"
+yamllint --strict -c .yamllint.yaml "$CHART"
+
+step "values.schema.json is valid draft-07"
+check-jsonschema --check-metaschema "$CHART/values.schema.json"
+
+# Splits a rendered manifest into core kinds and prometheus-operator kinds.
+split_manifest() { # IN CORE_OUT MONITORING_OUT
+  python3 - "$@" <<'EOF'
+import sys, yaml
+src, core_out, mon_out = sys.argv[1:]
+docs = [d for d in yaml.safe_load_all(open(src)) if d]
+core = [d for d in docs if not d["apiVersion"].startswith("monitoring.coreos.com/")]
+mon = [d for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/")]
+yaml.safe_dump_all(core, open(core_out, "w"), sort_keys=False)
+yaml.safe_dump_all(mon, open(mon_out, "w"), sort_keys=False)
+print(f"{len(core)} core object(s), {len(mon)} prometheus-operator object(s)")
+EOF
+}
+
+# Asserts what the rendered manifests wire together. EXPECT is JSON: gpu (learner asks for a GPU),
+# redis (the chart's Redis), hpa, monitoring (number of prometheus-operator objects), dashboard.
+assert_manifest() { # FILE EXPECT_JSON
+  python3 - "$1" "$2" "$RELEASE" "$NAMESPACE" <<'EOF'
+import json, re, sys, yaml
+path, expect, release, ns = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
+docs = [d for d in yaml.safe_load_all(open(path)) if d]
+errors = []
+def check(cond, msg):
+    if not cond: errors.append(msg)
+def find(kind, suffix):
+    hits = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].endswith(suffix)]
+    return hits[0] if hits else None
+def arg(container, flag):
+    args = container.get("args", [])
+    return args[args.index(flag) + 1] if flag in args else None
+def env(container, name):
+    return next((e for e in container.get("env", []) if e["name"] == name), None)
+
+for d in docs:
+    labels = d["metadata"].get("labels", {})
+    for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                "app.kubernetes.io/part-of", "app.kubernetes.io/managed-by", "helm.sh/chart"):
+        check(key in labels, f"{d['kind']}/{d['metadata']['name']}: label {key} missing")
+    check(d["metadata"].get("namespace") == ns, f"{d['kind']}/{d['metadata']['name']}: namespace")
+
+services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+def service_port(url, scheme):
+    m = re.fullmatch(scheme + r"://([a-z0-9-]+)\.([a-z0-9-]+)\.svc:(\d+)", url or "")
+    if not m: return f"{url!r} is not {scheme}://<service>.<namespace>.svc:<port>"
+    name, namespace, port = m.group(1), m.group(2), int(m.group(3))
+    svc = services.get(name)
+    if namespace != ns or svc is None: return f"{url}: no Service {name} in {ns}"
+    if port not in [p["port"] for p in svc["spec"]["ports"]]: return f"{url}: Service {name} has no port {port}"
+    return None
+
+coord, learner, actor = find("Deployment", "-coordinator"), find("StatefulSet", "-learner"), find("Deployment", "-actor")
+check(coord and learner and actor, "coordinator Deployment, learner StatefulSet and actor Deployment must all render")
+if errors: sys.exit("\n".join(errors))
+
+workloads = {"coordinator": coord, "learner": learner, "actor": actor}
+redis = find("StatefulSet", "-redis")
+check((redis is not None) == expect["redis"], "redis StatefulSet rendered iff redis.enabled")
+if redis: workloads["redis"] = redis
+checksums = set()
+for name, w in workloads.items():
+    pod = w["spec"]["template"]
+    spec = pod["spec"]
+    psc = spec.get("securityContext", {})
+    check(psc.get("runAsNonRoot") is True and psc.get("runAsUser") == 10001 and psc.get("fsGroup") == 10001
+          and psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{name}: pod securityContext")
+    check(spec.get("automountServiceAccountToken") is False, f"{name}: automountServiceAccountToken must be false")
+    check(any(v["name"] == "tmp" and "emptyDir" in v for v in spec.get("volumes", [])), f"{name}: /tmp emptyDir")
+    for c in spec["containers"]:
+        res = c.get("resources", {})
+        check(res.get("requests") and res.get("limits"), f"{name}/{c['name']}: resources requests and limits")
+        sc = c.get("securityContext", {})
+        check(sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False
+              and sc.get("capabilities", {}).get("drop") == ["ALL"] and sc.get("runAsNonRoot") is True,
+              f"{name}/{c['name']}: container securityContext")
+        check(any(m["mountPath"] == "/tmp" for m in c.get("volumeMounts", [])), f"{name}/{c['name']}: /tmp mount")
+    if name == "redis": continue
+    ann = pod["metadata"].get("annotations", {})
+    checksums.add(ann.get("checksum/config"))
+    check(pod["metadata"]["labels"].get("troupe.dev/run") == expect["run"], f"{name}: troupe.dev/run label")
+    c = spec["containers"][0]
+    check(c["command"] == [name], f"{name}: command must be [{name}]")
+    check(("--log-json" in c["args"]) == expect.get("logJson", True), f"{name}: --log-json")
+    grpc_port = {"coordinator": 50051, "learner": 50052, "actor": 50053}[name]
+    ready = {"coordinator": "troupe.v1.Coordinator", "learner": "troupe.v1.Learner", "actor": "troupe.v1.Actor"}[name]
+    for probe, service in (("startupProbe", ""), ("livenessProbe", ""), ("readinessProbe", ready)):
+        g = c.get(probe, {}).get("grpc", {})
+        check(g.get("port") == grpc_port and g.get("service") == service, f"{name}: {probe} grpc {grpc_port} {service!r}")
+    check(any(m["mountPath"] == "/var/lib/troupe" for m in c.get("volumeMounts", [])), f"{name}: writable /var/lib/troupe")
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    metrics_port = {"coordinator": 9100, "learner": 9102, "actor": 9101}[name]
+    check(ports.get("metrics") == metrics_port, f"{name}: metrics port {metrics_port}")
+    check(arg(c, "--metrics-listen") == f"0.0.0.0:{metrics_port}", f"{name}: --metrics-listen")
+    if expect.get("podAnnotations", True):
+        check(ann.get("prometheus.io/scrape") == "true" and ann.get("prometheus.io/port") == str(metrics_port)
+              and ann.get("prometheus.io/path") == "/metrics", f"{name}: prometheus.io annotations")
+    for mount, enabled in (("/etc/troupe/tls", expect.get("tls", False)), ("/etc/troupe/tokens", expect.get("auth", False))):
+        m = [v for v in c.get("volumeMounts", []) if v["mountPath"] == mount]
+        check(bool(m) == enabled and all(v.get("readOnly") for v in m), f"{name}: {mount} mounted read-only iff enabled")
+    if name != "coordinator":
+        problem = service_port(arg(c, "--coordinator"), "http")
+        check(problem is None, f"{name}: --coordinator: {problem}")
+check(len(checksums) == 1 and None not in checksums, "checksum/config must be set and equal on the three workloads")
+
+c = coord["spec"]["template"]["spec"]["containers"][0]
+check(coord["spec"]["replicas"] == 1 and coord["spec"]["strategy"]["type"] == "Recreate", "coordinator: 1 replica, Recreate")
+check(arg(c, "--config") == "/etc/troupe/run/run.toml" and arg(c, "--listen") == "0.0.0.0:50051", "coordinator: --config/--listen")
+mount = [m for m in c["volumeMounts"] if m["mountPath"] == "/etc/troupe/run"]
+cm_name = next((v["configMap"]["name"] for v in coord["spec"]["template"]["spec"]["volumes"] if "configMap" in v), None)
+cm = find("ConfigMap", "-run")
+check(mount and cm and cm["metadata"]["name"] == cm_name and "run.toml" in cm["data"], "coordinator: run config ConfigMap at /etc/troupe/run/run.toml")
+check(re.search(r'(?m)^name = "%s"$' % re.escape(expect["run"]), cm["data"]["run.toml"]), "run.toml: top-level name = run name")
+redis_env = env(c, "TROUPE_REDIS_URL")
+check(redis_env is not None, "coordinator: TROUPE_REDIS_URL")
+if expect["redis"]:
+    problem = service_port(redis_env.get("value"), "redis")
+    check(problem is None, f"coordinator: TROUPE_REDIS_URL: {problem}")
+elif expect.get("redisSecret"):
+    check(redis_env.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == expect["redisSecret"], "TROUPE_REDIS_URL from the Secret")
+else:
+    check(redis_env.get("value") == expect["redisUrl"], "TROUPE_REDIS_URL = externalRedis.url")
+
+spec = learner["spec"]["template"]["spec"]
+c = spec["containers"][0]
+headless = services.get(learner["spec"]["serviceName"])
+check(headless and headless["spec"].get("clusterIP") == "None", "learner: governing Service must be headless")
+want = f"http://{learner['metadata']['name']}-0.{learner['spec']['serviceName']}.{ns}.svc:50052"
+check(arg(c, "--advertise") == want, f"learner: --advertise {arg(c, '--advertise')} != {want}")
+check(arg(c, "--listen") == "0.0.0.0:50052", "learner: --listen")
+check(arg(c, "--checkpoint-dir") == "/var/lib/troupe/checkpoints", "learner: --checkpoint-dir")
+check(any(m["mountPath"] == "/var/lib/troupe" for m in c["volumeMounts"]), "learner: volume at /var/lib/troupe")
+check(arg(c, "--device") == expect["device"], f"learner: --device {expect['device']}")
+check(spec["terminationGracePeriodSeconds"] == 120, "learner: terminationGracePeriodSeconds 120")
+check(("nvidia.com/gpu" in c["resources"]["limits"]) == expect["gpu"], "learner: nvidia.com/gpu limit iff learner.gpu.enabled")
+check(bool(spec.get("tolerations")) == expect["gpu"], "learner: GPU toleration with the GPU values only")
+
+c = actor["spec"]["template"]["spec"]["containers"][0]
+check(actor["spec"]["template"]["spec"]["containers"][0]["image"].startswith("ghcr.io/troupe-rl/troupe-actor:"), "actor image")
+check(arg(c, "--health-listen") == "0.0.0.0:50053", "actor: --health-listen")
+hpa = find("HorizontalPodAutoscaler", "-actor")
+check((hpa is not None) == expect["hpa"], "HPA rendered iff actor.autoscaling.enabled")
+check(("replicas" in actor["spec"]) != expect["hpa"], "actor replicas omitted iff HPA")
+if hpa:
+    check(hpa["spec"]["scaleTargetRef"]["name"] == actor["metadata"]["name"], "HPA targets the actor Deployment")
+
+mon = [d for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/")]
+check(len(mon) == expect["monitoring"], f"{len(mon)} prometheus-operator objects, expected {expect['monitoring']}")
+for m in mon:
+    if m["kind"] in ("ServiceMonitor", "PodMonitor"):
+        eps = m["spec"].get("endpoints") or m["spec"].get("podMetricsEndpoints")
+        for ep in eps:
+            rl = ep.get("relabelings", [])
+            check(any(r.get("targetLabel") == "run" and r.get("sourceLabels") == ["__meta_kubernetes_pod_label_troupe_dev_run"] for r in rl),
+                  f"{m['kind']}/{m['metadata']['name']}: run relabeling")
+            check(any(r.get("targetLabel") == "job" and str(r.get("replacement", "")).startswith("troupe-") for r in rl),
+                  f"{m['kind']}/{m['metadata']['name']}: job relabeling")
+    if m["kind"] == "ServiceMonitor":
+        sel = m["spec"]["selector"]["matchLabels"]
+        targets = [s for s in services.values() if all(s["metadata"]["labels"].get(k) == v for k, v in sel.items())]
+        check(len(targets) == 1 and any(p["name"] == "metrics" for p in targets[0]["spec"]["ports"]),
+              f"ServiceMonitor/{m['metadata']['name']}: selects one Service with a metrics port")
+dash = find("ConfigMap", "-dashboard")
+check((dash is not None) == expect["dashboard"], "dashboard ConfigMap iff dashboards.enabled")
+if dash:
+    check(dash["metadata"]["labels"].get("grafana_dashboard") == "1", "dashboard: grafana_dashboard label")
+    json.loads(dash["data"]["troupe.json"])
+
+if errors:
+    sys.exit("manifest assertions failed:\n  " + "\n  ".join(errors))
+print(f"manifest assertions passed ({len(docs)} objects)")
+EOF
+}
+
+# name | helm value flags | expectations
+CASES=(
+  "default||{\"gpu\":true,\"redis\":true,\"hpa\":false,\"monitoring\":0,\"dashboard\":true,\"device\":\"auto\",\"run\":\"cartpole\"}"
+  "cpu|-f $CHART/values-cpu.yaml|{\"gpu\":false,\"redis\":true,\"hpa\":false,\"monitoring\":0,\"dashboard\":true,\"device\":\"cpu\",\"run\":\"cartpole\"}"
+  "full|-f $CHART/ci/full-values.yaml|{\"gpu\":true,\"redis\":false,\"redisSecret\":\"troupe-redis\",\"hpa\":true,\"monitoring\":4,\"dashboard\":true,\"device\":\"auto\",\"run\":\"cartpole\",\"tls\":true,\"auth\":true}"
+  "external-url|-f $CHART/ci/external-url-values.yaml|{\"gpu\":false,\"redis\":false,\"redisUrl\":\"redis://redis.example.internal:6379/0\",\"hpa\":false,\"monitoring\":0,\"dashboard\":false,\"device\":\"cpu\",\"run\":\"acrobot-cpu\",\"podAnnotations\":false}"
+  "set-flags|-f $CHART/values-cpu.yaml --set metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabled=true,metrics.prometheusRule.enabled=true,actor.autoscaling.enabled=true,redis.enabled=false,externalRedis.url=redis://redis:6379,tls.enabled=true,tls.secretName=troupe-tls,logJson=false|{\"gpu\":false,\"redis\":false,\"redisUrl\":\"redis://redis:6379\",\"hpa\":true,\"monitoring\":4,\"dashboard\":true,\"device\":\"cpu\",\"run\":\"cartpole\",\"tls\":true,\"logJson\":false}"
+)
+# every test value file under ci/ must be covered above
+for f in "$CHART"/ci/*.yaml; do
+  printf '%s\n' "${CASES[@]}" | grep -q -- "-f $f" || fail "$f is not in CASES"
+done
+
+for case in "${CASES[@]}"; do
+  IFS='|' read -r name flags expect <<<"$case"
+  # shellcheck disable=SC2206  # the flags are word-split on purpose
+  args=($flags)
+  out="$WORK/$name"
+  step "[$name] helm lint --strict ${args[*]}"
+  helm lint --strict "$CHART" --namespace "$NAMESPACE" "${args[@]}"
+  step "[$name] helm template | kubernetes-validate --strict -k $K8S_VERSION"
+  helm template "$RELEASE" "$CHART" --namespace "$NAMESPACE" "${args[@]}" >"$out.yaml"
+  split_manifest "$out.yaml" "$out.core.yaml" "$out.monitoring.yaml"
+  kubernetes-validate --strict -k "$K8S_VERSION" --quiet - <"$out.core.yaml"
+  if [ -s "$out.monitoring.yaml" ] && grep -q '^kind:' "$out.monitoring.yaml"; then
+    step "[$name] prometheus-operator objects (validate_monitoring.js)"
+    node scripts/checks/validate_monitoring.js "$out.monitoring.yaml"
+  fi
+  step "[$name] yamllint (rendered)"
+  yamllint --strict -c .yamllint.yaml - <"$out.yaml"
+  step "[$name] manifest assertions"
+  assert_manifest "$out.yaml" "$expect"
+done
+
+# Values the chart must refuse: NAME | helm flags | text the error must contain.
+NEGATIVE=(
+  "device enum|--set learner.device=tpu|learner.device"
+  "unknown key|--set coordinator.replicaz=2|replicaz"
+  "whenUnsatisfiable enum|--set actor.topologySpread.whenUnsatisfiable=Sometimes|whenUnsatisfiable"
+  "replicas type|--set-string actor.replicas=two|actor.replicas"
+  "run name pattern|--set run.name=bad/name|run.name"
+  "run name vs config|--set run.name=other|differs from the name"
+  "redis off, no external|--set redis.enabled=false|externalRedis"
+  "tls without secret|--set tls.enabled=true|secretName"
+  "resources need limits|--set learner.resources.limits=null|limits"
+)
+for neg in "${NEGATIVE[@]}"; do
+  IFS='|' read -r name flags want <<<"$neg"
+  # shellcheck disable=SC2206
+  args=($flags)
+  step "negative: $name (helm template ${args[*]} must fail)"
+  if helm template "$RELEASE" "$CHART" --namespace "$NAMESPACE" "${args[@]}" >"$WORK/neg.out" 2>"$WORK/neg.err"; then
+    fail "helm template ${args[*]} succeeded"
+  fi
+  grep -q -- "$want" "$WORK/neg.err" || { cat "$WORK/neg.err" >&2; fail "error for '${args[*]}' does not mention '$want'"; }
+  head -c 300 "$WORK/neg.err" | tr '\n' ' '
+  echo
+done
+
+step "chart checks passed"
