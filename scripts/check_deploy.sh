@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The deployment checks, each with the real tool (scripts/test.sh runs them after the Rust tests):
+#   chart.sh          helm lint --strict, helm template | kubernetes-validate --strict, yamllint,
+#                     the prometheus-operator objects against their schemas, schema negatives;
+#   observability.sh  promtool check/test rules, promtool check config, the dashboard's schema
+#                     and every panel's PromQL;
+#   images.sh         hadolint on the Dockerfile, docker-compose config -q on every compose file;
+#   wiring.py         the chart's and compose's workloads started as local processes: they train;
+#   live.py           a local cluster scraped by a real Prometheus: promtool check metrics, a
+#                     non-zero frames rate, every dashboard query, the alert rules loaded.
+# Installs the tools on first use (scripts/setup.sh, cached under ~/.cache/troupe). Runs every
+# check and fails if any failed.
+set -uo pipefail
+source "$(dirname "$0")/setup.sh"
+set -e
+troupe_install_deploy_tools
+troupe_install_promtool
+troupe_install_redis
+set +e
+cd "$TROUPE_ROOT"
+TROUPE_BIN=${TROUPE_BIN:-$CARGO_TARGET_DIR/release}
+export TROUPE_BIN
+failed=()
+run_check() {
+  local name=$1; shift
+  troupe_log "deploy check: $name"
+  if ! "$@"; then failed+=("$name"); troupe_log "deploy check FAILED: $name"; fi
+}
+run_check chart bash scripts/checks/chart.sh
+run_check observability bash scripts/checks/observability.sh
+run_check images bash scripts/checks/images.sh
+run_check wiring "$TROUPE_TOOLS_VENV/bin/python" scripts/checks/wiring.py
+run_check live "$TROUPE_TOOLS_VENV/bin/python" scripts/checks/live.py
+if [ ${#failed[@]} -gt 0 ]; then
+  troupe_log "deploy checks failed: ${failed[*]}"
+  exit 1
+fi
+troupe_log "deploy checks passed"
