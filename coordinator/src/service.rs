@@ -579,7 +579,6 @@ impl Coordinator for CoordinatorService {
             v.sort_by_key(|a| a.actor_id);
             v
         };
-        metrics::gauge!(names::COORD_ACTORS).set(actors.len() as f64);
         let (frames, episodes, mean, n) = {
             let s = self.stats.lock().expect("lock");
             (s.frames, s.episodes, s.mean_return(), s.returns.len())

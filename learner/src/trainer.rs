@@ -706,12 +706,8 @@ mod tests {
         (first.total_loss, second.total_loss)
     }
 
-    /// The tensors of a safetensors blob by name (its metadata's order is not fixed).
     fn weights(blob: &[u8]) -> Vec<(String, Vec<u8>)> {
-        let st = safetensors::SafeTensors::deserialize(blob).unwrap();
-        let mut out: Vec<(String, Vec<u8>)> = st.tensors().into_iter().map(|(n, v)| (n, v.data().to_vec())).collect();
-        out.sort();
-        out
+        troupe::policy_file::tensors_by_name(blob).unwrap()
     }
 
     /// A batch whose loss overflows (a finite but huge reward), or with a NaN observation,

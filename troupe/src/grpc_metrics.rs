@@ -149,7 +149,7 @@ impl http_body::Body for Counted {
                     this.finish(code);
                 }
             }
-            Some(Err(status)) => this.finish(code_name((status.code() as i32).to_string().as_bytes())),
+            Some(Err(status)) => this.finish(code_label(status.code() as i32)),
             // The body ended without a status: gRPC calls this an error of the transport.
             None => this.finish("UNKNOWN"),
         }
@@ -171,8 +171,16 @@ impl Drop for Counted {
     }
 }
 
-/// The canonical name of a gRPC status code (`grpc-status` carries its number).
+/// The canonical name of the gRPC status code in a `grpc-status` value (its number).
 pub fn code_name(value: &[u8]) -> &'static str {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .map_or("UNKNOWN", code_label)
+}
+
+/// The canonical name of gRPC status code `code`.
+pub fn code_label(code: i32) -> &'static str {
     const NAMES: [&str; 17] = [
         "OK",
         "CANCELLED",
@@ -192,9 +200,8 @@ pub fn code_name(value: &[u8]) -> &'static str {
         "DATA_LOSS",
         "UNAUTHENTICATED",
     ];
-    std::str::from_utf8(value)
+    usize::try_from(code)
         .ok()
-        .and_then(|s| s.trim().parse::<usize>().ok())
         .and_then(|i| NAMES.get(i).copied())
         .unwrap_or("UNKNOWN")
 }
@@ -211,8 +218,9 @@ mod tests {
         assert_eq!(code_name(b"16"), "UNAUTHENTICATED");
         assert_eq!(code_name(b"17"), "UNKNOWN");
         assert_eq!(code_name(b"x"), "UNKNOWN");
+        assert_eq!(code_label(-1), "UNKNOWN");
         for code in [tonic::Code::Ok, tonic::Code::Unavailable, tonic::Code::Internal] {
-            let name = code_name((code as i32).to_string().as_bytes());
+            let name = code_label(code as i32);
             assert_eq!(name.replace('_', "").to_lowercase(), format!("{code:?}").to_lowercase());
         }
     }

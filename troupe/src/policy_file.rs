@@ -38,6 +38,15 @@ pub fn check_finite(blob: &[u8]) -> Result<(), BlobError> {
     Ok(())
 }
 
+/// A policy file's tensors as (name, raw bytes), sorted by name (a safetensors header's order is
+/// not fixed): for comparing two files' weights.
+pub fn tensors_by_name(blob: &[u8]) -> Result<Vec<(String, Vec<u8>)>, BlobError> {
+    let st = safetensors::SafeTensors::deserialize(blob).map_err(|e| BlobError::Format(e.to_string()))?;
+    let mut out: Vec<(String, Vec<u8>)> = st.tensors().into_iter().map(|(n, v)| (n, v.data().to_vec())).collect();
+    out.sort();
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

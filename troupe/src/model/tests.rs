@@ -216,12 +216,8 @@ fn lstm_replay_reproduces_step_by_step_outputs_with_resets() {
     }
 }
 
-/// The tensors of a safetensors blob by name (its metadata's order is not fixed).
 fn weights(blob: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let st = safetensors::SafeTensors::deserialize(blob).unwrap();
-    let mut out: Vec<(String, Vec<u8>)> = st.tensors().into_iter().map(|(n, v)| (n, v.data().to_vec())).collect();
-    out.sort();
-    out
+    crate::policy_file::tensors_by_name(blob).unwrap()
 }
 
 /// PopArt: after the value statistics move, the rescaled head gives the same values in return
