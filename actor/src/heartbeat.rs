@@ -1,21 +1,32 @@
 //! Reports frames and finished episodes to the coordinator, and learns the learner's current
-//! address from its answers. When the coordinator is away the counts wait (bounded) for the
-//! next successful heartbeat.
+//! address from its answers.
+//!
+//! Each report carries a sequence number: a report that failed (or timed out after the
+//! coordinator applied it) is sent again as it was, same number and same counts, and the
+//! coordinator applies each number once. While a report is outstanding, new counts wait in
+//! [`Progress`]; only past [`crate::MAX_PENDING_EPISODES`] waiting reports are episodes dropped,
+//! and then the log and `troupe_actor_episode_reports_dropped_total` say so. When more episodes
+//! are waiting than one report carries, the next report goes at once.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use proto::v1::coordinator_client::CoordinatorClient;
 use proto::v1::HeartbeatRequest;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use troupe::process::GrpcChannel;
+use troupe::telemetry::names;
 
 use crate::Progress;
 
+/// Episode reports one heartbeat carries at most (about 10 bytes each on the wire).
+pub const MAX_EPISODES_PER_HEARTBEAT: usize = 20_000;
+
 pub async fn run(
-    channel: Channel,
+    channel: GrpcChannel,
     actor_id: u64,
+    secret: String,
     interval: Duration,
     progress: Arc<Mutex<Progress>>,
     learner_address: watch::Sender<String>,
@@ -24,29 +35,53 @@ pub async fn run(
     let mut client = CoordinatorClient::new(channel);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut was_failing = false;
+    let secret: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
+        (!secret.is_empty()).then(|| secret.parse().expect("a hex secret is a valid header"));
+    let mut failing_since: Option<Instant> = None;
     let mut last = false;
+    let mut seq = 0u64;
+    // A report the coordinator has not confirmed: sent again, unchanged, until it is.
+    let mut unconfirmed: Option<HeartbeatRequest> = None;
+    let mut more_waiting = false;
     while !last {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            // One last report of what is left, then stop.
-            _ = shutdown.cancelled() => last = true,
-        }
-        let req = {
-            let mut p = progress.lock().expect("progress lock");
-            let dropped = std::mem::take(&mut p.dropped_episodes);
-            if dropped > 0 {
-                tracing::warn!(dropped, "episode reports dropped while the coordinator was unreachable");
+        if !more_waiting {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                // One last report of what is left, then stop.
+                _ = shutdown.cancelled() => last = true,
             }
-            HeartbeatRequest {
-                actor_id,
-                frames: std::mem::take(&mut p.frames),
-                episodes: p.episodes.drain(..).collect(),
-                policy_version: p.policy_version,
-                policy_loaded_ms_ago: p.policy_since.map_or(0, |t| t.elapsed().as_millis() as u64),
+        }
+        let req = match unconfirmed.take() {
+            Some(r) => r,
+            None => {
+                let mut p = progress.lock().expect("progress lock");
+                let dropped = std::mem::take(&mut p.dropped_episodes);
+                if dropped > 0 {
+                    metrics::counter!(names::ACTOR_EPISODES_DROPPED).increment(dropped);
+                    tracing::warn!(
+                        dropped,
+                        waiting = p.episodes.len(),
+                        unreachable_s = failing_since.map(|t| t.elapsed().as_secs_f64()),
+                        "episode reports dropped: the buffer of reports waiting for the coordinator was full"
+                    );
+                }
+                seq += 1;
+                let take = p.episodes.len().min(MAX_EPISODES_PER_HEARTBEAT);
+                HeartbeatRequest {
+                    actor_id,
+                    frames: std::mem::take(&mut p.frames),
+                    episodes: p.episodes.drain(..take).collect(),
+                    policy_version: p.policy_version,
+                    policy_loaded_ms_ago: p.policy_since.map_or(0, |t| t.elapsed().as_millis() as u64),
+                    seq,
+                }
             }
         };
         let mut call = tonic::Request::new(req.clone());
+        if let Some(s) = &secret {
+            call.metadata_mut()
+                .insert(troupe::security::ACTOR_SECRET_HEADER, s.clone());
+        }
         call.set_timeout(if last {
             Duration::from_secs(2)
         } else {
@@ -54,31 +89,28 @@ pub async fn run(
         });
         match client.heartbeat(call).await {
             Ok(resp) => {
-                if was_failing {
-                    tracing::info!("coordinator reachable again");
-                    was_failing = false;
+                if let Some(t) = failing_since.take() {
+                    tracing::info!(after_s = t.elapsed().as_secs_f64(), "coordinator reachable again");
                 }
                 let addr = resp.into_inner().learner_address;
                 if !addr.is_empty() && *learner_address.borrow() != addr {
                     tracing::info!(learner = %addr, "learner address changed");
                     learner_address.send_replace(addr);
                 }
+                more_waiting = progress.lock().expect("progress lock").episodes.len() >= MAX_EPISODES_PER_HEARTBEAT;
             }
             Err(status) => {
-                if !was_failing {
+                if failing_since.is_none() {
                     tracing::warn!(code = ?status.code(), message = status.message(), "heartbeat failed, will retry");
-                    was_failing = true;
+                    failing_since = Some(Instant::now());
                 }
-                // Put the counts back so they are reported later.
-                let mut p = progress.lock().expect("progress lock");
-                p.frames += req.frames;
-                for e in req.episodes.into_iter().rev() {
-                    if p.episodes.len() < crate::MAX_PENDING_EPISODES {
-                        p.episodes.push_front(e);
-                    } else {
-                        p.dropped_episodes += 1;
-                    }
+                more_waiting = false;
+                if matches!(status.code(), tonic::Code::NotFound | tonic::Code::PermissionDenied) {
+                    // The coordinator does not know this id: retrying cannot help.
+                    tracing::error!(code = ?status.code(), message = status.message(), "the coordinator refused this actor's reports");
+                    return;
                 }
+                unconfirmed = Some(req);
             }
         }
     }

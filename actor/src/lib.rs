@@ -27,7 +27,8 @@ use proto::v1::{EpisodeStat, RegisterActorRequest, ReportEnvSpecRequest, Rollout
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use troupe::model::{Model, ModelSpec};
-use troupe::process::{grpc_channel, Backoff};
+use troupe::process::{grpc_channel, Backoff, GrpcChannel};
+use troupe::security::Security;
 use troupe::spaces::EnvSpec;
 use troupe::telemetry::names;
 use troupe::RunConfig;
@@ -62,6 +63,10 @@ pub struct Args {
     /// Rollouts waiting to be sent before the env loop waits.
     #[arg(long, env = "TROUPE_ACTOR_OUTBOX", default_value_t = 1)]
     pub outbox_capacity: usize,
+    #[command(flatten)]
+    pub tls: troupe::security::TlsArgs,
+    #[command(flatten)]
+    pub auth: troupe::security::AuthArgs,
 }
 
 /// What registration gave us.
@@ -71,6 +76,9 @@ pub struct Registration {
     pub config: RunConfig,
     pub env_seeds: Vec<u64>,
     pub learner_address: String,
+    /// Proves to the coordinator and the learner that reports under `actor_id` are ours
+    /// (empty with tokens off).
+    pub actor_secret: String,
 }
 
 /// New weights for the runner: a version and its safetensors blob.
@@ -129,7 +137,9 @@ pub struct Progress {
     pub policy_since: Option<std::time::Instant>,
 }
 
-pub const MAX_PENDING_EPISODES: usize = 10_000;
+/// Episode reports held while the coordinator is unreachable (8 bytes each: 8 MB); only past
+/// this are reports dropped.
+pub const MAX_PENDING_EPISODES: usize = 1_000_000;
 
 impl Progress {
     pub fn push_episode(&mut self, e: EpisodeStat) {
@@ -142,8 +152,12 @@ impl Progress {
 }
 
 /// Registers with the coordinator, retrying with backoff until it answers or `shutdown` fires.
-pub async fn register(coordinator: &str, shutdown: &CancellationToken) -> anyhow::Result<Option<Registration>> {
-    let channel = grpc_channel(coordinator).context("coordinator address")?;
+pub async fn register(
+    coordinator: &str,
+    security: &Security,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Registration>> {
+    let channel = grpc_channel(coordinator, security).context("--coordinator")?;
     let mut client = CoordinatorClient::new(channel);
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(3));
     let hostname = std::fs::read_to_string("/etc/hostname")
@@ -171,7 +185,16 @@ pub async fn register(coordinator: &str, shutdown: &CancellationToken) -> anyhow
                     config,
                     env_seeds: r.env_seeds,
                     learner_address: r.learner_address,
+                    actor_secret: r.actor_secret,
                 }));
+            }
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) =>
+            {
+                anyhow::bail!("the coordinator refused this actor's token: {}", status.message());
             }
             Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "registration failed, retrying");
@@ -184,9 +207,9 @@ pub async fn register(coordinator: &str, shutdown: &CancellationToken) -> anyhow
 }
 
 /// Runs an actor until `shutdown` fires.
-pub async fn run(args: Args, reg: Registration, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(args: Args, security: Security, reg: Registration, shutdown: CancellationToken) -> anyhow::Result<()> {
     tracing::info!(actor_id = reg.actor_id, learner = %reg.learner_address, num_envs = reg.config.actor.num_envs, "registered");
-    let coordinator = grpc_channel(&args.coordinator)?;
+    let coordinator = grpc_channel(&args.coordinator, &security)?;
     let progress = Arc::new(Mutex::new(Progress::default()));
     let (policy_tx, policy_rx) = watch::channel::<Option<Arc<PolicyUpdate>>>(None);
     let (learner_tx, learner_rx) = watch::channel(reg.learner_address.clone());
@@ -197,12 +220,18 @@ pub async fn run(args: Args, reg: Registration, shutdown: CancellationToken) -> 
     tasks.spawn(heartbeat::run(
         coordinator.clone(),
         reg.actor_id,
+        reg.actor_secret.clone(),
         Duration::from_secs_f64(reg.config.actor.heartbeat_interval_s),
         progress.clone(),
         learner_tx,
         shutdown.clone(),
     ));
     tasks.spawn(rollout_sender::run(
+        security.clone(),
+        rollout_sender::Identity {
+            actor_id: reg.actor_id,
+            secret: reg.actor_secret.clone(),
+        },
         learner_rx,
         outbox_rx,
         reg.config.actor.max_in_flight,
@@ -266,7 +295,7 @@ pub async fn run(args: Args, reg: Registration, shutdown: CancellationToken) -> 
 struct EnvLoop {
     reg: Registration,
     python_path: Vec<String>,
-    coordinator: tonic::transport::Channel,
+    coordinator: GrpcChannel,
     policy_rx: watch::Receiver<Option<Arc<PolicyUpdate>>>,
     outbox: mpsc::Sender<Rollout>,
     progress: Arc<Mutex<Progress>>,
@@ -378,7 +407,7 @@ fn run_envs(env_loop: EnvLoop) -> anyhow::Result<()> {
 /// Tells the coordinator the env's spaces (retrying while it is away). A spec that differs
 /// from the run's is an error. Returns false on shutdown.
 fn report_spec(
-    channel: &tonic::transport::Channel,
+    channel: &GrpcChannel,
     actor_id: u64,
     spec: &EnvSpec,
     runtime: &tokio::runtime::Handle,

@@ -6,10 +6,17 @@ use troupe::telemetry;
 async fn main() -> anyhow::Result<()> {
     let args = actor::Args::parse();
     telemetry::init_tracing(args.log_json);
+    let security = match troupe::security::Security::load(&args.tls, &args.auth) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("actor: {e}");
+            std::process::exit(EXIT_USAGE);
+        }
+    };
     let shutdown = shutdown_token();
     let (health, health_addr) =
         troupe::health::serve_health_only(args.health_listen, troupe::health::ACTOR, shutdown.clone()).await?;
-    let reg = match actor::register(&args.coordinator, &shutdown).await {
+    let reg = match actor::register(&args.coordinator, &security, &shutdown).await {
         Ok(Some(reg)) => reg,
         Ok(None) => return Ok(()),
         Err(e) => {
@@ -32,5 +39,5 @@ async fn main() -> anyhow::Result<()> {
             }),
         )?;
     }
-    actor::run(args, reg, shutdown).await
+    actor::run(args, security, reg, shutdown).await
 }

@@ -8,13 +8,12 @@ use proto::v1::coordinator_client::CoordinatorClient;
 use proto::v1::WatchPoliciesRequest;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
-use troupe::process::Backoff;
+use troupe::process::{Backoff, GrpcChannel};
 use troupe::telemetry::names;
 
 use crate::PolicyUpdate;
 
-pub async fn run(channel: Channel, tx: watch::Sender<Option<Arc<PolicyUpdate>>>, shutdown: CancellationToken) {
+pub async fn run(channel: GrpcChannel, tx: watch::Sender<Option<Arc<PolicyUpdate>>>, shutdown: CancellationToken) {
     let mut client = CoordinatorClient::new(channel).max_decoding_message_size(proto::MAX_MESSAGE_BYTES);
     let mut backoff = Backoff::default();
     let mut current = 0u64;
@@ -34,7 +33,7 @@ pub async fn run(channel: Channel, tx: watch::Sender<Option<Arc<PolicyUpdate>>>,
 }
 
 async fn follow(
-    client: &mut CoordinatorClient<Channel>,
+    client: &mut CoordinatorClient<GrpcChannel>,
     tx: &watch::Sender<Option<Arc<PolicyUpdate>>>,
     current: &mut u64,
     backoff: &mut Backoff,
@@ -46,19 +45,12 @@ async fn follow(
         if meta.version <= *current {
             continue;
         }
-        let blob = match troupe::client::fetch_policy(client, meta.version).await {
-            Ok((_, blob)) => blob,
-            // Retention dropped it before we got there (versions come fast): a newer one is
-            // on its way on the watch stream.
-            Err(status) if status.code() == tonic::Code::NotFound => {
-                tracing::debug!(
-                    version = meta.version,
-                    "policy version gone before fetch, waiting for a newer one"
-                );
-                continue;
-            }
-            Err(status) => return Err(status),
-        };
+        // Ask for the latest (version 0), not the one announced: the latest always exists,
+        // however far retention has moved on while this actor was slow.
+        let (meta, blob) = troupe::client::fetch_policy(client, 0).await?;
+        if meta.version <= *current {
+            continue;
+        }
         *current = meta.version;
         tracing::debug!(version = meta.version, bytes = blob.len(), "fetched policy");
         tx.send_replace(Some(Arc::new(PolicyUpdate {

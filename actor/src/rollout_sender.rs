@@ -14,7 +14,8 @@ use proto::v1::Rollout;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use troupe::process::{grpc_channel, Backoff};
+use troupe::process::{grpc_channel, Backoff, GrpcChannel};
+use troupe::security::Security;
 use troupe::telemetry::names;
 
 /// How one stream ended.
@@ -26,7 +27,17 @@ enum Ended {
     Stop,
 }
 
+/// Who this actor is, as its streams tell the learner.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub actor_id: u64,
+    /// The binding secret from registration (empty with tokens off).
+    pub secret: String,
+}
+
 pub async fn run(
+    security: Security,
+    identity: Identity,
     mut learner_address: watch::Receiver<String>,
     mut outbox: mpsc::Receiver<Rollout>,
     max_in_flight: usize,
@@ -44,7 +55,7 @@ pub async fn run(
             }
             continue;
         }
-        let ended = match grpc_channel(&address) {
+        let ended = match grpc_channel(&address, &security) {
             Ok(channel) => {
                 let client = LearnerClient::new(channel)
                     .max_encoding_message_size(proto::MAX_MESSAGE_BYTES)
@@ -53,6 +64,7 @@ pub async fn run(
                     outbox: &mut outbox,
                     pending: &mut pending,
                     max_in_flight: max_in_flight as u64,
+                    identity: &identity,
                 };
                 stream.run(client, &mut learner_address, &mut backoff, &shutdown).await
             }
@@ -77,20 +89,34 @@ struct Stream<'a> {
     outbox: &'a mut mpsc::Receiver<Rollout>,
     pending: &'a mut Option<Rollout>,
     max_in_flight: u64,
+    identity: &'a Identity,
 }
 
 impl Stream<'_> {
     async fn run(
         self,
-        mut client: LearnerClient<tonic::transport::Channel>,
+        mut client: LearnerClient<GrpcChannel>,
         learner_address: &mut watch::Receiver<String>,
         backoff: &mut Backoff,
         shutdown: &CancellationToken,
     ) -> Ended {
         // Never more than max_in_flight rollouts are unacked, so this never fills.
         let (tx, rx) = mpsc::channel::<Rollout>(self.max_in_flight as usize);
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        request.metadata_mut().insert(
+            troupe::security::ACTOR_ID_HEADER,
+            self.identity.actor_id.to_string().parse().expect("digits"),
+        );
+        if !self.identity.secret.is_empty() {
+            match self.identity.secret.parse() {
+                Ok(v) => {
+                    request.metadata_mut().insert(troupe::security::ACTOR_SECRET_HEADER, v);
+                }
+                Err(_) => return Ended::Status(tonic::Status::internal("the actor secret is not a valid header")),
+            }
+        }
         let open = tokio::select! {
-            r = tokio::time::timeout(Duration::from_secs(10), client.stream_rollouts(ReceiverStream::new(rx))) => r,
+            r = tokio::time::timeout(Duration::from_secs(10), client.stream_rollouts(request)) => r,
             _ = shutdown.cancelled() => return Ended::Stop,
         };
         let mut acks = match open {

@@ -7,6 +7,7 @@
 //! - [`report`]: summary.json and the learning curve (used by `troupe-watch`).
 
 pub mod distribution;
+pub mod lease;
 pub mod report;
 pub mod service;
 pub mod store;
@@ -45,10 +46,41 @@ pub struct Args {
     pub ready_file: Option<PathBuf>,
     #[arg(long, env = "TROUPE_LOG_JSON")]
     pub log_json: bool,
+    /// Also serve gRPC health in plain text here (for probes when TLS is on); port 0 picks one.
+    #[arg(long, env = "TROUPE_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub tls: troupe::security::TlsArgs,
+    #[command(flatten)]
+    pub auth: troupe::security::AuthArgs,
 }
+
+/// Who may call what: actors register, report and fetch; the learner registers, keeps its lease
+/// and publishes; an evaluator reads; the admin may do all of it and pin.
+pub fn method_roles(path: &str) -> Option<&'static [troupe::security::Role]> {
+    use troupe::security::Role::{self, *};
+    const ACTOR: &[Role] = &[Actor, Admin];
+    const LEARNER: &[Role] = &[Learner, Admin];
+    const READ: &[Role] = &[Actor, Learner, Evaluator, Admin];
+    const STATUS: &[Role] = &[Learner, Evaluator, Admin];
+    const ADMIN: &[Role] = &[Admin];
+    let method = path.strip_prefix("/troupe.v1.Coordinator/")?;
+    Some(match method {
+        "RegisterActor" | "ReportEnvSpec" | "Heartbeat" => ACTOR,
+        "RegisterLearner" | "RenewLearnerLease" | "PublishPolicy" => LEARNER,
+        "WatchPolicies" | "GetPolicy" => READ,
+        "Status" => STATUS,
+        "PinPolicy" => ADMIN,
+        _ => return None,
+    })
+}
+
+/// How long the coordinator waits for open calls (policy watches, fetches) after a signal.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
 pub async fn run(
     args: Args,
+    security: troupe::security::Security,
     config: RunConfig,
     listener: TcpListener,
     metrics_addr: SocketAddr,
@@ -60,35 +92,56 @@ pub async fn run(
         Duration::from_secs_f64(args.redis_patience_s),
     )
     .await?;
-    let service = std::sync::Arc::new(service::CoordinatorService::recover(config, store, shutdown.clone()).await?);
+    let service = std::sync::Arc::new(
+        service::CoordinatorService::recover(config, store, security.actor_binding(), shutdown.clone()).await?,
+    );
     tokio::spawn({
         let service = service.clone();
         let shutdown = shutdown.clone();
         async move { service.upkeep(shutdown).await }
     });
-    let (health, health_service) = troupe::health::health_service(troupe::health::COORDINATOR).await;
+    let (mut health, health_service) = troupe::health::health_service(troupe::health::COORDINATOR).await;
+    let plain_health = match args.health_listen {
+        Some(addr) => Some(health.serve_plain(addr, shutdown.clone()).await?),
+        None => None,
+    };
     let local = listener.local_addr()?;
     if let Some(path) = &args.ready_file {
         troupe::process::write_ready_file(
             path,
-            &serde_json::json!({"grpc": local.to_string(), "metrics": metrics_addr.to_string()}),
+            &serde_json::json!({
+                "grpc": local.to_string(),
+                "metrics": metrics_addr.to_string(),
+                "health": plain_health.map(|a| a.to_string()),
+            }),
         )?;
     }
     tracing::info!(listen = %local, "coordinator serving");
     health.set(troupe::health::ServingStatus::Serving).await;
-    troupe::process::grpc_server()
+    let server = troupe::process::grpc_server(&security)?
         .layer(troupe::grpc_metrics::GrpcMetricsLayer::new(&[
             proto::methods::GRPC_METHODS,
             troupe::grpc_metrics::HEALTH_METHODS,
         ]))
+        .layer(troupe::security::AuthLayer::new(security.tokens(), method_roles))
         .add_service(health_service)
         .add_service(
             CoordinatorServer::from_arc(service)
                 .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(troupe::process::incoming(listener), shutdown.cancelled_owned())
-        .await?;
+        .serve_with_incoming_shutdown(troupe::process::incoming(listener), shutdown.clone().cancelled_owned());
+    let mut server = std::pin::pin!(server);
+    tokio::select! {
+        r = &mut server => r?,
+        _ = shutdown.cancelled() => {
+            // Open calls get a bounded time to finish.
+            match tokio::time::timeout(DRAIN_DEADLINE, &mut server).await {
+                Ok(r) => r?,
+                Err(_) => tracing::warn!("calls still open after {DRAIN_DEADLINE:?}; exiting"),
+            }
+        }
+    }
     tracing::info!("drained");
     Ok(())
 }

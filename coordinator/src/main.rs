@@ -14,9 +14,17 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(EXIT_USAGE);
         }
     };
+    let security = match troupe::security::Security::load(&args.tls, &args.auth) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("coordinator: {e}");
+            std::process::exit(EXIT_USAGE);
+        }
+    };
+    security.log("coordinator");
     let shutdown = shutdown_token();
     let metrics_addr = telemetry::start_metrics(args.metrics_listen, shutdown.clone()).await?;
     telemetry::set_build_info("coordinator");
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    coordinator::run(args, config, listener, metrics_addr, shutdown).await
+    coordinator::run(args, security, config, listener, metrics_addr, shutdown).await
 }

@@ -1,7 +1,8 @@
 //! The coordinator's gRPC service: registration, policy versions (publish, watch, fetch, pin),
 //! heartbeats and status.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -12,11 +13,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use troupe::config::EnvBackend;
+use troupe::security::{ActorBinding, ACTOR_SECRET_HEADER};
 use troupe::spaces::EnvSpec as EnvSpecValue;
 use troupe::telemetry::names;
 use troupe::{Error, RunConfig};
 
-use crate::store::{Store, Totals, RETURN_WINDOW};
+use crate::lease::Lease;
+use crate::store::{Applied, Store, Totals, RETURN_WINDOW};
 
 /// Largest frame count one heartbeat may report (a sanity bound: 2^40).
 pub const MAX_FRAMES_PER_HEARTBEAT: u64 = 1 << 40;
@@ -49,10 +52,30 @@ impl RunStats {
     }
 }
 
+/// A stored version held in memory: fetches are served from here, not from Redis, and after
+/// Redis loses its data the coordinator writes these back.
+#[derive(Clone)]
+struct HotPolicy {
+    meta: PolicyMeta,
+    blob: bytes::Bytes,
+}
+
 pub struct CoordinatorService {
     config: RunConfig,
     config_toml: String,
     store: Store,
+    /// Binds actor ids to the actors they were issued to (with tokens on).
+    binding: Option<ActorBinding>,
+    lease: Mutex<Lease>,
+    /// Versions are minted above this as well as above the latest stored (raised from a
+    /// learner's checkpoint after Redis lost its data).
+    version_floor: AtomicU64,
+    /// Every version stored since start-up that retention has not dropped.
+    hot: Mutex<BTreeMap<u64, HotPolicy>>,
+    /// Highest actor id issued (to re-seed Redis's counter if Redis loses it).
+    max_actor_id: AtomicU64,
+    /// Our marker in Redis; gone means Redis lost its data.
+    marker: String,
     latest: watch::Sender<Option<PolicyMeta>>,
     /// Serialises publishes so versions only go up.
     publish_lock: tokio::sync::Mutex<()>,
@@ -117,6 +140,13 @@ impl CoordinatorService {
                 let up = self.store.ping().await.is_ok();
                 metrics::gauge!(names::COORD_REDIS_UP).set(if up { 1.0 } else { 0.0 });
             }
+            if let Ok(marker) = self.store.marker().await {
+                if marker.as_deref() != Some(self.marker.as_str()) {
+                    if let Err(e) = self.reseed().await {
+                        tracing::warn!(error = %e, "re-seeding Redis failed; will retry");
+                    }
+                }
+            }
             ticks += 1;
         }
     }
@@ -125,9 +155,13 @@ impl CoordinatorService {
     pub async fn recover(
         config: RunConfig,
         store: Store,
+        binding: Option<ActorBinding>,
         shutdown: CancellationToken,
     ) -> Result<CoordinatorService, Error> {
         let latest = store.latest().await?;
+        let epoch = store.epoch().await?;
+        let marker = format!("{:032x}", rand::random::<u128>());
+        store.set_marker(&marker).await?;
         let learner = store.learner_address().await?.unwrap_or_default();
         let Totals {
             frames,
@@ -156,6 +190,12 @@ impl CoordinatorService {
             config,
             config_toml,
             store,
+            binding,
+            lease: Mutex::new(Lease::recovered(epoch)),
+            version_floor: AtomicU64::new(0),
+            hot: Mutex::new(BTreeMap::new()),
+            max_actor_id: AtomicU64::new(0),
+            marker,
             latest: watch::channel(latest).0,
             publish_lock: tokio::sync::Mutex::new(()),
             learner_address: Mutex::new(learner),
@@ -170,8 +210,53 @@ impl CoordinatorService {
         })
     }
 
+    /// Redis lost its data (restarted without it, or flushed): writes back what this
+    /// coordinator knows, so ids, epochs and versions are never issued twice and the versions in
+    /// memory can still be fetched.
+    async fn reseed(&self) -> Result<(), Error> {
+        let (frames, episodes) = {
+            let s = self.stats.lock().expect("lock");
+            (s.frames, s.episodes)
+        };
+        let epoch = self.lease.lock().expect("lock").current_epoch();
+        self.store
+            .raise_counters(self.max_actor_id.load(Ordering::Acquire), epoch, frames, episodes)
+            .await?;
+        let stored = self.store.versions().await?;
+        let hot: Vec<HotPolicy> = self.hot.lock().expect("lock").values().cloned().collect();
+        let mut restored = 0;
+        for h in hot.iter().filter(|h| !stored.contains(&h.meta.version)) {
+            self.store.put(&h.meta, &h.blob, u64::MAX, &[]).await?;
+            restored += 1;
+        }
+        let learner = self.learner_address();
+        if !learner.is_empty() {
+            self.store.set_learner_address(&learner).await?;
+        }
+        let spec = self.env_spec.lock().expect("lock").clone();
+        if let Some(spec) = spec {
+            self.store
+                .adopt_env_spec(&serde_json::to_string(&spec).expect("json"))
+                .await?;
+        }
+        self.store.set_marker(&self.marker).await?;
+        tracing::warn!(
+            restored_versions = restored,
+            latest = self.latest_version(),
+            epoch,
+            frames,
+            "Redis lost its data: re-seeded it from this coordinator's memory"
+        );
+        Ok(())
+    }
+
     fn latest_version(&self) -> u64 {
         self.latest.borrow().as_ref().map_or(0, |m| m.version)
+    }
+
+    /// The version the next publish gets: minted here, never taken from the client.
+    fn next_version(&self) -> u64 {
+        self.latest_version().max(self.version_floor.load(Ordering::Acquire)) + 1
     }
 
     fn learner_address(&self) -> String {
@@ -179,16 +264,25 @@ impl CoordinatorService {
     }
 
     /// Reads a publish stream: the first chunk carries the metadata, the blob follows in order.
-    async fn read_publish(&self, mut stream: Streaming<PolicyChunk>) -> Result<(PolicyMeta, Vec<u8>), Status> {
-        let first = stream.message().await?.ok_or_else(|| {
-            Error::InvalidArgument("PolicyChunk stream is empty, expected a first chunk with meta".into())
-        })?;
+    async fn read_publish(&self, mut stream: Streaming<PolicyChunk>) -> Result<(PolicyMeta, Vec<u8>, u64), Status> {
+        let first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, stream.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!("PolicyChunk: no first chunk within {FIRST_MESSAGE_TIMEOUT:?}"))
+            })??
+            .ok_or_else(|| {
+                Error::InvalidArgument("PolicyChunk stream is empty, expected a first chunk with meta".into())
+            })?;
+        let epoch = first.epoch;
+        // Fenced before the blob is read: a stale learner's upload is not worth receiving.
+        self.lease
+            .lock()
+            .expect("lock")
+            .check(epoch)
+            .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
         let meta = first
             .meta
             .ok_or_else(|| Error::InvalidArgument("PolicyChunk.meta: missing on the first chunk".into()))?;
-        if meta.version == 0 {
-            return Err(Error::InvalidArgument("PolicyChunk.meta.version: expected >= 1, got 0".into()).into());
-        }
         if meta.size_bytes > MAX_POLICY_BYTES {
             return Err(Error::InvalidArgument(format!(
                 "PolicyChunk.meta.size_bytes: expected at most {MAX_POLICY_BYTES}, got {}",
@@ -199,7 +293,13 @@ impl CoordinatorService {
         // Grow with the data rather than trusting the declared size up front.
         let mut blob = Vec::with_capacity((meta.size_bytes as usize).min(proto::MAX_MESSAGE_BYTES));
         blob.extend_from_slice(&first.data);
-        while let Some(chunk) = stream.message().await? {
+        loop {
+            let next = tokio::time::timeout(IDLE_MESSAGE_TIMEOUT, stream.message())
+                .await
+                .map_err(|_| {
+                    Status::deadline_exceeded(format!("PolicyChunk: no chunk for {IDLE_MESSAGE_TIMEOUT:?}"))
+                })??;
+            let Some(chunk) = next else { break };
             if chunk.meta.is_some() {
                 return Err(
                     Error::InvalidArgument("PolicyChunk.meta: only the first chunk may carry meta".into()).into(),
@@ -226,9 +326,44 @@ impl CoordinatorService {
         if let Err(e) = troupe::policy_file::check_finite(&blob) {
             return Err(Error::InvalidArgument(format!("PolicyChunk.data: {e}")).into());
         }
-        Ok((meta, blob))
+        Ok((meta, blob, epoch))
+    }
+
+    /// Versions live actors act with: retention keeps them (it never outruns distribution).
+    fn versions_in_use(&self) -> Vec<u64> {
+        let timeout = Duration::from_secs_f64(self.config.coordinator.actor_timeout_s);
+        let actors = self.actors.lock().expect("lock");
+        let mut v: Vec<u64> = actors
+            .values()
+            .filter(|a| a.last_seen.elapsed() < timeout && a.policy_version > 0)
+            .map(|a| a.policy_version)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// The caller's actor-binding secret must match `actor_id` (with tokens on).
+    fn check_binding<T>(&self, request: &Request<T>, actor_id: u64) -> Result<(), Status> {
+        let Some(binding) = &self.binding else { return Ok(()) };
+        let secret = request
+            .metadata()
+            .get(ACTOR_SECRET_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if binding.verify(actor_id, secret) {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
+                "actor_id {actor_id}: {ACTOR_SECRET_HEADER} does not match (reports must come from the actor registered under this id)"
+            )))
+        }
     }
 }
+
+/// How long a client stream may take to send its first message, and then between messages.
+pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const IDLE_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[tonic::async_trait]
 impl Coordinator for CoordinatorService {
@@ -240,6 +375,7 @@ impl Coordinator for CoordinatorService {
         // Python-hosted env takes an actor; heartbeats bring the address later.
         let learner_address = self.learner_address();
         let actor_id = self.store.next_actor_id().await?;
+        self.max_actor_id.fetch_max(actor_id, Ordering::AcqRel);
         let n = self.config.actor.num_envs as u64;
         // Actor ids start at 1; each actor's envs get seeds no other actor gets.
         let base = self.config.env.seed.wrapping_add((actor_id - 1).wrapping_mul(n));
@@ -262,6 +398,7 @@ impl Coordinator for CoordinatorService {
             run_config_toml: self.config_toml.clone(),
             env_seeds,
             learner_address,
+            actor_secret: self.binding.as_ref().map(|b| b.secret(actor_id)).unwrap_or_default(),
         }))
     }
 
@@ -269,7 +406,16 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<RegisterLearnerRequest>,
     ) -> Result<Response<RegisterLearnerResponse>, Status> {
-        let addr = request.into_inner().advertise_address;
+        let req = request.into_inner();
+        let addr = req.advertise_address;
+        let learner_id = req.learner_id;
+        if learner_id.is_empty() || learner_id.len() > 253 {
+            return Err(Error::InvalidArgument(format!(
+                "learner_id: expected 1 to 253 characters, got {}",
+                learner_id.len()
+            ))
+            .into());
+        }
         if !(addr.starts_with("http://") || addr.starts_with("https://")) {
             return Err(Error::InvalidArgument(format!(
                 "advertise_address: expected an http:// or https:// URL, got {addr:?}"
@@ -282,16 +428,60 @@ impl Coordinator for CoordinatorService {
                 self.config.env.id
             ))
         })?;
+        let ttl = Duration::from_secs_f64(self.config.coordinator.learner_lease_s);
+        // Under the publish lock: no publish runs while the lease changes hands.
+        let _guard = self.publish_lock.lock().await;
+        self.lease
+            .lock()
+            .expect("lock")
+            .may_acquire(&learner_id, Instant::now())
+            .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+        let mut epoch = self.store.next_epoch().await?;
+        {
+            let mut lease = self.lease.lock().expect("lock");
+            // Redis may have lost the counter: never grant an epoch twice.
+            epoch = epoch.max(lease.current_epoch() + 1);
+            lease.grant(&learner_id, epoch, Instant::now(), ttl);
+        }
+        let latest = self.latest_version();
+        if req.checkpoint_version > latest {
+            // Redis lost versions the learner's checkpoint has seen: mint above it.
+            self.version_floor.fetch_max(req.checkpoint_version, Ordering::AcqRel);
+            tracing::warn!(
+                stored_latest = latest,
+                checkpoint_version = req.checkpoint_version,
+                "the learner's checkpoint is newer than any stored version: versions continue above the checkpoint's"
+            );
+        }
         self.store.set_learner_address(&addr).await?;
         *self.learner_address.lock().expect("lock") = addr.clone();
         metrics::counter!(names::COORD_REGISTRATIONS, "role" => "learner").increment(1);
-        tracing::info!(address = %addr, "learner registered");
+        metrics::gauge!(names::COORD_LEARNER_EPOCH).set(epoch as f64);
+        tracing::info!(address = %addr, learner_id = %learner_id, epoch, "learner registered");
         Ok(Response::new(RegisterLearnerResponse {
             run_config_toml: self.config_toml.clone(),
-            latest_version: self.latest_version(),
+            latest_version: self.next_version() - 1,
             spec: Some(EnvSpec {
                 json: serde_json::to_string(&spec).expect("json"),
             }),
+            epoch,
+            lease_s: ttl.as_secs_f64(),
+        }))
+    }
+
+    async fn renew_learner_lease(
+        &self,
+        request: Request<RenewLearnerLeaseRequest>,
+    ) -> Result<Response<RenewLearnerLeaseResponse>, Status> {
+        let epoch = request.into_inner().epoch;
+        let ttl = Duration::from_secs_f64(self.config.coordinator.learner_lease_s);
+        self.lease
+            .lock()
+            .expect("lock")
+            .renew(epoch, Instant::now(), ttl)
+            .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+        Ok(Response::new(RenewLearnerLeaseResponse {
+            lease_s: ttl.as_secs_f64(),
         }))
     }
 
@@ -392,8 +582,21 @@ impl Coordinator for CoordinatorService {
         if version == 0 {
             return Err(not_found().into());
         }
-        let meta = self.store.meta(version).await?.ok_or_else(not_found)?;
-        let blob = self.store.blob(version).await?.ok_or_else(not_found)?;
+        // Hot versions come from memory; the Bytes keep a version alive for this fetch even if
+        // retention drops it meanwhile.
+        let hot = self.hot.lock().expect("lock").get(&version).cloned();
+        let (meta, blob) = match hot {
+            Some(h) => {
+                metrics::counter!(names::COORD_POLICY_FETCHES, "source" => "memory").increment(1);
+                (h.meta, h.blob)
+            }
+            None => {
+                let meta = self.store.meta(version).await?.ok_or_else(not_found)?;
+                let blob = self.store.blob(version).await?.ok_or_else(not_found)?;
+                metrics::counter!(names::COORD_POLICY_FETCHES, "source" => "redis").increment(1);
+                (meta, bytes::Bytes::from(blob))
+            }
+        };
         let (tx, out) = mpsc::channel(4);
         tokio::spawn(async move {
             let mut first = Some(meta);
@@ -403,6 +606,7 @@ impl Coordinator for CoordinatorService {
                     .send(Ok(PolicyChunk {
                         meta: first.take(),
                         data: Default::default(),
+                        epoch: 0,
                     }))
                     .await;
                 return;
@@ -410,7 +614,8 @@ impl Coordinator for CoordinatorService {
             for piece in pieces {
                 let chunk = PolicyChunk {
                     meta: first.take(),
-                    data: bytes::Bytes::copy_from_slice(piece),
+                    data: blob.slice_ref(piece),
+                    epoch: 0,
                 };
                 if tx.send(Ok(chunk)).await.is_err() {
                     return;
@@ -424,22 +629,44 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<Streaming<PolicyChunk>>,
     ) -> Result<Response<PublishPolicyResponse>, Status> {
-        let (mut meta, blob) = self.read_publish(request.into_inner()).await?;
+        let (mut meta, blob, epoch) = self.read_publish(request.into_inner()).await?;
         let _guard = self.publish_lock.lock().await;
-        let latest = self.latest_version();
-        if meta.version <= latest {
-            return Err(Error::FailedPrecondition(format!(
-                "PolicyChunk.meta.version: {} is not newer than the latest stored version {latest}",
-                meta.version
-            ))
-            .into());
+        self.lease
+            .lock()
+            .expect("lock")
+            .check(epoch)
+            .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+        let asked = meta.version;
+        meta.parent_version = self.latest_version();
+        meta.version = self.next_version();
+        if asked != 0 && asked != meta.version {
+            tracing::info!(
+                asked,
+                minted = meta.version,
+                "the publisher expected another version number"
+            );
         }
         meta.created_unix_ms = now_ms();
         meta.pinned = false;
+        let blob = bytes::Bytes::from(blob);
+        let protect = self.versions_in_use();
         let dropped = self
             .store
-            .put(&meta, &blob, self.config.coordinator.keep_versions)
+            .put(&meta, &blob, self.config.coordinator.keep_versions, &protect)
             .await?;
+        {
+            let mut hot = self.hot.lock().expect("lock");
+            hot.insert(
+                meta.version,
+                HotPolicy {
+                    meta,
+                    blob: blob.clone(),
+                },
+            );
+            for d in &dropped {
+                hot.remove(d);
+            }
+        }
         if !dropped.is_empty() {
             tracing::debug!(?dropped, "dropped old policy versions");
         }
@@ -477,6 +704,7 @@ impl Coordinator for CoordinatorService {
     }
 
     async fn heartbeat(&self, request: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        self.check_binding(&request, request.get_ref().actor_id)?;
         let r = request.into_inner();
         if r.actor_id == 0 {
             return Err(
@@ -502,8 +730,27 @@ impl Coordinator for CoordinatorService {
             ))
             .into());
         }
+        if r.seq == 0 {
+            return Err(Error::InvalidArgument("seq: expected a report number >= 1, got 0".into()).into());
+        }
         let returns: Vec<f32> = r.episodes.iter().map(|e| e.episode_return).collect();
-        self.store.add_progress(r.frames, &returns).await?;
+        let totals = match self.store.add_progress(r.actor_id, r.seq, r.frames, &returns).await? {
+            Applied::Yes { frames, episodes } => Some((frames, episodes)),
+            Applied::Duplicate => {
+                metrics::counter!(names::COORD_DUPLICATE_HEARTBEATS).increment(1);
+                None
+            }
+            Applied::UnknownActor => {
+                return Err(Error::NotFound(format!(
+                    "actor_id {}: no actor was registered under this id (call RegisterActor)",
+                    r.actor_id
+                ))
+                .into())
+            }
+        };
+        let returns = if totals.is_some() { returns } else { Vec::new() };
+        let frames = if totals.is_some() { r.frames } else { 0 };
+        let n_episodes = returns.len() as u64;
         {
             let mut actors = self.actors.lock().expect("lock");
             // Forget actors silent for 10 timeouts, so restarts do not grow the map.
@@ -517,8 +764,9 @@ impl Coordinator for CoordinatorService {
                 last_seen: Instant::now(),
             });
             entry.policy_version = r.policy_version;
-            entry.frames = entry.frames.saturating_add(r.frames);
-            entry.episodes += returns.len() as u64;
+            if let Some((f, e)) = totals {
+                (entry.frames, entry.episodes) = (f, e);
+            }
             entry.last_seen = Instant::now();
         }
         if r.policy_version > 0 {
@@ -537,8 +785,8 @@ impl Coordinator for CoordinatorService {
         }
         let mean = {
             let mut s = self.stats.lock().expect("lock");
-            s.frames = s.frames.saturating_add(r.frames);
-            s.episodes += returns.len() as u64;
+            s.frames = s.frames.saturating_add(frames);
+            s.episodes += n_episodes;
             for x in returns {
                 if s.returns.len() == RETURN_WINDOW {
                     s.returns.pop_front();
@@ -547,8 +795,8 @@ impl Coordinator for CoordinatorService {
             }
             s.mean_return()
         };
-        metrics::counter!(names::COORD_FRAMES).increment(r.frames);
-        metrics::counter!(names::COORD_EPISODES).increment(r.episodes.len() as u64);
+        metrics::counter!(names::COORD_FRAMES).increment(frames);
+        metrics::counter!(names::COORD_EPISODES).increment(n_episodes);
         if mean.is_finite() {
             metrics::gauge!(names::COORD_MEAN_RETURN_100).set(mean);
         }

@@ -7,9 +7,13 @@
 //!   size_bytes);
 //! - `policies`: sorted set of stored versions; `pinned`: set of pinned versions;
 //! - `learner_address`, `actor_seq`, `frames`, `episodes`, `returns` (the last 100 returns);
-//! - `env_spec`: the env's spaces as JSON, for Python-hosted envs (the first actor's report).
+//! - `actor:{id}`: a hash (seq, frames, episodes): the last heartbeat applied and its totals;
+//! - `learner_epoch`: the newest learner lease epoch;
+//! - `env_spec`: the env's spaces as JSON, for Python-hosted envs (the first actor's report);
+//! - `marker`: a value the coordinator set at start-up; gone means Redis lost its data.
 //!
-//! Writes of one version go in one MULTI/EXEC, so a version is stored whole or not at all.
+//! Writes of one version go in one MULTI/EXEC, so a version is stored whole or not at all. A
+//! heartbeat's counts are applied by one script, once per (actor, seq).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -51,6 +55,46 @@ fn meta_from_hash(h: &HashMap<String, u64>, pinned: bool) -> Option<PolicyMeta> 
         pinned,
     })
 }
+
+/// What became of a heartbeat's counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Applied; the actor's totals after it.
+    Yes { frames: u64, episodes: u64 },
+    /// This (actor, seq) was applied before: a retry, not counted again.
+    Duplicate,
+    /// No actor was ever registered under this id.
+    UnknownActor,
+}
+
+/// Applies a heartbeat once: KEYS = actor_seq, actor:{id}, frames, episodes, returns;
+/// ARGV = id, seq, frames, window, returns...
+const HEARTBEAT_SCRIPT: &str = r#"
+local issued = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > issued then return {-1, 0, 0} end
+local last = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
+if tonumber(ARGV[2]) <= last then return {0, 0, 0} end
+local n = #ARGV - 4
+redis.call('HSET', KEYS[2], 'seq', ARGV[2])
+local f = redis.call('HINCRBY', KEYS[2], 'frames', ARGV[3])
+local e = redis.call('HINCRBY', KEYS[2], 'episodes', n)
+redis.call('INCRBY', KEYS[3], ARGV[3])
+redis.call('INCRBY', KEYS[4], n)
+if n > 0 then
+  redis.call('RPUSH', KEYS[5], unpack(ARGV, 5))
+  redis.call('LTRIM', KEYS[5], -tonumber(ARGV[4]), -1)
+end
+return {1, f, e}
+"#;
+
+/// Raises each key to at least its value: KEYS = the keys, ARGV = the values.
+const RAISE_SCRIPT: &str = r#"
+for i, k in ipairs(KEYS) do
+  local v = tonumber(redis.call('GET', k) or '0')
+  if v < tonumber(ARGV[i]) then redis.call('SET', k, ARGV[i]) end
+end
+return 1
+"#;
 
 /// Totals recovered at start-up.
 #[derive(Debug, Default, Clone)]
@@ -164,9 +208,9 @@ impl Store {
         c.get(self.blob_key(version)).await.map_err(redis_err)
     }
 
-    /// Stores a version whole, then deletes versions beyond the newest `keep` that are not
-    /// pinned. Returns the versions deleted.
-    pub async fn put(&self, meta: &PolicyMeta, blob: &[u8], keep: u64) -> Result<Vec<u64>, Error> {
+    /// Stores a version whole, then deletes versions beyond the newest `keep` that are neither
+    /// pinned nor in `protect` (versions live actors still act with). Returns those deleted.
+    pub async fn put(&self, meta: &PolicyMeta, blob: &[u8], keep: u64, protect: &[u64]) -> Result<Vec<u64>, Error> {
         let mut c = self.conn.clone();
         let v = meta.version;
         let fields: [(&str, u64); 6] = [
@@ -194,7 +238,7 @@ impl Store {
         let doomed: Vec<u64> = versions[..cut]
             .iter()
             .copied()
-            .filter(|v| !pinned.contains(v))
+            .filter(|v| !pinned.contains(v) && !protect.contains(v))
             .collect();
         if !doomed.is_empty() {
             let mut p = redis::pipe();
@@ -250,17 +294,72 @@ impl Store {
         c.get(self.key("learner_address")).await.map_err(redis_err)
     }
 
-    /// Adds an actor's report to the run totals (one pipelined round trip).
-    pub async fn add_progress(&self, frames: u64, returns: &[f32]) -> Result<(), Error> {
+    /// Applies an actor's report to its totals and the run's, once per (actor, seq), in one
+    /// script: a retried heartbeat is not counted twice, and an id never issued counts nothing.
+    pub async fn add_progress(&self, actor_id: u64, seq: u64, frames: u64, returns: &[f32]) -> Result<Applied, Error> {
         let mut c = self.conn.clone();
-        let mut p = redis::pipe();
-        p.incr(self.key("frames"), frames).ignore();
-        p.incr(self.key("episodes"), returns.len() as u64).ignore();
-        if !returns.is_empty() {
-            p.rpush(self.key("returns"), returns).ignore();
-            p.ltrim(self.key("returns"), -(RETURN_WINDOW as isize), -1).ignore();
+        let script = redis::Script::new(HEARTBEAT_SCRIPT);
+        let mut inv = script.prepare_invoke();
+        inv.key(self.key("actor_seq"))
+            .key(self.key(&format!("actor:{actor_id}")))
+            .key(self.key("frames"))
+            .key(self.key("episodes"))
+            .key(self.key("returns"))
+            .arg(actor_id)
+            .arg(seq)
+            .arg(frames)
+            .arg(RETURN_WINDOW);
+        for r in returns {
+            inv.arg(*r);
         }
-        p.query_async::<()>(&mut c).await.map_err(redis_err)
+        let (code, f, e): (i64, u64, u64) = inv.invoke_async(&mut c).await.map_err(redis_err)?;
+        Ok(match code {
+            1 => Applied::Yes { frames: f, episodes: e },
+            0 => Applied::Duplicate,
+            _ => Applied::UnknownActor,
+        })
+    }
+
+    /// Takes the next learner epoch.
+    pub async fn next_epoch(&self) -> Result<u64, Error> {
+        let mut c = self.conn.clone();
+        c.incr(self.key("learner_epoch"), 1u64).await.map_err(redis_err)
+    }
+
+    /// The newest learner epoch granted (0 if none).
+    pub async fn epoch(&self) -> Result<u64, Error> {
+        let mut c = self.conn.clone();
+        let e: Option<u64> = c.get(self.key("learner_epoch")).await.map_err(redis_err)?;
+        Ok(e.unwrap_or(0))
+    }
+
+    /// Sets the marker whose absence later means Redis lost its data.
+    pub async fn set_marker(&self, value: &str) -> Result<(), Error> {
+        let mut c = self.conn.clone();
+        c.set(self.key("marker"), value).await.map_err(redis_err)
+    }
+
+    pub async fn marker(&self) -> Result<Option<String>, Error> {
+        let mut c = self.conn.clone();
+        c.get(self.key("marker")).await.map_err(redis_err)
+    }
+
+    /// Raises the counters (actor ids, epoch, frames, episodes) to at least what the
+    /// coordinator knows, after Redis lost data: ids and epochs must never be issued twice.
+    pub async fn raise_counters(&self, actor_seq: u64, epoch: u64, frames: u64, episodes: u64) -> Result<(), Error> {
+        let mut c = self.conn.clone();
+        let script = redis::Script::new(RAISE_SCRIPT);
+        let mut inv = script.prepare_invoke();
+        for (k, v) in [
+            ("actor_seq", actor_seq),
+            ("learner_epoch", epoch),
+            ("frames", frames),
+            ("episodes", episodes),
+        ] {
+            inv.key(self.key(k)).arg(v);
+        }
+        inv.invoke_async::<i64>(&mut c).await.map_err(redis_err)?;
+        Ok(())
     }
 
     pub async fn totals(&self) -> Result<Totals, Error> {

@@ -6,9 +6,20 @@
 //! into a bounded queue and are acknowledged once there: the ack is the actor's credit for its
 //! next rollout, so when the learner falls behind, actors wait, and no rollout sits in
 //! transport buffers for long (that lag would make the data stale).
+//!
+//! Hardening: with tokens on, a stream speaks for one actor id, proven by the secret the
+//! coordinator issued at registration (`troupe-actor-id`, `troupe-actor-secret` metadata), and
+//! each id may hold `learner.max_streams_per_actor` streams. Streams that send nothing for
+//! `learner.stream_idle_timeout_s` are closed. Rollouts more than `learner.max_policy_lag`
+//! versions old are dropped (acked, so the actor's credit goes on) and counted as `stale`.
+//! Streams share the queue fairly: a stream waits for room with at most one rollout, and tokio's
+//! channel serves waiting senders first come, first served, so each open stream gets one turn in
+//! each round.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use proto::v1::learner_server::Learner;
 use proto::v1::{Rollout, RolloutAck};
@@ -285,9 +296,60 @@ fn check_masks_allow_actions(
     Ok(())
 }
 
+/// Limits on rollout streams (from the run config's learner section).
+#[derive(Debug, Clone)]
+pub struct StreamLimits {
+    pub max_policy_lag: u64,
+    pub max_streams_per_actor: usize,
+    pub idle_timeout: Duration,
+}
+
+/// Open streams per actor id; a slot is given back when its stream ends.
+#[derive(Debug, Default)]
+pub struct StreamSlots {
+    open: Mutex<HashMap<u64, usize>>,
+}
+
+pub struct Slot {
+    slots: Arc<StreamSlots>,
+    actor_id: u64,
+}
+
+impl StreamSlots {
+    /// Takes one of `actor_id`'s `max` slots, if one is free.
+    pub fn take(self: &Arc<Self>, actor_id: u64, max: usize) -> Option<Slot> {
+        let mut open = self.open.lock().expect("lock");
+        let n = open.entry(actor_id).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            slots: Arc::clone(self),
+            actor_id,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().expect("lock");
+        if let Some(n) = open.get_mut(&self.actor_id) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.actor_id);
+            }
+        }
+    }
+}
+
 pub struct LearnerService {
     /// Shared with every stream's decoding task (one per rollout), not copied.
     pub spec: Arc<RolloutSpec>,
+    pub limits: StreamLimits,
+    /// Checks actors' binding secrets (with tokens on).
+    pub binding: Option<troupe::security::ActorBinding>,
+    pub slots: Arc<StreamSlots>,
     /// Newest policy version this learner has created.
     pub latest_version: Arc<AtomicU64>,
     pub queue: mpsc::Sender<Columns>,
@@ -320,6 +382,39 @@ impl Learner for LearnerService {
         &self,
         request: tonic::Request<tonic::Streaming<Rollout>>,
     ) -> Result<tonic::Response<Self::StreamRolloutsStream>, tonic::Status> {
+        let header = |k: &str| {
+            request
+                .metadata()
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let stream_actor = header(troupe::security::ACTOR_ID_HEADER).and_then(|v| v.parse::<u64>().ok());
+        let secret = header(troupe::security::ACTOR_SECRET_HEADER).unwrap_or_default();
+        if let Some(binding) = &self.binding {
+            let Some(id) = stream_actor else {
+                return Err(tonic::Status::permission_denied(format!(
+                    "{}: expected the actor id this stream speaks for",
+                    troupe::security::ACTOR_ID_HEADER
+                )));
+            };
+            if !binding.verify(id, &secret) {
+                return Err(tonic::Status::permission_denied(format!(
+                    "actor_id {id}: {} does not match (a stream must come from the actor registered under this id)",
+                    troupe::security::ACTOR_SECRET_HEADER
+                )));
+            }
+        }
+        let slot = match stream_actor {
+            Some(id) => Some(self.slots.take(id, self.limits.max_streams_per_actor).ok_or_else(|| {
+                tonic::Status::resource_exhausted(format!(
+                    "actor_id {id} already has {} rollout streams open (learner.max_streams_per_actor)",
+                    self.limits.max_streams_per_actor
+                ))
+            })?),
+            None => None,
+        };
+        let limits = self.limits.clone();
         let mut inbound = request.into_inner();
         let (acks, out) = mpsc::channel(ACK_BUFFER);
         let (spec, latest, queue, shutdown) = (
@@ -331,10 +426,20 @@ impl Learner for LearnerService {
         let queue_bytes = Arc::clone(&self.queue_bytes);
         tokio::spawn(async move {
             let _gauge = StreamGauge::open();
+            let _slot = slot;
             let mut accepted = 0u64;
             loop {
                 let next = tokio::select! {
-                    m = inbound.message() => m,
+                    m = tokio::time::timeout(limits.idle_timeout, inbound.message()) => match m {
+                        Ok(m) => m,
+                        Err(_) => {
+                            tracing::info!(actor_id = ?stream_actor, idle_s = limits.idle_timeout.as_secs_f64(), "closing an idle rollout stream");
+                            let _ = acks.send(Err(tonic::Status::deadline_exceeded(format!(
+                                "no rollout for {:?} (learner.stream_idle_timeout_s)", limits.idle_timeout
+                            )))).await;
+                            return;
+                        }
+                    },
                     _ = shutdown.cancelled() => return,
                 };
                 let rollout = match next {
@@ -358,9 +463,31 @@ impl Learner for LearnerService {
                         return;
                     }
                 };
+                let actor_id = rollout.actor_id;
+                if let Some(id) = stream_actor.filter(|&id| id != actor_id) {
+                    let msg = format!("actor_id: this stream speaks for actor {id}, got a rollout for {actor_id}");
+                    metrics::counter!(names::LEARNER_ROLLOUTS_REJECTED, "reason" => "wrong_actor").increment(1);
+                    let _ = acks.send(Err(tonic::Status::permission_denied(msg))).await;
+                    return;
+                }
                 // Decoding copies megabytes for pixel rollouts: keep it off the async workers.
                 let (spec2, version) = (Arc::clone(&spec), latest.load(Ordering::Acquire));
-                let actor_id = rollout.actor_id;
+                if rollout.policy_version > 0 && rollout.policy_version.saturating_add(limits.max_policy_lag) < version
+                {
+                    // Too old to learn from: dropped, but acked so the actor's credit goes on.
+                    metrics::counter!(names::LEARNER_ROLLOUTS_REJECTED, "reason" => "stale").increment(1);
+                    tracing::debug!(
+                        actor_id,
+                        version = rollout.policy_version,
+                        latest = version,
+                        "dropped a stale rollout"
+                    );
+                    accepted += 1;
+                    if acks.send(Ok(RolloutAck { accepted })).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 let decoded = tokio::task::spawn_blocking(move || validate(&rollout, &spec2, version)).await;
                 let cols = match decoded {
                     Ok(Ok(c)) => c,

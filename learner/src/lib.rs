@@ -13,6 +13,7 @@ pub mod batch;
 pub mod checkpoint;
 pub mod device;
 pub mod ingest;
+pub mod optimizer;
 pub mod publisher;
 pub mod trainer;
 pub mod vtrace;
@@ -31,7 +32,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use troupe::model::ModelSpec;
-use troupe::process::{grpc_channel, write_ready_file, Backoff};
+use troupe::process::{grpc_channel, write_ready_file, Backoff, GrpcChannel};
+use troupe::security::Security;
 use troupe::spaces::EnvSpec;
 use troupe::telemetry::names;
 use troupe::RunConfig;
@@ -65,27 +67,77 @@ pub struct Args {
     pub ready_file: Option<PathBuf>,
     #[arg(long, env = "TROUPE_LOG_JSON")]
     pub log_json: bool,
-    /// Where to keep the latest policy snapshot (`latest.safetensors`, `latest.json`), written
-    /// at most every 30 s and at shutdown; a persistent volume in Kubernetes and compose.
+    /// Where to keep checkpoints (weights, optimizer state, counters), written every
+    /// `learner.checkpoint_every_s` and at shutdown; the learner resumes from the newest valid
+    /// one. A persistent volume in Kubernetes and compose.
     #[arg(long, env = "TROUPE_CHECKPOINT_DIR")]
     pub checkpoint_dir: Option<PathBuf>,
+    /// Names this learner's slot for the lease (default: the host name). A learner with the
+    /// same id takes over at once; another id waits until the holder's lease runs out.
+    #[arg(long, env = "TROUPE_LEARNER_ID")]
+    pub learner_id: Option<String>,
+    /// When the lease is held by another learner, or is lost to one: `exit` (status 75) or
+    /// `wait` (stand by until the lease is free, then resume from the newest checkpoint).
+    #[arg(long, env = "TROUPE_ON_FENCED", value_enum, default_value = "exit")]
+    pub on_fenced: OnFenced,
+    /// Also serve gRPC health in plain text here (for probes when TLS is on); port 0 picks one.
+    #[arg(long, env = "TROUPE_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub tls: troupe::security::TlsArgs,
+    #[command(flatten)]
+    pub auth: troupe::security::AuthArgs,
     /// Testing only: the model thread panics after this many updates, as a libtorch error or a
     /// CUDA out-of-memory would end it.
     #[arg(long, env = "TROUPE_FAULT_MODEL_PANIC_AFTER", hide = true)]
     pub fault_model_panic_after: Option<u64>,
 }
 
-/// Registers with the coordinator (retrying until it answers, and until the env's spaces are
-/// known): the run config, the env spec and the latest version.
+/// What to do when another learner holds the lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnFenced {
+    Exit,
+    Wait,
+}
+
+/// Exit status of a learner that another learner fenced off (BSD `EX_TEMPFAIL`).
+pub const EXIT_FENCED: i32 = 75;
+
+/// How [`run`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// A signal: drained and done.
+    Shutdown,
+    /// Another learner holds the lease (at registration, or it took it since).
+    Fenced,
+}
+
+/// What registration gave us.
+struct Registered {
+    config: RunConfig,
+    spec: EnvSpec,
+    latest: u64,
+    epoch: u64,
+    lease_s: f64,
+}
+
+/// Registers with the coordinator and takes the lease (retrying until it answers, and until
+/// the env's spaces are known). `None` on shutdown; `Err(Fenced)` if another learner holds
+/// the lease and `on_fenced` is `exit`.
 async fn register(
-    client: &mut CoordinatorClient<tonic::transport::Channel>,
+    client: &mut CoordinatorClient<GrpcChannel>,
     advertise: &str,
+    learner_id: &str,
+    checkpoint_version: u64,
+    on_fenced: OnFenced,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Option<(RunConfig, EnvSpec, u64)>> {
+) -> anyhow::Result<Result<Option<Registered>, Ended>> {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(3));
     loop {
         let req = RegisterLearnerRequest {
             advertise_address: advertise.to_string(),
+            learner_id: learner_id.to_string(),
+            checkpoint_version,
         };
         match client.register_learner(req).await {
             Ok(r) => {
@@ -94,12 +146,33 @@ async fn register(
                 let json = r.spec.map(|s| s.json).unwrap_or_default();
                 let spec: EnvSpec = serde_json::from_str(&json).context("coordinator sent a malformed env spec")?;
                 spec.validate()?;
-                return Ok(Some((config, spec, r.latest_version)));
+                return Ok(Ok(Some(Registered {
+                    config,
+                    spec,
+                    latest: r.latest_version,
+                    epoch: r.epoch,
+                    lease_s: r.lease_s,
+                })));
+            }
+            Err(status) if status.code() == tonic::Code::FailedPrecondition && on_fenced == OnFenced::Exit => {
+                tracing::error!(
+                    message = status.message(),
+                    "the coordinator refused this learner (--on-fenced exit)"
+                );
+                return Ok(Err(Ended::Fenced));
+            }
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) =>
+            {
+                anyhow::bail!("the coordinator refused this learner's token: {}", status.message());
             }
             Err(status) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), "registration failed, retrying");
                 if !backoff.wait(shutdown).await {
-                    return Ok(None);
+                    return Ok(Ok(None));
                 }
             }
         }
@@ -119,25 +192,86 @@ fn why_it_ended(joined: Result<std::thread::Result<()>, tokio::task::JoinError>)
     }
 }
 
+/// The access rule for the learner's methods: only actors stream rollouts.
+pub fn method_roles(path: &str) -> Option<&'static [troupe::security::Role]> {
+    use troupe::security::Role;
+    match path {
+        "/troupe.v1.Learner/StreamRollouts" => Some(&[Role::Actor]),
+        _ => None,
+    }
+}
+
 pub async fn run(
     args: Args,
+    security: Security,
     listener: TcpListener,
     metrics_addr: SocketAddr,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Ended> {
     let local = listener.local_addr()?;
-    let advertise = args.advertise.clone().unwrap_or_else(|| format!("http://{local}"));
+    let advertise = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("{}://{local}", security.scheme()));
+    let learner_id = match &args.learner_id {
+        Some(id) => id.clone(),
+        None => std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "learner".to_string()),
+    };
     let device = device::select(args.device)?;
     let device_name = device::name(device);
     tracing::info!(device = %device_name, "learner device");
     metrics::gauge!(names::LEARNER_DEVICE, "device" => device_name.clone()).set(1.0);
 
-    let coordinator = grpc_channel(&args.coordinator).context("coordinator address")?;
+    let coordinator = grpc_channel(&args.coordinator, &security).context("--coordinator")?;
     let mut client = CoordinatorClient::new(coordinator.clone()).max_decoding_message_size(proto::MAX_MESSAGE_BYTES);
-    let Some((config, env_spec, latest)) = register(&mut client, &advertise, &shutdown).await? else {
-        return Ok(());
+    let checkpointer = match &args.checkpoint_dir {
+        Some(dir) => Some(Arc::new(checkpoint::Checkpointer::new(dir, 1)?)),
+        None => None,
     };
-    tracing::info!(advertise = %advertise, latest_version = latest, env = %env_spec.id, "registered with the coordinator");
+    let resume = match &checkpointer {
+        Some(c) => {
+            let dir = c.dir().to_path_buf();
+            tokio::task::spawn_blocking(move || checkpoint::newest_valid(&dir)).await??
+        }
+        None => None,
+    };
+    let checkpoint_version = resume.as_ref().map_or(0, |r| r.version);
+    let registered = register(
+        &mut client,
+        &advertise,
+        &learner_id,
+        checkpoint_version,
+        args.on_fenced,
+        &shutdown,
+    )
+    .await?;
+    let Registered {
+        config,
+        spec: env_spec,
+        latest,
+        epoch,
+        lease_s,
+    } = match registered {
+        Ok(Some(r)) => r,
+        Ok(None) => return Ok(Ended::Shutdown),
+        Err(ended) => return Ok(ended),
+    };
+    let checkpointer = match &args.checkpoint_dir {
+        Some(dir) => Some(Arc::new(checkpoint::Checkpointer::new(
+            dir,
+            config.learner.keep_checkpoints,
+        )?)),
+        None => None,
+    };
+    tracing::info!(advertise = %advertise, learner_id = %learner_id, epoch, latest_version = latest, env = %env_spec.id, "registered with the coordinator");
+    // Everything below stops on a signal or when another learner fences this one.
+    let fenced = CancellationToken::new();
+    let stop = shutdown.child_token();
+    let shutdown = stop.clone();
 
     let spec = ModelSpec {
         env: env_spec.clone(),
@@ -146,33 +280,72 @@ pub async fn run(
     tch::manual_seed(args.seed);
     let mut trainer = trainer::Trainer::new(&config, &spec, device)?;
     let state_size = trainer.model().state_size();
-    if latest > 0 {
-        let (meta, blob) = troupe::client::fetch_policy(&mut client, latest)
-            .await
-            .context("fetching the latest policy to resume from")?;
-        trainer.load(meta.version, meta.learner_step, meta.frames, &blob)?;
-        tracing::info!(
-            version = meta.version,
-            learner_step = meta.learner_step,
-            "resumed from the latest stored policy"
-        );
+    match &resume {
+        Some(r) => {
+            trainer.restore(r)?;
+            // Versions continue from the coordinator's count, which may be ahead of the
+            // checkpoint (it is written every learner.checkpoint_every_s).
+            trainer.version = trainer.version.max(latest);
+            tracing::info!(
+                path = %r.path.display(),
+                checkpoint_version = r.version,
+                learner_step = r.learner_step,
+                frames = r.frames,
+                optimizer_steps = r.optimizer_steps,
+                "resumed from checkpoint"
+            );
+        }
+        None if latest > 0 => {
+            let (meta, blob) = troupe::client::fetch_policy(&mut client, latest)
+                .await
+                .context("fetching the latest policy to resume from")?;
+            trainer.load(meta.version, meta.learner_step, meta.frames, &blob)?;
+            tracing::warn!(
+                version = meta.version,
+                learner_step = meta.learner_step,
+                "resumed from the latest stored policy, without optimizer state (no checkpoint)"
+            );
+        }
+        None => {}
     }
 
-    let known_version = Arc::new(AtomicU64::new(latest));
+    let known_version = Arc::new(AtomicU64::new(trainer.version.max(latest)));
+    let minted = Arc::new(AtomicU64::new(latest));
     let (queue_tx, queue_rx) = mpsc::channel(config.learner.queue_capacity);
     let queue_bytes = Arc::new(AtomicU64::new(0));
     metrics::gauge!(names::LEARNER_QUEUE_CAPACITY).set(config.learner.queue_capacity as f64);
     // Every rejection reason exists from the start at 0, so the first rejection shows in
     // `increase()` (a counter that appears at 1 has no increase to show).
-    for reason in ingest::RejectKind::ALL.iter().map(|k| k.label()).chain(["too_large"]) {
+    for reason in ingest::RejectKind::ALL
+        .iter()
+        .map(|k| k.label())
+        .chain(["too_large", "stale", "wrong_actor"])
+    {
         metrics::counter!(names::LEARNER_ROLLOUTS_REJECTED, "reason" => reason).absolute(0);
     }
     let (snap_tx, snap_rx) = watch::channel(None);
-    let checkpoint = match &args.checkpoint_dir {
-        Some(dir) => Some(checkpoint::Checkpointer::new(dir, Duration::from_secs(30))?),
-        None => None,
-    };
-    let publisher = tokio::spawn(publisher::run(coordinator, snap_rx, latest, checkpoint));
+    let checkpoint_every = checkpointer
+        .is_some()
+        .then(|| Duration::from_secs_f64(config.learner.checkpoint_every_s));
+    let publisher = tokio::spawn(
+        publisher::Publisher {
+            channel: coordinator.clone(),
+            snapshots: snap_rx,
+            published: latest,
+            checkpointer,
+            epoch,
+            fenced: fenced.clone(),
+            minted: minted.clone(),
+        }
+        .run(),
+    );
+    tokio::spawn(publisher::keep_lease(
+        coordinator.clone(),
+        epoch,
+        lease_s,
+        fenced.clone(),
+        stop.clone(),
+    ));
     device::watch_gpu_memory(device, shutdown.clone());
 
     let trainer_loop = trainer::TrainerLoop {
@@ -187,6 +360,8 @@ pub async fn run(
         runtime: tokio::runtime::Handle::current(),
         shutdown: shutdown.clone(),
         panic_after: args.fault_model_panic_after,
+        checkpoint_every,
+        minted,
     };
     let model_thread = std::thread::Builder::new()
         .name("model".into())
@@ -200,25 +375,42 @@ pub async fn run(
             env: env_spec,
             state_size,
         }),
+        limits: ingest::StreamLimits {
+            max_policy_lag: config.learner.max_policy_lag,
+            max_streams_per_actor: config.learner.max_streams_per_actor,
+            idle_timeout: Duration::from_secs_f64(config.learner.stream_idle_timeout_s),
+        },
+        binding: security.actor_binding(),
+        slots: Default::default(),
         latest_version: known_version,
         queue: queue_tx,
         queue_bytes,
         shutdown: shutdown.clone(),
     };
+    let (mut health, health_service) = troupe::health::health_service(troupe::health::LEARNER).await;
+    let plain_health = match args.health_listen {
+        Some(addr) => Some(health.serve_plain(addr, shutdown.clone()).await?),
+        None => None,
+    };
     if let Some(path) = &args.ready_file {
         write_ready_file(
             path,
-            &serde_json::json!({"grpc": local.to_string(), "metrics": metrics_addr.to_string(), "device": device_name}),
+            &serde_json::json!({
+                "grpc": local.to_string(),
+                "metrics": metrics_addr.to_string(),
+                "device": device_name,
+                "health": plain_health.map(|a| a.to_string()),
+            }),
         )?;
     }
     tracing::info!(listen = %local, "serving rollout streams");
-    let (health, health_service) = troupe::health::health_service(troupe::health::LEARNER).await;
     health.set(troupe::health::ServingStatus::Serving).await;
-    let server = troupe::process::grpc_server()
+    let server = troupe::process::grpc_server(&security)?
         .layer(troupe::grpc_metrics::GrpcMetricsLayer::new(&[
             proto::methods::GRPC_METHODS,
             troupe::grpc_metrics::HEALTH_METHODS,
         ]))
+        .layer(troupe::security::AuthLayer::new(security.tokens(), method_roles))
         .add_service(health_service)
         .add_service(
             LearnerServer::new(service)
@@ -231,13 +423,29 @@ pub async fn run(
     // memory): then the learner fails its health check and exits non-zero, so that a
     // supervisor restarts it, rather than serving streams that nothing trains on.
     let mut model_joined = false;
+    let mut was_fenced = false;
     let died = tokio::select! {
         r = &mut server => { r?; None }
         joined = &mut model_done => {
             model_joined = true;
             (!shutdown.is_cancelled()).then(|| why_it_ended(joined))
         }
+        _ = fenced.cancelled() => {
+            was_fenced = true;
+            None
+        }
     };
+    if was_fenced {
+        // Another learner holds the lease: stop training and serving at once. Our weights are
+        // not published any more; the newest checkpoint stays for a later resume.
+        tracing::error!(epoch, "fenced off by another learner: stopping");
+        health.set(troupe::health::ServingStatus::NotServing).await;
+        stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(20), server).await;
+        let _ = tokio::time::timeout(Duration::from_secs(20), model_done).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), publisher).await;
+        return Ok(Ended::Fenced);
+    }
     if let Some(why) = died {
         let reason = format!("the model thread died: {why}");
         tracing::error!(reason = %reason, "learner failing");
@@ -264,5 +472,9 @@ pub async fn run(
         Ok(_) => tracing::info!("drained"),
         Err(_) => tracing::warn!("final publish did not finish within 20 s"),
     }
-    Ok(())
+    Ok(if fenced.is_cancelled() {
+        Ended::Fenced
+    } else {
+        Ended::Shutdown
+    })
 }

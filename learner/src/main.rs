@@ -1,14 +1,37 @@
 use clap::Parser;
-use troupe::process::shutdown_token;
+use troupe::process::{shutdown_token, EXIT_USAGE};
+use troupe::security::Security;
 use troupe::telemetry;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = learner::Args::parse();
     telemetry::init_tracing(args.log_json);
+    let security = match Security::load(&args.tls, &args.auth) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("learner: {e}");
+            std::process::exit(EXIT_USAGE);
+        }
+    };
+    security.log("learner");
     let shutdown = shutdown_token();
     let metrics_addr = telemetry::start_metrics(args.metrics_listen, shutdown.clone()).await?;
     telemetry::set_build_info("learner");
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    learner::run(args, listener, metrics_addr, shutdown).await
+    loop {
+        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        match learner::run(args.clone(), security.clone(), listener, metrics_addr, shutdown.clone()).await? {
+            learner::Ended::Shutdown => return Ok(()),
+            learner::Ended::Fenced if args.on_fenced == learner::OnFenced::Wait && !shutdown.is_cancelled() => {
+                tracing::warn!("fenced: standing by for the lease (--on-fenced wait)");
+            }
+            learner::Ended::Fenced => {
+                eprintln!(
+                    "learner: another learner holds the lease (exit status {})",
+                    learner::EXIT_FENCED
+                );
+                std::process::exit(learner::EXIT_FENCED);
+            }
+        }
+    }
 }

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -22,6 +21,7 @@ use troupe::RunConfig;
 
 use crate::algorithms::{self, Algorithm, TrainBatch};
 use crate::batch::{Batch, Batcher, Columns};
+use crate::optimizer::{self, Rule};
 
 /// Weights to publish as a policy version.
 #[derive(Debug)]
@@ -31,6 +31,8 @@ pub struct Snapshot {
     pub learner_step: u64,
     pub frames: u64,
     pub blob: Vec<u8>,
+    /// An encoded checkpoint taken with these weights, when one is due.
+    pub checkpoint: Option<Vec<u8>>,
 }
 
 /// What one update (one batch, one or more SGD steps) measured.
@@ -60,12 +62,13 @@ impl UpdateStats {
 
 pub struct Trainer {
     net: Model,
-    opt: nn::Optimizer,
+    opt: optimizer::Optimizer,
     cfg: LearnerConfig,
     algorithm: Box<dyn Algorithm>,
     device: Device,
-    /// Minibatch splits.
-    rng: StdRng,
+    /// Minibatch splits come from a generator seeded with this and the update number, so a
+    /// resumed run splits exactly as an uninterrupted one.
+    rng_seed: u64,
     pub updates: u64,
     pub frames: u64,
     /// Version of the weights as they were last snapshotted.
@@ -127,22 +130,25 @@ impl Trainer {
         if l.value_normalization != ValueNormalization::None {
             net.enable_value_norm();
         }
-        let opt = match l.optimizer {
-            Optimizer::Adam => nn::Adam::default().build(net.var_store(), l.learning_rate)?,
-            Optimizer::Rmsprop => nn::RmsProp {
+        let rule = match l.optimizer {
+            Optimizer::Adam => Rule::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
+            Optimizer::Rmsprop => Rule::RmsProp {
                 alpha: l.rmsprop_alpha,
                 eps: l.rmsprop_eps,
-                ..Default::default()
-            }
-            .build(net.var_store(), l.learning_rate)?,
+            },
         };
+        let opt = optimizer::Optimizer::new(net.var_store(), rule, l.learning_rate);
         Ok(Trainer {
             net,
             opt,
             cfg: l.clone(),
             algorithm: algorithms::build(run),
             device,
-            rng: StdRng::seed_from_u64(run.env.seed ^ 0x7472_6f75_7065),
+            rng_seed: run.env.seed ^ 0x7472_6f75_7065,
             updates: 0,
             frames: 0,
             version: 0,
@@ -166,6 +172,31 @@ impl Trainer {
         Ok(())
     }
 
+    /// Everything a resumed run needs to continue exactly: the weights (with the observation
+    /// and value statistics), the optimizer's state, and the counters.
+    pub fn checkpoint(&self) -> crate::checkpoint::State {
+        crate::checkpoint::State {
+            version: self.version,
+            learner_step: self.updates,
+            frames: self.frames,
+            optimizer_steps: self.opt.steps(),
+            rng_seed: self.rng_seed,
+            policy: self.net.to_safetensors(),
+            optimizer: self.opt.state(),
+        }
+    }
+
+    /// Continues from a checkpoint written by [`Trainer::checkpoint`].
+    pub fn restore(&mut self, state: &crate::checkpoint::Loaded) -> anyhow::Result<()> {
+        self.net.load_safetensors(&state.policy)?;
+        self.opt.restore(state.optimizer_steps, &state.optimizer)?;
+        self.version = state.version;
+        self.updates = state.learner_step;
+        self.frames = state.frames;
+        self.rng_seed = state.rng_seed;
+        Ok(())
+    }
+
     /// Takes the next version number and snapshots the weights under it. Weights with a NaN or
     /// an infinity are never snapshotted: the error names the tensor, and no version is taken.
     pub fn snapshot(&mut self) -> Result<Snapshot, troupe::policy_file::BlobError> {
@@ -179,6 +210,7 @@ impl Trainer {
             learner_step: self.updates,
             frames: self.frames,
             blob,
+            checkpoint: None,
         })
     }
 
@@ -232,6 +264,7 @@ impl Trainer {
         );
         let per = b.b as usize / passes.minibatches;
         let mut order: Vec<i64> = (0..b.b).collect();
+        let mut rng = StdRng::seed_from_u64(self.rng_seed ^ self.updates.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut sums = TargetSums::default();
         let mut stats = UpdateStats {
             total_loss: 0.0,
@@ -244,7 +277,7 @@ impl Trainer {
         };
         'passes: for epoch in 0..passes.epochs {
             if passes.minibatches > 1 {
-                order.shuffle(&mut self.rng);
+                order.shuffle(&mut rng);
             }
             for m in 0..passes.minibatches {
                 let mb = if passes.minibatches == 1 {
@@ -385,6 +418,11 @@ pub struct TrainerLoop {
     pub shutdown: CancellationToken,
     /// Testing only: panic after this many updates (the learner's `--fault-model-panic-after`).
     pub panic_after: Option<u64>,
+    /// Take a checkpoint with a snapshot at most this often (and with the last one); None: never.
+    pub checkpoint_every: Option<Duration>,
+    /// The newest version the coordinator minted for this learner: the next snapshot's number
+    /// starts above it.
+    pub minted: Arc<AtomicU64>,
 }
 
 /// libtorch's intra-op threads for `configured` (0: every core this process may use).
@@ -411,6 +449,8 @@ impl TrainerLoop {
             runtime,
             shutdown,
             panic_after,
+            checkpoint_every,
+            minted,
         } = self;
         let batcher = BatcherThread {
             batcher: Batcher::new(batch_size),
@@ -421,6 +461,7 @@ impl TrainerLoop {
             runtime,
             shutdown: shutdown.clone(),
         };
+        let trainer_updates = trainer.updates;
         ModelThread {
             trainer,
             publish_every,
@@ -428,6 +469,10 @@ impl TrainerLoop {
             known_version,
             shutdown,
             panic_after,
+            checkpoint_every,
+            last_checkpoint: Instant::now(),
+            checkpointed_updates: trainer_updates,
+            minted,
         }
         .run(threads, batcher)
     }
@@ -441,6 +486,11 @@ struct ModelThread {
     known_version: Arc<AtomicU64>,
     shutdown: CancellationToken,
     panic_after: Option<u64>,
+    checkpoint_every: Option<Duration>,
+    last_checkpoint: Instant,
+    /// The learner step of the last checkpoint taken.
+    checkpointed_updates: u64,
+    minted: Arc<AtomicU64>,
 }
 
 impl ModelThread {
@@ -457,7 +507,7 @@ impl ModelThread {
         let mut since_publish = 0u64;
         if self.trainer.version == 0 {
             // A fresh run: publish the initial weights so actors can start.
-            self.publish();
+            self.publish(false);
         }
         while !self.shutdown.is_cancelled() {
             let p = match ready_rx.recv_timeout(Duration::from_millis(200)) {
@@ -487,7 +537,7 @@ impl ModelThread {
             }
             since_publish += 1;
             if since_publish >= self.publish_every {
-                self.publish();
+                self.publish(false);
                 since_publish = 0;
             }
         }
@@ -504,13 +554,20 @@ impl ModelThread {
             // The batcher's failure is the model thread's: the learner reports it and exits.
             std::panic::resume_unwind(panic);
         }
-        if since_publish > 0 {
+        let unsaved = self.checkpoint_every.is_some() && self.trainer.updates != self.checkpointed_updates;
+        if since_publish > 0 || unsaved {
             tracing::info!(updates = self.trainer.updates, "publishing final weights before exit");
-            self.publish();
+            self.publish(true);
         }
     }
 
-    fn publish(&mut self) {
+    /// Snapshots the weights for the publisher, with a checkpoint when one is due (always with
+    /// the `last` snapshot).
+    fn publish(&mut self, last: bool) {
+        // Versions continue above what the coordinator minted (it may have minted above our
+        // count after Redis lost data).
+        let minted = self.minted.load(Ordering::Acquire);
+        self.trainer.version = self.trainer.version.max(minted);
         let snap = match self.trainer.snapshot() {
             Ok(s) => s,
             Err(e) => {
@@ -519,6 +576,14 @@ impl ModelThread {
                 return;
             }
         };
+        let mut snap = snap;
+        if let Some(every) = self.checkpoint_every {
+            if last || self.last_checkpoint.elapsed() >= every {
+                self.last_checkpoint = Instant::now();
+                self.checkpointed_updates = self.trainer.updates;
+                snap.checkpoint = Some(crate::checkpoint::encode(&self.trainer.checkpoint()));
+            }
+        }
         // Known before it is published: the coordinator tells actors about a version before
         // our publish call returns, and their rollouts may arrive first.
         self.known_version.fetch_max(snap.version, Ordering::AcqRel);

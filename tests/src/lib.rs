@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use proto::v1::coordinator_client::CoordinatorClient;
-use proto::v1::{StatusRequest, StatusResponse};
-use tonic::transport::Channel;
+use proto::v1::learner_client::LearnerClient;
+use proto::v1::{RegisterActorRequest, StatusRequest, StatusResponse};
+use troupe::process::GrpcChannel;
+use troupe::security::{AuthArgs, Role, Security, TlsArgs};
 
 /// Where the workspace's binaries are: the test executable lives in target/<profile>/deps.
 pub fn bin(name: &str) -> PathBuf {
@@ -155,9 +157,81 @@ impl Drop for Proc {
     }
 }
 
-/// A private Redis on a unix socket in the cluster's temp dir.
+/// TLS material and role tokens made by `scripts/make-certs.sh` (what `train.sh` uses).
+#[derive(Debug, Clone)]
+pub struct Secrets {
+    pub dir: PathBuf,
+}
+
+impl Secrets {
+    /// A fresh throwaway CA, certificate and tokens under `dir`.
+    pub fn make(dir: &Path) -> anyhow::Result<Secrets> {
+        let out = Command::new(repo_root().join("scripts/make-certs.sh"))
+            .arg(dir)
+            .output()?;
+        if !out.status.success() {
+            bail!("make-certs.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(Secrets { dir: dir.to_path_buf() })
+    }
+
+    pub fn tls(&self, name: &str) -> PathBuf {
+        self.dir.join("tls").join(name)
+    }
+
+    pub fn token(&self, role: Role) -> PathBuf {
+        self.dir.join("tokens").join(role.name())
+    }
+
+    /// Flags for a server process (coordinator, learner): its certificate, the CA, every role's
+    /// token, and `role`'s own token for its calls.
+    pub fn server_flags(&self, role: Role) -> Vec<String> {
+        let mut v = self.client_flags(role);
+        v.extend([
+            "--tls-cert".into(),
+            self.tls("tls.crt").display().to_string(),
+            "--tls-key".into(),
+            self.tls("tls.key").display().to_string(),
+            "--tokens-dir".into(),
+            self.dir.join("tokens").display().to_string(),
+        ]);
+        v
+    }
+
+    /// Flags for a client-only process (actor, troupe-watch): the CA and `role`'s token.
+    pub fn client_flags(&self, role: Role) -> Vec<String> {
+        vec![
+            "--tls-ca".into(),
+            self.tls("ca.crt").display().to_string(),
+            "--token-file".into(),
+            self.token(role).display().to_string(),
+        ]
+    }
+
+    /// The security a client of `role` in this process uses.
+    pub fn client(&self, role: Role) -> Security {
+        Security::load(
+            &TlsArgs {
+                tls_ca: Some(self.tls("ca.crt")),
+                ..Default::default()
+            },
+            &AuthArgs {
+                token_file: Some(self.token(role)),
+                tokens_dir: None,
+            },
+        )
+        .expect("the secrets make-certs.sh wrote")
+    }
+}
+
+/// A private Redis on a unix socket in the cluster's temp dir, persisting to an append-only
+/// file fsynced every second (as compose and the chart run it), so a restarted Redis keeps its
+/// data.
 pub fn start_redis(dir: &Path) -> anyhow::Result<(Proc, String)> {
     let sock = dir.join("redis.sock");
+    let data = dir.join("redis-data");
+    std::fs::create_dir_all(&data)?;
+    let _ = std::fs::remove_file(&sock);
     let mut cmd = Command::new("redis-server");
     cmd.args([
         "--port",
@@ -165,11 +239,15 @@ pub fn start_redis(dir: &Path) -> anyhow::Result<(Proc, String)> {
         "--save",
         "",
         "--appendonly",
-        "no",
+        "yes",
+        "--appendfsync",
+        "everysec",
         "--daemonize",
         "no",
-        "--unixsocket",
+        "--dir",
     ])
+    .arg(&data)
+    .arg("--unixsocket")
     .arg(&sock);
     let proc = Proc::spawn("redis", dir, cmd)?;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -187,9 +265,14 @@ pub struct Cluster {
     pub redis: Proc,
     pub redis_url: String,
     pub config_path: PathBuf,
+    /// TLS and tokens on every link (None: a plain cluster).
+    pub secrets: Option<Secrets>,
     pub coordinator: Proc,
     pub coordinator_addr: String,
     pub coordinator_metrics: String,
+    /// The coordinator's and the learner's plain gRPC health addresses.
+    pub coordinator_health: String,
+    pub learner_health: String,
     pub learner: Option<Proc>,
     pub learner_metrics: String,
     pub learner_addr: String,
@@ -208,20 +291,42 @@ impl Cluster {
 
     /// [`Cluster::start`] with extra learner flags.
     pub async fn start_with_learner_args(config: &troupe::RunConfig, learner_args: &[&str]) -> anyhow::Result<Cluster> {
+        Cluster::start_with(config, learner_args, true).await
+    }
+
+    /// A cluster with TLS and tokens off (for measuring what they cost).
+    pub async fn start_plain(config: &troupe::RunConfig) -> anyhow::Result<Cluster> {
+        Cluster::start_with(config, &[], false).await
+    }
+
+    /// Redis, a coordinator and a learner; with `secure`, TLS and role tokens on every link
+    /// (certificates and tokens from `scripts/make-certs.sh`).
+    pub async fn start_with(
+        config: &troupe::RunConfig,
+        learner_args: &[&str],
+        secure: bool,
+    ) -> anyhow::Result<Cluster> {
         let dir = tempfile::tempdir()?;
+        let secrets = if secure {
+            Some(Secrets::make(&dir.path().join("secrets"))?)
+        } else {
+            None
+        };
         let (redis, redis_url) = start_redis(dir.path())?;
         let config_path = dir.path().join("run.toml");
         std::fs::write(&config_path, config.to_toml())?;
-        let (coordinator, coordinator_addr, coordinator_metrics) =
-            start_coordinator(dir.path(), &config_path, &redis_url, "127.0.0.1:0").await?;
+        let c = start_coordinator(dir.path(), &config_path, &redis_url, "127.0.0.1:0", secrets.as_ref()).await?;
         let mut cluster = Cluster {
             dir,
             redis,
             redis_url,
             config_path,
-            coordinator,
-            coordinator_addr,
-            coordinator_metrics,
+            secrets,
+            coordinator: c.proc,
+            coordinator_addr: c.addr,
+            coordinator_metrics: c.metrics,
+            coordinator_health: c.health,
+            learner_health: String::new(),
             learner: None,
             learner_metrics: String::new(),
             learner_addr: String::new(),
@@ -260,11 +365,14 @@ impl Cluster {
             "127.0.0.1:0",
             "--metrics-listen",
             "127.0.0.1:0",
+            "--health-listen",
+            "127.0.0.1:0",
             "--device",
             "cpu",
             "--ready-file",
         ])
         .arg(&ready)
+        .args(self.secrets.iter().flat_map(|s| s.server_flags(Role::Learner)))
         .args(extra);
         let mut p = Proc::spawn("learner", self.dir.path(), cmd)?;
         p.ready = Some(ready);
@@ -276,8 +384,9 @@ impl Cluster {
     pub async fn wait_learner(&mut self) -> anyhow::Result<()> {
         let p = self.learner.as_mut().context("no learner spawned")?;
         let info = p.wait_ready(Duration::from_secs(60)).await?;
-        self.learner_addr = format!("http://{}", info["grpc"].as_str().context("grpc")?);
+        self.learner_addr = format!("{}://{}", self.scheme(), info["grpc"].as_str().context("grpc")?);
         self.learner_metrics = info["metrics"].as_str().context("metrics")?.to_string();
+        self.learner_health = info["health"].as_str().context("health")?.to_string();
         Ok(())
     }
 
@@ -296,7 +405,8 @@ impl Cluster {
             "127.0.0.1:0",
             "--ready-file",
         ])
-        .arg(&ready);
+        .arg(&ready)
+        .args(self.secrets.iter().flat_map(|s| s.client_flags(Role::Actor)));
         let mut p = Proc::spawn(&name, self.dir.path(), cmd)?;
         p.ready = Some(ready);
         let info = p.wait_ready(Duration::from_secs(60)).await?;
@@ -308,11 +418,58 @@ impl Cluster {
         info["actor_id"].as_u64().context("actor_id")
     }
 
-    pub async fn client(&self) -> anyhow::Result<CoordinatorClient<Channel>> {
-        Ok(
-            CoordinatorClient::new(troupe::process::grpc_channel(&self.coordinator_addr)?)
-                .max_decoding_message_size(proto::MAX_MESSAGE_BYTES),
-        )
+    fn scheme(&self) -> &'static str {
+        if self.secrets.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The security a client with `role`'s token uses against this cluster.
+    pub fn security(&self, role: Role) -> Security {
+        match &self.secrets {
+            Some(s) => s.client(role),
+            None => Security::insecure(),
+        }
+    }
+
+    /// A coordinator client with the admin's token.
+    pub async fn client(&self) -> anyhow::Result<CoordinatorClient<GrpcChannel>> {
+        self.client_as(Role::Admin).await
+    }
+
+    /// A coordinator client with `role`'s token.
+    pub async fn client_as(&self, role: Role) -> anyhow::Result<CoordinatorClient<GrpcChannel>> {
+        Ok(CoordinatorClient::new(troupe::process::grpc_channel(
+            &self.coordinator_addr,
+            &self.security(role),
+        )?)
+        .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(proto::MAX_MESSAGE_BYTES))
+    }
+
+    /// Registers a client as an actor (as a test's hand-made actor would): its id and secret.
+    pub async fn register_fake_actor(&self) -> anyhow::Result<(u64, String)> {
+        let r = self
+            .client_as(Role::Actor)
+            .await?
+            .register_actor(RegisterActorRequest {
+                hostname: "test".into(),
+            })
+            .await?
+            .into_inner();
+        Ok((r.actor_id, r.actor_secret))
+    }
+
+    /// A learner client with the actor's token.
+    pub fn learner_client(&self) -> anyhow::Result<LearnerClient<GrpcChannel>> {
+        Ok(LearnerClient::new(troupe::process::grpc_channel(
+            &self.learner_addr,
+            &self.security(Role::Actor),
+        )?)
+        .max_encoding_message_size(64 << 20)
+        .max_decoding_message_size(proto::MAX_MESSAGE_BYTES))
     }
 
     pub async fn status(&self) -> anyhow::Result<StatusResponse> {
@@ -322,11 +479,33 @@ impl Cluster {
     /// Kills the coordinator (SIGKILL) and starts a new one on the same port and Redis.
     pub async fn restart_coordinator(&mut self) -> anyhow::Result<()> {
         self.coordinator.kill9();
-        let addr = self.coordinator_addr.trim_start_matches("http://").to_string();
-        let (c, a, m) = start_coordinator(self.dir.path(), &self.config_path, &self.redis_url, &addr).await?;
-        self.coordinator = c;
-        self.coordinator_addr = a;
-        self.coordinator_metrics = m;
+        let addr = self
+            .coordinator_addr
+            .split("://")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        let c = start_coordinator(
+            self.dir.path(),
+            &self.config_path,
+            &self.redis_url,
+            &addr,
+            self.secrets.as_ref(),
+        )
+        .await?;
+        self.coordinator = c.proc;
+        self.coordinator_addr = c.addr;
+        self.coordinator_metrics = c.metrics;
+        self.coordinator_health = c.health;
+        Ok(())
+    }
+
+    /// Kills Redis (SIGKILL) and starts it again on the same socket and data directory.
+    pub fn restart_redis(&mut self) -> anyhow::Result<()> {
+        self.redis.kill9();
+        let (redis, url) = start_redis(self.dir.path())?;
+        assert_eq!(url, self.redis_url);
+        self.redis = redis;
         Ok(())
     }
 
@@ -343,13 +522,21 @@ impl Cluster {
     }
 }
 
-/// Returns the process, its gRPC URL and its metrics address.
+struct Started {
+    proc: Proc,
+    addr: String,
+    metrics: String,
+    health: String,
+}
+
+/// Starts a coordinator and waits for its ready file.
 async fn start_coordinator(
     dir: &Path,
     config: &Path,
     redis_url: &str,
     listen: &str,
-) -> anyhow::Result<(Proc, String, String)> {
+    secrets: Option<&Secrets>,
+) -> anyhow::Result<Started> {
     let ready = dir.join("coordinator.json");
     let _ = std::fs::remove_file(&ready);
     let mut cmd = Command::new(bin("coordinator"));
@@ -362,15 +549,25 @@ async fn start_coordinator(
             "127.0.0.1:0",
             "--redis-url",
             redis_url,
+            "--health-listen",
+            "127.0.0.1:0",
             "--ready-file",
         ])
-        .arg(&ready);
+        .arg(&ready)
+        .args(secrets.iter().flat_map(|s| s.server_flags(Role::Admin)));
     let mut p = Proc::spawn("coordinator", dir, cmd)?;
     p.ready = Some(ready);
     let info = p.wait_ready(Duration::from_secs(30)).await?;
-    let addr = format!("http://{}", info["grpc"].as_str().context("grpc")?);
+    let scheme = if secrets.is_some() { "https" } else { "http" };
+    let addr = format!("{scheme}://{}", info["grpc"].as_str().context("grpc")?);
     let metrics = info["metrics"].as_str().context("metrics")?.to_string();
-    Ok((p, addr, metrics))
+    let health = info["health"].as_str().context("health")?.to_string();
+    Ok(Started {
+        proc: p,
+        addr,
+        metrics,
+        health,
+    })
 }
 
 /// GETs a Prometheus scrape over plain HTTP/1.0.

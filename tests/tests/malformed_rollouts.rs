@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use proto::v1::learner_client::LearnerClient;
 use proto::v1::{Rollout, Tensor};
 use tests::{cartpole_config, eventually, metric, scrape, Cluster};
 
@@ -26,15 +25,21 @@ fn rollout(t: usize, n: usize, version: u64) -> Rollout {
     }
 }
 
-/// Sends the rollouts on one stream and reads acks until the learner ends it; returns how many
-/// were accepted, or the status the stream ended with.
-async fn send(addr: &str, rollouts: Vec<Rollout>) -> Result<u64, tonic::Status> {
-    let mut client = LearnerClient::connect(addr.to_string())
-        .await
-        .expect("connect to learner")
-        .max_encoding_message_size(64 << 20);
+/// Sends the rollouts on one stream, as a registered actor (TLS, the actor's token, its id and
+/// secret), and reads acks until the learner ends it; returns how many were accepted, or the
+/// status the stream ended with.
+async fn send(cluster: &Cluster, mut rollouts: Vec<Rollout>) -> Result<u64, tonic::Status> {
+    let (id, secret) = cluster.register_fake_actor().await.expect("register an actor");
+    let mut client = cluster.learner_client().expect("learner client");
+    for r in &mut rollouts {
+        r.actor_id = id;
+    }
     let n = rollouts.len() as u64;
     let mut req = tonic::Request::new(tokio_stream::iter(rollouts));
+    req.metadata_mut()
+        .insert(troupe::security::ACTOR_ID_HEADER, id.to_string().parse().unwrap());
+    req.metadata_mut()
+        .insert(troupe::security::ACTOR_SECRET_HEADER, secret.parse().unwrap());
     req.set_timeout(Duration::from_secs(20));
     let mut acks = client.stream_rollouts(req).await?.into_inner();
     let mut accepted = 0;
@@ -61,7 +66,7 @@ async fn malformed_rollouts_get_invalid_argument_and_training_goes_on() -> anyho
     .map_err(|e| anyhow::anyhow!("{e}{}", cluster.logs()))?;
 
     // A good rollout is accepted on a hand-made stream too.
-    assert_eq!(send(&cluster.learner_addr, vec![rollout(t, 4, version)]).await?, 1);
+    assert_eq!(send(&cluster, vec![rollout(t, 4, version)]).await?, 1);
 
     let mut wrong_shape = rollout(t, 4, version);
     wrong_shape.observations = Some(Tensor::from_slice(&[t + 1, 4, 3], &vec![0.0f32; (t + 1) * 4 * 3]));
@@ -89,7 +94,7 @@ async fn malformed_rollouts_get_invalid_argument_and_training_goes_on() -> anyho
     for (bad, want) in cases {
         let before = metric(&scrape(&cluster.learner_metrics)?, "troupe_learner_updates_total").unwrap_or(0.0);
         // Good rollouts before the bad one are accepted; the bad one ends the stream.
-        let err = send(&cluster.learner_addr, vec![rollout(t, 4, version), bad])
+        let err = send(&cluster, vec![rollout(t, 4, version), bad])
             .await
             .expect_err("malformed rollout is rejected");
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
@@ -110,7 +115,7 @@ async fn malformed_rollouts_get_invalid_argument_and_training_goes_on() -> anyho
     // not a silent OK, and training goes on.
     let n = (20 << 20) / ((t + 1) * 16);
     let big = rollout(t, n, version);
-    let err = send(&cluster.learner_addr, vec![big])
+    let err = send(&cluster, vec![big])
         .await
         .expect_err("oversized rollout is refused");
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");

@@ -131,8 +131,10 @@ async fn every_process_serves_grpc_health_and_counts_its_calls() -> anyhow::Resu
     cluster.add_actor().await?;
     cluster.wait_learner().await?;
     let t = Duration::from_secs(3);
-    let coordinator = cluster.coordinator_addr.clone();
-    let learner = cluster.learner_addr.clone();
+    // With TLS on, health is served in plain text on its own port (Kubernetes' gRPC probes
+    // speak no TLS); the TLS port answers health too, for clients that do.
+    let coordinator = cluster.coordinator_health.clone();
+    let learner = cluster.learner_health.clone();
     let actor = cluster.actor_health[0].clone();
     for (addr, role) in [
         (&coordinator, troupe::health::COORDINATOR),

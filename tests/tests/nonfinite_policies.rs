@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use proto::v1::{PolicyChunk, PolicyMeta};
-use tests::{cartpole_config, eventually, Cluster};
+use tests::{cartpole_config, eventually, metric, scrape, Cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_coordinator_refuses_a_nan_policy_by_tensor_name() -> anyhow::Result<()> {
@@ -31,9 +31,16 @@ async fn the_coordinator_refuses_a_nan_policy_by_tensor_name() -> anyhow::Result
         size_bytes: bad.len() as u64,
         ..Default::default()
     };
+    // Under the learner's current epoch, so that only the weights can be what is refused.
+    let epoch = metric(
+        &scrape(&cluster.coordinator_metrics)?,
+        "troupe_coordinator_learner_epoch",
+    )
+    .expect("the epoch gauge") as u64;
     let chunk = PolicyChunk {
         meta: Some(meta),
         data: bad.into(),
+        epoch,
     };
     let err = client
         .publish_policy(tokio_stream::iter(vec![chunk]))

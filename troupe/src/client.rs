@@ -2,15 +2,15 @@
 
 use std::time::Duration;
 
+use crate::process::GrpcChannel;
 use bytes::BytesMut;
 use proto::v1::coordinator_client::CoordinatorClient;
 use proto::v1::{GetPolicyRequest, PolicyMeta};
-use tonic::transport::Channel;
 
 /// Fetches one policy version (0 = latest) and its metadata; a fetch that takes over 30 s is
 /// abandoned.
 pub async fn fetch_policy(
-    client: &mut CoordinatorClient<Channel>,
+    client: &mut CoordinatorClient<GrpcChannel>,
     version: u64,
 ) -> Result<(PolicyMeta, bytes::Bytes), tonic::Status> {
     let work = async {

@@ -228,6 +228,17 @@ pub struct LearnerConfig {
     pub publish_every: u64,
     /// Rollouts the learner holds in its queue before actors must wait.
     pub queue_capacity: usize,
+    /// Rollouts acted with a policy more than this many versions behind the learner's newest
+    /// are refused (counted as `troupe_learner_rollouts_rejected_total{reason="stale"}`).
+    pub max_policy_lag: u64,
+    /// Rollout streams one actor id may hold open at once; more are refused.
+    pub max_streams_per_actor: usize,
+    /// A rollout stream that sends nothing for this long is closed (the first message included).
+    pub stream_idle_timeout_s: f64,
+    /// Keep this many checkpoints in `--checkpoint-dir` (the newest; older ones are deleted).
+    pub keep_checkpoints: usize,
+    /// Write a checkpoint at most this often (and always at shutdown).
+    pub checkpoint_every_s: f64,
 }
 
 /// IMPALA's loss: `-mean(log pi(a|x) * A) + baseline_cost * 0.5 * mean((v_s - V)^2)
@@ -276,6 +287,9 @@ pub struct CoordinatorConfig {
     pub keep_versions: u64,
     /// An actor that has not sent a heartbeat for this long is reported as gone.
     pub actor_timeout_s: f64,
+    /// The learner lease lasts this long after each renewal (the learner renews every third of
+    /// it). Another learner id may take the run over once it has run out.
+    pub learner_lease_s: f64,
 }
 
 fn default_run_name() -> String {
@@ -351,6 +365,11 @@ impl Default for LearnerConfig {
             threads: 0,
             publish_every: 1,
             queue_capacity: 4,
+            max_policy_lag: 1000,
+            max_streams_per_actor: 2,
+            stream_idle_timeout_s: 60.0,
+            keep_checkpoints: 3,
+            checkpoint_every_s: 30.0,
         }
     }
 }
@@ -390,6 +409,7 @@ impl Default for CoordinatorConfig {
         CoordinatorConfig {
             keep_versions: 8,
             actor_timeout_s: 10.0,
+            learner_lease_s: 10.0,
         }
     }
 }
@@ -556,6 +576,22 @@ impl RunConfig {
             0.0,
             86400.0,
         )?;
+        check_open_range(
+            "coordinator.learner_lease_s",
+            self.coordinator.learner_lease_s,
+            0.0,
+            3600.0,
+        )?;
+        check_range("learner.max_policy_lag", l.max_policy_lag as f64, 1.0, 1e12)?;
+        check_range(
+            "learner.max_streams_per_actor",
+            l.max_streams_per_actor as f64,
+            1.0,
+            64.0,
+        )?;
+        check_open_range("learner.stream_idle_timeout_s", l.stream_idle_timeout_s, 0.0, 86400.0)?;
+        check_range("learner.keep_checkpoints", l.keep_checkpoints as f64, 1.0, 1000.0)?;
+        check_open_range("learner.checkpoint_every_s", l.checkpoint_every_s, 0.0, 86400.0)?;
         Ok(())
     }
 }

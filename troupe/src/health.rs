@@ -27,42 +27,66 @@ pub async fn health_service(
 ) {
     let (reporter, service) = tonic_health::server::health_reporter();
     reporter.set_service_status(role, ServingStatus::NotServing).await;
-    (Health { reporter, role }, service)
+    (
+        Health {
+            reporters: vec![reporter],
+            role,
+        },
+        service,
+    )
 }
 
-/// Sets the status of a process's role.
+/// Sets the status of a process's role, on every server that serves its health.
 #[derive(Clone)]
 pub struct Health {
-    reporter: HealthReporter,
+    reporters: Vec<HealthReporter>,
     role: &'static str,
 }
 
 impl Health {
+    /// Sets the role's status everywhere it is served.
     pub async fn set(&self, status: ServingStatus) {
-        self.reporter.set_service_status(self.role, status).await;
+        for r in &self.reporters {
+            r.set_service_status(self.role, status).await;
+        }
+    }
+
+    /// Also serves this role's health in plain text on `addr` (its own port, never TLS and never
+    /// a token, for Kubernetes' gRPC probes); returns the bound address. Status set before the
+    /// call is not copied: call it before the first [`Health::set`].
+    pub async fn serve_plain(&mut self, addr: SocketAddr, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter.set_service_status(self.role, ServingStatus::NotServing).await;
+        self.reporters.push(reporter);
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let bound = listener.local_addr()?;
+        tokio::spawn(async move {
+            let served = crate::process::grpc_server(&crate::security::Security::insecure())
+                .expect("a plain server needs no TLS files")
+                .layer(GrpcMetricsLayer::new(&[HEALTH_METHODS]))
+                .add_service(service)
+                .serve_with_incoming_shutdown(crate::process::incoming(listener), shutdown.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "health server failed");
+            }
+        });
+        Ok(bound)
     }
 }
 
-/// Serves only the health service on `addr` until `shutdown` (the actor, which has no other gRPC
-/// server); returns the bound address.
+/// Serves only the health service on `addr`, in plain text, until `shutdown` (the actor, which
+/// has no other gRPC server); returns the bound address.
 pub async fn serve_health_only(
     addr: SocketAddr,
     role: &'static str,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Health, SocketAddr)> {
-    let (health, service) = health_service(role).await;
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        let served = crate::process::grpc_server()
-            .layer(GrpcMetricsLayer::new(&[HEALTH_METHODS]))
-            .add_service(service)
-            .serve_with_incoming_shutdown(crate::process::incoming(listener), shutdown.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "health server failed");
-        }
-    });
+    let mut health = Health {
+        reporters: Vec::new(),
+        role,
+    };
+    let bound = health.serve_plain(addr, shutdown).await?;
     Ok((health, bound))
 }
 

@@ -11,6 +11,7 @@ pub mod health;
 pub mod model;
 pub mod policy_file;
 pub mod process;
+pub mod security;
 pub mod spaces;
 pub mod telemetry;
 

@@ -41,26 +41,71 @@ pub fn write_ready_file(path: &Path, value: &serde_json::Value) -> std::io::Resu
     std::fs::rename(tmp, path)
 }
 
+/// A client channel: a tonic `Channel` that adds this process's bearer token to every call.
+pub type GrpcChannel =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, crate::security::AuthToken>;
+
+/// Why a gRPC client endpoint could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("{0}: {1}")]
+    Address(String, tonic::transport::Error),
+    #[error("{address}: TLS is on, expected an https:// address")]
+    PlainWithTls { address: String },
+    #[error("{address}: an https:// address needs TLS settings (--tls-ca)")]
+    TlsWithoutSettings { address: String },
+}
+
 /// A lazily connecting gRPC channel with connect/keepalive deadlines, so a dead peer is noticed
-/// and the channel reconnects on the next call.
-pub fn grpc_channel(address: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    Ok(tonic::transport::Endpoint::from_shared(address.to_string())?
+/// and the channel reconnects on the next call; TLS and the bearer token from `security`.
+pub fn grpc_channel(address: &str, security: &crate::security::Security) -> Result<GrpcChannel, ChannelError> {
+    let bad = |e| ChannelError::Address(address.to_string(), e);
+    let mut endpoint = tonic::transport::Endpoint::from_shared(address.to_string())
+        .map_err(bad)?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true)
-        .http2_adaptive_window(true)
-        .connect_lazy())
+        .http2_adaptive_window(true);
+    match (security.client_tls(), address.starts_with("https://")) {
+        (Some(tls), true) => endpoint = endpoint.tls_config(tls).map_err(bad)?,
+        (Some(_), false) => {
+            return Err(ChannelError::PlainWithTls {
+                address: address.to_string(),
+            })
+        }
+        (None, true) => {
+            return Err(ChannelError::TlsWithoutSettings {
+                address: address.to_string(),
+            })
+        }
+        (None, false) => {}
+    }
+    Ok(GrpcChannel::new(endpoint.connect_lazy(), security.token()))
 }
 
-/// A tonic server builder with the settings both servers use: adaptive HTTP/2 windows and
-/// keepalive pings, so a dead peer's streams end instead of hanging.
-pub fn grpc_server() -> tonic::transport::Server {
-    tonic::transport::Server::builder()
+/// Concurrent HTTP/2 streams one connection may open on a Troupe server (an actor uses a few).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+
+/// A tonic server builder with the settings every server uses: TLS from `security`, adaptive
+/// HTTP/2 windows, keepalive pings (a dead peer's streams end instead of hanging), a cap on
+/// streams per connection and on reset floods.
+pub fn grpc_server(
+    security: &crate::security::Security,
+) -> Result<tonic::transport::Server, crate::security::SecurityError> {
+    let server = tonic::transport::Server::builder()
         .http2_adaptive_window(Some(true))
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_max_pending_accept_reset_streams(Some(32));
+    match security.server_tls()? {
+        Some(tls) => server
+            .tls_config(tls)
+            .map_err(|e| crate::security::SecurityError::new("--tls-cert/--tls-key", "", e.to_string())),
+        None => Ok(server),
+    }
 }
 
 /// Accepted connections for a tonic server on a pre-bound listener, with TCP_NODELAY: without

@@ -61,6 +61,13 @@ pub mod names {
     pub const COORD_REDIS_ERRORS: &str = "troupe_coordinator_redis_errors_total";
     pub const COORD_REDIS_UP: &str = "troupe_coordinator_redis_up";
     pub const COORD_POLICY_DISTRIBUTION_SECONDS: &str = "troupe_coordinator_policy_distribution_seconds";
+    pub const COORD_LEARNER_EPOCH: &str = "troupe_coordinator_learner_epoch";
+    pub const COORD_POLICY_FETCHES: &str = "troupe_coordinator_policy_fetches_total";
+    pub const COORD_DUPLICATE_HEARTBEATS: &str = "troupe_coordinator_duplicate_heartbeats_total";
+    pub const AUTH_REFUSED: &str = "troupe_auth_refused_total";
+    pub const LEARNER_FENCED: &str = "troupe_learner_fenced_total";
+    pub const LEARNER_CHECKPOINTS: &str = "troupe_learner_checkpoints_total";
+    pub const ACTOR_EPISODES_DROPPED: &str = "troupe_actor_episode_reports_dropped_total";
     pub const LEARNER_GPU_MEMORY_USED: &str = "troupe_learner_gpu_memory_used_bytes";
     pub const LEARNER_GPU_MEMORY_TOTAL: &str = "troupe_learner_gpu_memory_total_bytes";
 
@@ -208,6 +215,37 @@ fn describe_all() {
         COORD_POLICY_DISTRIBUTION_SECONDS,
         Unit::Seconds,
         "time from storing a policy version to the last live actor acting with it (or a newer one)"
+    );
+    describe_gauge!(COORD_LEARNER_EPOCH, "the newest learner lease epoch granted");
+    describe_counter!(
+        COORD_POLICY_FETCHES,
+        Unit::Count,
+        "GetPolicy calls served, by source (memory or redis)"
+    );
+    describe_counter!(
+        COORD_DUPLICATE_HEARTBEATS,
+        Unit::Count,
+        "heartbeats whose sequence number was applied before (retries, not counted again)"
+    );
+    describe_counter!(
+        AUTH_REFUSED,
+        Unit::Count,
+        "calls refused for a missing or unknown token or a role that may not call the method, by code"
+    );
+    describe_counter!(
+        LEARNER_FENCED,
+        Unit::Count,
+        "times the coordinator refused this learner's epoch (another learner took the lease)"
+    );
+    describe_counter!(
+        LEARNER_CHECKPOINTS,
+        Unit::Count,
+        "checkpoints written, by result (ok or error)"
+    );
+    describe_counter!(
+        ACTOR_EPISODES_DROPPED,
+        Unit::Count,
+        "episode reports dropped because the pending buffer was full while the coordinator was unreachable"
     );
     describe_gauge!(
         LEARNER_GPU_MEMORY_USED,

@@ -41,13 +41,19 @@ struct Args {
     /// Print plain lines instead of one updating line.
     #[arg(long)]
     plain: bool,
+    #[command(flatten)]
+    tls: troupe::security::TlsArgs,
+    /// --token-file: an evaluator's or the admin's token (Status needs one of them).
+    #[command(flatten)]
+    auth: troupe::security::AuthArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let channel = troupe::process::grpc_channel(&args.coordinator)?;
+    let security = troupe::security::Security::load(&args.tls, &args.auth)?;
+    let channel = troupe::process::grpc_channel(&args.coordinator, &security)?;
     let mut client = CoordinatorClient::new(channel).max_decoding_message_size(proto::MAX_MESSAGE_BYTES);
     let bar = if args.plain {
         indicatif::ProgressBar::hidden()
