@@ -140,8 +140,11 @@ impl CoordinatorService {
                 let up = self.store.ping().await.is_ok();
                 metrics::gauge!(names::COORD_REDIS_UP).set(if up { 1.0 } else { 0.0 });
             }
-            if let Ok(marker) = self.store.marker().await {
-                if marker.as_deref() != Some(self.marker.as_str()) {
+            // Redis lost data: our marker is gone (restarted empty), or the newest version we
+            // stored is not there (the last second before a crash, with AOF everysec).
+            if let (Ok(marker), Ok(stored)) = (self.store.marker().await, self.store.latest_stored_version().await) {
+                let lost = marker.as_deref() != Some(self.marker.as_str()) || stored < self.latest_version();
+                if lost {
                     if let Err(e) = self.reseed().await {
                         tracing::warn!(error = %e, "re-seeding Redis failed; will retry");
                     }

@@ -203,6 +203,13 @@ impl Store {
         }
     }
 
+    /// The newest version in the store's index (0 if none).
+    pub async fn latest_stored_version(&self) -> Result<u64, Error> {
+        let mut c = self.conn.clone();
+        let top: Vec<u64> = c.zrevrange(self.key("policies"), 0, 0).await.map_err(redis_err)?;
+        Ok(top.first().copied().unwrap_or(0))
+    }
+
     pub async fn blob(&self, version: u64) -> Result<Option<Vec<u8>>, Error> {
         let mut c = self.conn.clone();
         c.get(self.blob_key(version)).await.map_err(redis_err)
