@@ -76,6 +76,7 @@ pub struct CoordinatorService {
     max_actor_id: AtomicU64,
     /// Our marker in Redis; gone means Redis lost its data.
     marker: String,
+    reseed_lock: tokio::sync::Mutex<()>,
     latest: watch::Sender<Option<PolicyMeta>>,
     /// Serialises publishes so versions only go up.
     publish_lock: tokio::sync::Mutex<()>,
@@ -163,6 +164,7 @@ impl CoordinatorService {
     ) -> Result<CoordinatorService, Error> {
         let latest = store.latest().await?;
         let epoch = store.epoch().await?;
+        let actor_seq = store.actor_seq().await?;
         let marker = format!("{:032x}", rand::random::<u128>());
         store.set_marker(&marker).await?;
         let learner = store.learner_address().await?.unwrap_or_default();
@@ -175,7 +177,21 @@ impl CoordinatorService {
             tracing::info!(version = m.version, frames, episodes, "recovered from redis");
             metrics::gauge!(names::COORD_POLICY_VERSION).set(m.version as f64);
         }
-        metrics::gauge!(names::COORD_POLICIES_STORED).set(store.versions().await?.len() as f64);
+        // Every stored version goes into memory (retention bounds them): fetches are served
+        // from there, and they can be written back if Redis loses them.
+        let mut hot = BTreeMap::new();
+        for meta in store.all_meta().await? {
+            if let Some(blob) = store.blob(meta.version).await? {
+                hot.insert(
+                    meta.version,
+                    HotPolicy {
+                        meta,
+                        blob: bytes::Bytes::from(blob),
+                    },
+                );
+            }
+        }
+        metrics::gauge!(names::COORD_POLICIES_STORED).set(hot.len() as f64);
         let config_toml = config.to_toml();
         let env_spec = if config.env.backend == EnvBackend::Native {
             troupe::env::native_spec(&config.env.id)
@@ -196,9 +212,10 @@ impl CoordinatorService {
             binding,
             lease: Mutex::new(Lease::recovered(epoch)),
             version_floor: AtomicU64::new(0),
-            hot: Mutex::new(BTreeMap::new()),
-            max_actor_id: AtomicU64::new(0),
+            hot: Mutex::new(hot),
+            max_actor_id: AtomicU64::new(actor_seq),
             marker,
+            reseed_lock: tokio::sync::Mutex::new(()),
             latest: watch::channel(latest).0,
             publish_lock: tokio::sync::Mutex::new(()),
             learner_address: Mutex::new(learner),
@@ -217,6 +234,13 @@ impl CoordinatorService {
     /// coordinator knows, so ids, epochs and versions are never issued twice and the versions in
     /// memory can still be fetched.
     async fn reseed(&self) -> Result<(), Error> {
+        let _one_at_a_time = self.reseed_lock.lock().await;
+        if self.store.marker().await?.as_deref() == Some(self.marker.as_str())
+            && self.store.latest_stored_version().await? >= self.latest_version()
+            && self.store.actor_seq().await? >= self.max_actor_id.load(Ordering::Acquire)
+        {
+            return Ok(()); // another call re-seeded it meanwhile
+        }
         let (frames, episodes) = {
             let s = self.stats.lock().expect("lock");
             (s.frames, s.episodes)
@@ -377,7 +401,12 @@ impl Coordinator for CoordinatorService {
         // May be empty: the learner registers once the env's spaces are known, which for a
         // Python-hosted env takes an actor; heartbeats bring the address later.
         let learner_address = self.learner_address();
-        let actor_id = self.store.next_actor_id().await?;
+        let mut actor_id = self.store.next_actor_id().await?;
+        if actor_id <= self.max_actor_id.load(Ordering::Acquire) {
+            // Redis lost its counter: never issue an id twice.
+            self.reseed().await?;
+            actor_id = self.store.next_actor_id().await?;
+        }
         self.max_actor_id.fetch_max(actor_id, Ordering::AcqRel);
         let n = self.config.actor.num_envs as u64;
         // Actor ids start at 1; each actor's envs get seeds no other actor gets.
@@ -737,7 +766,13 @@ impl Coordinator for CoordinatorService {
             return Err(Error::InvalidArgument("seq: expected a report number >= 1, got 0".into()).into());
         }
         let returns: Vec<f32> = r.episodes.iter().map(|e| e.episode_return).collect();
-        let totals = match self.store.add_progress(r.actor_id, r.seq, r.frames, &returns).await? {
+        let mut applied = self.store.add_progress(r.actor_id, r.seq, r.frames, &returns).await?;
+        if applied == Applied::UnknownActor && r.actor_id <= self.max_actor_id.load(Ordering::Acquire) {
+            // We issued this id: Redis lost its counter. Write back what we know, then apply.
+            self.reseed().await?;
+            applied = self.store.add_progress(r.actor_id, r.seq, r.frames, &returns).await?;
+        }
+        let totals = match applied {
             Applied::Yes { frames, episodes } => Some((frames, episodes)),
             Applied::Duplicate => {
                 metrics::counter!(names::COORD_DUPLICATE_HEARTBEATS).increment(1);

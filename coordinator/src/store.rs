@@ -182,6 +182,9 @@ impl Store {
             .query_async(&mut c)
             .await
             .map_err(redis_err)?;
+        if versions.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut p = redis::pipe();
         for &v in &versions {
             p.hgetall(self.meta_key(v));
@@ -270,6 +273,13 @@ impl Store {
         } else {
             c.srem::<_, _, ()>(self.key("pinned"), version).await.map_err(redis_err)
         }
+    }
+
+    /// The highest actor id issued (0 if none).
+    pub async fn actor_seq(&self) -> Result<u64, Error> {
+        let mut c = self.conn.clone();
+        let v: Option<u64> = c.get(self.key("actor_seq")).await.map_err(redis_err)?;
+        Ok(v.unwrap_or(0))
     }
 
     pub async fn next_actor_id(&self) -> Result<u64, Error> {

@@ -502,7 +502,19 @@ impl Cluster {
 
     /// Kills Redis (SIGKILL) and starts it again on the same socket and data directory.
     pub fn restart_redis(&mut self) -> anyhow::Result<()> {
+        self.restart_redis_with(false)
+    }
+
+    /// Kills Redis and starts it again with its data gone (a lost volume).
+    pub fn restart_redis_empty(&mut self) -> anyhow::Result<()> {
+        self.restart_redis_with(true)
+    }
+
+    fn restart_redis_with(&mut self, wipe: bool) -> anyhow::Result<()> {
         self.redis.kill9();
+        if wipe {
+            std::fs::remove_dir_all(self.dir.path().join("redis-data"))?;
+        }
         let (redis, url) = start_redis(self.dir.path())?;
         assert_eq!(url, self.redis_url);
         self.redis = redis;
