@@ -157,6 +157,87 @@ impl Drop for Proc {
     }
 }
 
+/// `program`, run inside network namespace `ns` if given.
+fn in_ns(ns: Option<&NetNs>, program: PathBuf) -> Command {
+    match ns {
+        Some(n) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &n.name]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
+}
+
+/// A network namespace joined to this one by a veth pair: a separate "host" for partition
+/// tests. `host_ip` is this side's address, `ns_ip` the namespace's. Cutting the link takes this
+/// side of the veth down; dropping it deletes the namespace (and the pair). Needs root.
+pub struct NetNs {
+    pub name: String,
+    pub host_if: String,
+    pub host_ip: String,
+    pub ns_ip: String,
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2)")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+impl NetNs {
+    /// Namespace number `k` (0..=63) of this test process.
+    pub fn create(k: u32) -> anyhow::Result<NetNs> {
+        let tag = std::process::id() % 1000;
+        let name = format!("troupe-t{tag}-{k}");
+        let host_if = format!("tv{tag}h{k}");
+        let ns_if = format!("tv{tag}n{k}");
+        // 10.213.x.y/30 per (process, k): x from the pid, y from k.
+        let x = tag % 250;
+        let base = 4 * (k % 64);
+        let host_ip = format!("10.213.{x}.{}", base + 1);
+        let ns_ip = format!("10.213.{x}.{}", base + 2);
+        let _ = ip(&["link", "del", &host_if]);
+        let _ = ip(&["netns", "del", &name]);
+        ip(&["netns", "add", &name])?;
+        let ns = NetNs {
+            name: name.clone(),
+            host_if: host_if.clone(),
+            host_ip: host_ip.clone(),
+            ns_ip: ns_ip.clone(),
+        };
+        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if])?;
+        ip(&["link", "set", &ns_if, "netns", &name])?;
+        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if])?;
+        ip(&["link", "set", &host_if, "up"])?;
+        ip(&["-n", &name, "addr", "add", &format!("{ns_ip}/30"), "dev", &ns_if])?;
+        ip(&["-n", &name, "link", "set", &ns_if, "up"])?;
+        ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// Cuts the link: packets either way are lost (the peers see nothing, not a reset).
+    pub fn cut(&self) -> anyhow::Result<()> {
+        ip(&["link", "set", &self.host_if, "down"])
+    }
+
+    pub fn restore(&self) -> anyhow::Result<()> {
+        ip(&["link", "set", &self.host_if, "up"])
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = ip(&["link", "del", &self.host_if]);
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
 /// TLS material and role tokens made by `scripts/make-certs.sh` (what `train.sh` uses).
 #[derive(Debug, Clone)]
 pub struct Secrets {
@@ -166,9 +247,17 @@ pub struct Secrets {
 impl Secrets {
     /// A fresh throwaway CA, certificate and tokens under `dir`.
     pub fn make(dir: &Path) -> anyhow::Result<Secrets> {
-        let out = Command::new(repo_root().join("scripts/make-certs.sh"))
-            .arg(dir)
-            .output()?;
+        Secrets::make_for(dir, &[])
+    }
+
+    /// [`Secrets::make`] with the certificate also naming `sans` (IPs or DNS names).
+    pub fn make_for(dir: &Path, sans: &[&str]) -> anyhow::Result<Secrets> {
+        let mut cmd = Command::new(repo_root().join("scripts/make-certs.sh"));
+        cmd.arg(dir);
+        for s in sans {
+            cmd.args(["--san", s]);
+        }
+        let out = cmd.output()?;
         if !out.status.success() {
             bail!("make-certs.sh failed: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -272,6 +361,9 @@ pub struct Cluster {
     pub coordinator_metrics: String,
     /// The coordinator's and the learner's plain gRPC health addresses.
     pub coordinator_health: String,
+    /// Where a learner on this host listens (127.0.0.1 unless a test puts processes in network
+    /// namespaces); the coordinator listens on 127.0.0.1, or on every address with namespaces.
+    pub learner_ip: String,
     pub learner_health: String,
     pub learner: Option<Proc>,
     pub learner_metrics: String,
@@ -306,16 +398,48 @@ impl Cluster {
         learner_args: &[&str],
         secure: bool,
     ) -> anyhow::Result<Cluster> {
+        Cluster::start_across(config, learner_args, secure, None, None).await
+    }
+
+    /// A cluster for partition tests: the coordinator listens on every address (host processes
+    /// dial 127.0.0.1, processes in `ns` dial its host side); the learner runs in `learner_ns`
+    /// if given, else on this host listening on `ns`'s host-side address. Certificates name
+    /// every address used.
+    pub async fn start_across(
+        config: &troupe::RunConfig,
+        learner_args: &[&str],
+        secure: bool,
+        ns: Option<&NetNs>,
+        learner_ns: Option<&NetNs>,
+    ) -> anyhow::Result<Cluster> {
         let dir = tempfile::tempdir()?;
+        let mut sans: Vec<&str> = Vec::new();
+        for n in ns.iter().chain(learner_ns.iter()) {
+            sans.push(&n.host_ip);
+            sans.push(&n.ns_ip);
+        }
+        let bind_ip = if ns.is_some() || learner_ns.is_some() {
+            "0.0.0.0"
+        } else {
+            "127.0.0.1"
+        };
+        let learner_ip = ns.map_or("127.0.0.1".to_string(), |n| n.host_ip.clone());
         let secrets = if secure {
-            Some(Secrets::make(&dir.path().join("secrets"))?)
+            Some(Secrets::make_for(&dir.path().join("secrets"), &sans)?)
         } else {
             None
         };
         let (redis, redis_url) = start_redis(dir.path())?;
         let config_path = dir.path().join("run.toml");
         std::fs::write(&config_path, config.to_toml())?;
-        let c = start_coordinator(dir.path(), &config_path, &redis_url, "127.0.0.1:0", secrets.as_ref()).await?;
+        let c = start_coordinator(
+            dir.path(),
+            &config_path,
+            &redis_url,
+            &format!("{bind_ip}:0"),
+            secrets.as_ref(),
+        )
+        .await?;
         let mut cluster = Cluster {
             dir,
             redis,
@@ -326,6 +450,7 @@ impl Cluster {
             coordinator_addr: c.addr,
             coordinator_metrics: c.metrics,
             coordinator_health: c.health,
+            learner_ip,
             learner_health: String::new(),
             learner: None,
             learner_metrics: String::new(),
@@ -335,7 +460,7 @@ impl Cluster {
             actor_health: Vec::new(),
             next_actor: 0,
         };
-        cluster.spawn_learner_with(learner_args)?;
+        cluster.spawn_learner_in(learner_ns, learner_args)?;
         if config.env.backend == troupe::config::EnvBackend::Native {
             cluster.wait_learner().await?;
         }
@@ -355,18 +480,26 @@ impl Cluster {
 
     /// [`Cluster::spawn_learner`] with extra flags.
     pub fn spawn_learner_with(&mut self, extra: &[&str]) -> anyhow::Result<()> {
+        self.spawn_learner_in(None, extra)
+    }
+
+    /// Starts the learner, in network namespace `ns` if given (listening on its address).
+    pub fn spawn_learner_in(&mut self, ns: Option<&NetNs>, extra: &[&str]) -> anyhow::Result<()> {
         let ready = self.dir.path().join("learner.json");
         let _ = std::fs::remove_file(&ready);
-        let mut cmd = Command::new(bin("learner"));
+        let ip = ns.map_or(self.learner_ip.clone(), |n| n.ns_ip.clone());
+        let any = format!("{ip}:0");
+        let coordinator = self.coordinator_addr_from(ns);
+        let mut cmd = in_ns(ns, bin("learner"));
         cmd.args([
             "--coordinator",
-            &self.coordinator_addr,
+            &coordinator,
             "--listen",
-            "127.0.0.1:0",
+            &any,
             "--metrics-listen",
-            "127.0.0.1:0",
+            &any,
             "--health-listen",
-            "127.0.0.1:0",
+            &any,
             "--device",
             "cpu",
             "--ready-file",
@@ -392,17 +525,25 @@ impl Cluster {
 
     /// Starts one more actor and waits until it has registered.
     pub async fn add_actor(&mut self) -> anyhow::Result<u64> {
+        self.add_actor_in(None).await
+    }
+
+    /// Starts one more actor, in network namespace `ns` if given, and waits until it has
+    /// registered.
+    pub async fn add_actor_in(&mut self, ns: Option<&NetNs>) -> anyhow::Result<u64> {
         self.next_actor += 1;
         let name = format!("actor-{}", self.next_actor);
         let ready = self.dir.path().join(format!("{name}.json"));
-        let mut cmd = Command::new(bin("actor"));
+        let any = format!("{}:0", ns.map_or("127.0.0.1", |n| n.ns_ip.as_str()));
+        let coordinator = self.coordinator_addr_from(ns);
+        let mut cmd = in_ns(ns, bin("actor"));
         cmd.args([
             "--coordinator",
-            &self.coordinator_addr,
+            &coordinator,
             "--metrics-listen",
-            "127.0.0.1:0",
+            &any,
             "--health-listen",
-            "127.0.0.1:0",
+            &any,
             "--ready-file",
         ])
         .arg(&ready)
@@ -416,6 +557,14 @@ impl Cluster {
         self.actor_health
             .push(info["health"].as_str().context("health")?.to_string());
         info["actor_id"].as_u64().context("actor_id")
+    }
+
+    /// The coordinator's address as a process in `ns` dials it.
+    pub fn coordinator_addr_from(&self, ns: Option<&NetNs>) -> String {
+        match ns {
+            Some(n) => self.coordinator_addr.replace("127.0.0.1", &n.host_ip),
+            None => self.coordinator_addr.clone(),
+        }
     }
 
     fn scheme(&self) -> &'static str {
@@ -571,7 +720,10 @@ async fn start_coordinator(
     p.ready = Some(ready);
     let info = p.wait_ready(Duration::from_secs(30)).await?;
     let scheme = if secrets.is_some() { "https" } else { "http" };
-    let addr = format!("{scheme}://{}", info["grpc"].as_str().context("grpc")?);
+    let addr = format!(
+        "{scheme}://{}",
+        info["grpc"].as_str().context("grpc")?.replace("0.0.0.0", "127.0.0.1")
+    );
     let metrics = info["metrics"].as_str().context("metrics")?.to_string();
     let health = info["health"].as_str().context("health")?.to_string();
     Ok(Started {
