@@ -175,6 +175,7 @@ fn in_ns(ns: Option<&NetNs>, program: PathBuf) -> Command {
 pub struct NetNs {
     pub name: String,
     pub host_if: String,
+    pub ns_if: String,
     pub host_ip: String,
     pub ns_ip: String,
 }
@@ -208,6 +209,7 @@ impl NetNs {
         let ns = NetNs {
             name: name.clone(),
             host_if: host_if.clone(),
+            ns_if: ns_if.clone(),
             host_ip: host_ip.clone(),
             ns_ip: ns_ip.clone(),
         };

@@ -44,6 +44,7 @@ fn epoch(cluster: &Cluster) -> u64 {
 async fn tls_and_tokens_refuse_strangers_and_wrong_roles() -> anyhow::Result<()> {
     let mut config = cartpole_config();
     config.learner.stream_idle_timeout_s = 2.0;
+    config.learner.max_policy_lag = 20;
     let mut cluster = Cluster::start(&config).await?;
     cluster.add_actor().await?;
     let secrets = cluster.secrets.clone().expect("a secure cluster");
@@ -224,6 +225,45 @@ async fn tls_and_tokens_refuse_strangers_and_wrong_roles() -> anyhow::Result<()>
     assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
     assert!(start.elapsed() < Duration::from_secs(6), "{:?}", start.elapsed());
     drop(s2);
+
+    // A rollout acted with a policy more than learner.max_policy_lag (20 here) versions old
+    // is dropped, acknowledged (the actor's credit goes on) and counted as stale.
+    let latest = latest_at_least(&cluster, 25).await?;
+    let t = config.actor.unroll_length;
+    let n = 2;
+    let stale = Rollout {
+        actor_id: id,
+        policy_version: latest - 21,
+        observations: Some(proto::v1::Tensor::from_slice(
+            &[t + 1, n, 4],
+            &vec![0.01f32; (t + 1) * n * 4],
+        )),
+        actions: Some(proto::v1::Tensor::from_slice(&[t, n, 1], &vec![1i64; t * n])),
+        rewards: Some(proto::v1::Tensor::from_slice(&[t, n], &vec![1.0f32; t * n])),
+        terminated: Some(proto::v1::Tensor::from_slice(&[t, n], &vec![0u8; t * n])),
+        truncated: Some(proto::v1::Tensor::from_slice(&[t, n], &vec![0u8; t * n])),
+        behaviour_params: Some(proto::v1::Tensor::from_slice(&[t, n, 2], &vec![0.0f32; t * n * 2])),
+        truncation_observations: Some(proto::v1::Tensor::from_slice(&[0, 4], &[] as &[f32])),
+        ..Default::default()
+    };
+    let mut req = tonic::Request::new(tokio_stream::iter(vec![stale]));
+    req.metadata_mut()
+        .insert(troupe::security::ACTOR_ID_HEADER, id.to_string().parse()?);
+    req.metadata_mut()
+        .insert(troupe::security::ACTOR_SECRET_HEADER, secret.parse()?);
+    let ack = learner
+        .stream_rollouts(req)
+        .await?
+        .into_inner()
+        .message()
+        .await?
+        .expect("an ack");
+    assert_eq!(ack.accepted, 1);
+    let stale_count = scrape(&cluster.learner_metrics)?
+        .lines()
+        .find(|l| l.starts_with("troupe_learner_rollouts_rejected_total{reason=\"stale\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert_eq!(stale_count, Some(1.0));
 
     // A TCP connection that never starts TLS is dropped after the handshake timeout.
     let addr = cluster.coordinator_addr.trim_start_matches("https://").to_string();
