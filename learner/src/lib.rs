@@ -201,11 +201,19 @@ pub fn method_roles(path: &str) -> Option<&'static [troupe::security::Role]> {
     }
 }
 
+/// The plain health server `main` starts before anything else (so a learner standing by for
+/// the lease answers probes: live, not ready), and its bound address.
+pub struct PlainHealth {
+    pub health: troupe::health::Health,
+    pub addr: SocketAddr,
+}
+
 pub async fn run(
     args: Args,
     security: Security,
     listener: TcpListener,
     metrics_addr: SocketAddr,
+    plain_health: Option<PlainHealth>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Ended> {
     let local = listener.local_addr()?;
@@ -388,10 +396,10 @@ pub async fn run(
         shutdown: shutdown.clone(),
     };
     let (mut health, health_service) = troupe::health::health_service(troupe::health::LEARNER).await;
-    let plain_health = match args.health_listen {
-        Some(addr) => Some(health.serve_plain(addr, shutdown.clone()).await?),
-        None => None,
-    };
+    let plain_addr = plain_health.map(|p| {
+        health.join(p.health);
+        p.addr
+    });
     if let Some(path) = &args.ready_file {
         write_ready_file(
             path,
@@ -399,7 +407,7 @@ pub async fn run(
                 "grpc": local.to_string(),
                 "metrics": metrics_addr.to_string(),
                 "device": device_name,
-                "health": plain_health.map(|a| a.to_string()),
+                "health": plain_addr.map(|a| a.to_string()),
             }),
         )?;
     }

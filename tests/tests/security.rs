@@ -372,3 +372,50 @@ async fn the_learner_lease_fences_a_second_learner_and_versions_are_minted() -> 
     assert!(cluster.logs().contains("fenced"), "{}", cluster.logs());
     Ok(())
 }
+
+/// A second learner with `--on-fenced wait` stands by (alive, not ready) while the first holds
+/// the lease, and takes over when the first dies and its lease runs out: training goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_learner_takes_over_when_the_lease_runs_out() -> anyhow::Result<()> {
+    use troupe::health::{check, ServingStatus};
+    let mut config = cartpole_config();
+    config.coordinator.learner_lease_s = 3.0;
+    let mut cluster = Cluster::start(&config).await?;
+    cluster.add_actor().await?;
+    let before = latest_at_least(&cluster, 3).await?;
+    let secrets = cluster.secrets.clone().unwrap();
+    let ready = cluster.dir.path().join("standby.json");
+    let mut cmd = std::process::Command::new(tests::bin("learner"));
+    cmd.args(["--coordinator", &cluster.coordinator_addr])
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--health-listen", "127.0.0.1:0", "--device", "cpu"])
+        .args(["--learner-id", "standby", "--on-fenced", "wait", "--ready-file"])
+        .arg(&ready)
+        .args(secrets.server_flags(Role::Learner));
+    let mut standby = tests::Proc::spawn("standby", cluster.dir.path(), cmd)?;
+    standby.ready = Some(ready);
+    // It stands by: no ready file while the first learner holds the lease.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(standby.child.try_wait()?.is_none(), "{}", standby.log_tail(20));
+    assert!(!cluster.dir.path().join("standby.json").exists());
+    assert!(
+        standby.log_tail(50).contains("lease is held by learner"),
+        "{}",
+        standby.log_tail(20)
+    );
+    let v = latest_at_least(&cluster, before + 3).await?;
+
+    cluster.learner.as_mut().unwrap().kill9();
+    let info = standby.wait_ready(Duration::from_secs(60)).await?;
+    let health = info["health"].as_str().unwrap().to_string();
+    assert_eq!(
+        check(&health, troupe::health::LEARNER, Duration::from_secs(3)).await?,
+        ServingStatus::Serving
+    );
+    // The actor follows the new learner's address; versions go on from where they were.
+    latest_at_least(&cluster, v + 10)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\n--- standby ---\n{}", standby.log_tail(30)))?;
+    assert!(epoch(&cluster) >= 2);
+    Ok(())
+}

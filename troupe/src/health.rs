@@ -51,6 +51,11 @@ impl Health {
         }
     }
 
+    /// Sets status through `other`'s servers as well (one role served from several places).
+    pub fn join(&mut self, other: Health) {
+        self.reporters.extend(other.reporters);
+    }
+
     /// Also serves this role's health in plain text on `addr` (its own port, never TLS and never
     /// a token, for Kubernetes' gRPC probes); returns the bound address. Status set before the
     /// call is not copied: call it before the first [`Health::set`].

@@ -70,6 +70,19 @@ async fn main() -> anyhow::Result<()> {
         req.set_timeout(Duration::from_secs(5));
         match client.status(req).await {
             Ok(s) => break troupe::RunConfig::from_toml(&s.into_inner().run_config_toml)?,
+            // Retrying cannot fix a token: say so rather than wait forever.
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+                ) =>
+            {
+                anyhow::bail!(
+                    "the coordinator refused troupe-watch ({:?}): {} (Status needs --token-file with the evaluator's or the admin's token)",
+                    status.code(),
+                    status.message()
+                );
+            }
             Err(status) => {
                 bar.set_message(format!("waiting for the coordinator: {}", status.message()));
                 tokio::time::sleep(Duration::from_millis(200)).await;
