@@ -130,12 +130,17 @@ RUN for bin in coordinator learner actor troupe-watch troupe-health; do "$bin" -
  && missing=$(ldd "$SITE/torch/lib/libtorch_cuda.so" | grep 'not found' | grep -v 'libcuda\.so\.1' || true) \
  && if [ -n "$missing" ]; then echo "$missing" >&2; exit 1; fi
 USER 10001:10001
-# coordinator gRPC, learner gRPC, actor health; coordinator, actor, learner metrics.
-EXPOSE 50051 50052 50053 9100 9101 9102
-# troupe-health exits 0 when the process answers SERVING. It reads TROUPE_HEALTH_ADDRESS (default
-# 127.0.0.1:50051, the coordinator; set 127.0.0.1:50052 for a learner, 127.0.0.1:50053 for an
-# actor) and TROUPE_HEALTH_SERVICE (default "": the process is alive; troupe.v1.Coordinator,
-# troupe.v1.Learner, troupe.v1.Actor: it is ready). compose.yaml and the Helm chart set their own.
+# coordinator gRPC, learner gRPC, actor health, coordinator health, learner health;
+# coordinator, actor, learner metrics.
+EXPOSE 50051 50052 50053 50054 50055 9100 9101 9102
+# troupe-health exits 0 when the process answers SERVING. It speaks plain-text gRPC only, so it
+# must target a plain-text health port, never a gRPC port with TLS on. It reads
+# TROUPE_HEALTH_ADDRESS (default 127.0.0.1:50051, the coordinator's gRPC port, which works
+# without TLS; compose.yaml and the Helm chart run the coordinator with --health-listen
+# 0.0.0.0:50054 and the learner with 0.0.0.0:50055 and check there; an actor serves health on
+# 127.0.0.1:50053 by default) and TROUPE_HEALTH_SERVICE (default "": the process is alive;
+# troupe.v1.Coordinator, troupe.v1.Learner, troupe.v1.Actor: it is ready). compose.yaml and the
+# Helm chart set their own checks.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 CMD ["troupe-health"]
 CMD ["coordinator", "--help"]
 

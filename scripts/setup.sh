@@ -1,7 +1,7 @@
 # Sourced by train.sh, test.sh and bench.sh: installs what Troupe needs on a fresh machine and
 # sets up the build environment. Idempotent and cached under ~/.cache/troupe (keyed by version).
 #   - libtorch: PyPI torch==2.11.0 in a venv (tch 0.24.0 expects exactly this version);
-#   - redis-server: Debian's package, via apt, if missing;
+#   - redis-server and openssl: Debian's packages, via apt, if missing;
 #   - a release build of the workspace (cargo's target dir is cached too).
 set -euo pipefail
 TROUPE_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -39,6 +39,17 @@ troupe_install_redis() {
   if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+}
+
+# openssl: scripts/make-certs.sh makes the throwaway CA, certificate and tokens that train.sh and
+# the cluster tests run with.
+troupe_install_openssl() {
+  if command -v openssl >/dev/null 2>&1; then return; fi
+  troupe_log "installing openssl (apt)"
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openssl >/dev/null
 }
 
 # promtool lints the /metrics output in the tests (Debian's prometheus package ships it).
@@ -101,5 +112,6 @@ troupe_setup() {
   troupe_install_torch
   troupe_install_envs
   troupe_install_redis
+  troupe_install_openssl
   troupe_build "$@"
 }

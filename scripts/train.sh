@@ -2,9 +2,11 @@
 # The main job: train a run config (default configs/cartpole.toml) with a local Troupe cluster
 # (Redis, coordinator, learner, 2 actors as separate processes) until the mean return of the
 # last 100 episodes reaches the config's target_return or the budget ends. Installs what it
-# needs on first use.
+# needs on first use. Every gRPC link runs over TLS with a bearer token per role (a throwaway
+# CA and tokens from scripts/make-certs.sh, deleted afterwards); --insecure runs plain gRPC
+# without tokens (to measure what TLS costs). Redis keeps an append-only file, as deployed.
 #
-#   scripts/train.sh [--out DIR] [--seed S] [--budget-s N] [--config FILE] [--actors N]
+#   scripts/train.sh [--out DIR] [--seed S] [--budget-s N] [--config FILE] [--actors N] [--insecure]
 #
 # Leaves in DIR: summary.json, policy.safetensors, learning_curve.png and logs/.
 set -euo pipefail
@@ -18,6 +20,7 @@ SEED=1
 BUDGET=600
 CONFIG="$TROUPE_ROOT/configs/cartpole.toml"
 ACTORS=2
+INSECURE=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT=$2; shift 2 ;;
@@ -25,8 +28,9 @@ while [ $# -gt 0 ]; do
     --budget-s) BUDGET=$2; shift 2 ;;
     --config) CONFIG=$2; shift 2 ;;
     --actors) ACTORS=$2; shift 2 ;;
-    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
-    *) echo "train.sh: unknown argument $1 (expected --out, --seed, --budget-s, --config, --actors)" >&2; exit 64 ;;
+    --insecure) INSECURE=1; shift ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) echo "train.sh: unknown argument $1 (expected --out, --seed, --budget-s, --config, --actors, --insecure)" >&2; exit 64 ;;
   esac
 done
 case "$SEED" in ''|*[!0-9]*) echo "train.sh: --seed: expected a non-negative integer, got '$SEED'" >&2; exit 64 ;; esac
@@ -61,6 +65,27 @@ trap 'exit 130' INT TERM
 sed "s/^seed = .*/seed = $SEED/" "$CONFIG" > "$RUN/run.toml"
 cp "$RUN/run.toml" "$OUT/run.toml"
 
+# TLS and role tokens: the servers (coordinator, learner) present the certificate and accept
+# the tokens in secrets/tokens; every client verifies the server against the CA and sends its
+# own role's token. The learner holds the learner token in its tokens dir too: it keys the
+# secrets that bind actor ids, which the learner checks on rollout streams.
+if [ "$INSECURE" = 1 ]; then
+  SCHEME=http
+  COORD_SECURITY=()
+  LEARNER_SECURITY=()
+  ACTOR_SECURITY=()
+  WATCH_SECURITY=()
+else
+  SCHEME=https
+  SECRETS="$RUN/secrets"
+  bash "$TROUPE_ROOT/scripts/make-certs.sh" "$SECRETS"
+  COORD_SECURITY=(--tls-cert "$SECRETS/tls/tls.crt" --tls-key "$SECRETS/tls/tls.key" --tokens-dir "$SECRETS/tokens")
+  LEARNER_SECURITY=(--tls-cert "$SECRETS/tls/tls.crt" --tls-key "$SECRETS/tls/tls.key" --tls-ca "$SECRETS/tls/ca.crt"
+    --tokens-dir "$SECRETS/tokens" --token-file "$SECRETS/tokens/learner")
+  ACTOR_SECURITY=(--tls-ca "$SECRETS/tls/ca.crt" --token-file "$SECRETS/tokens/actor")
+  WATCH_SECURITY=(--tls-ca "$SECRETS/tls/ca.crt" --token-file "$SECRETS/tokens/evaluator")
+fi
+
 wait_ready() { # file, pid, name
   for _ in $(seq 1 1500); do
     [ -f "$1" ] && return 0
@@ -70,32 +95,38 @@ wait_ready() { # file, pid, name
   echo "train.sh: $3 not ready after 30 s" >&2; exit 1
 }
 
-redis-server --port 0 --unixsocket "$RUN/redis.sock" --save "" --appendonly no --daemonize no > "$OUT/logs/redis.log" 2>&1 &
+# An append-only file fsynced every second, as compose and the chart run Redis.
+mkdir -p "$RUN/redis"
+redis-server --port 0 --unixsocket "$RUN/redis.sock" --save "" --appendonly yes --appendfsync everysec \
+  --dir "$RUN/redis" --daemonize no > "$OUT/logs/redis.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 100); do [ -S "$RUN/redis.sock" ] && break; sleep 0.05; done
 
 "$TROUPE_BIN/coordinator" --config "$RUN/run.toml" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
-  --redis-url "redis+unix://$RUN/redis.sock" --ready-file "$RUN/coordinator.json" > "$OUT/logs/coordinator.log" 2>&1 &
+  --redis-url "redis+unix://$RUN/redis.sock" --ready-file "$RUN/coordinator.json" "${COORD_SECURITY[@]}" \
+  > "$OUT/logs/coordinator.log" 2>&1 &
 PIDS+=($!)
 wait_ready "$RUN/coordinator.json" $! coordinator
-COORD="http://$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["grpc"])' "$RUN/coordinator.json")"
+COORD="$SCHEME://$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["grpc"])' "$RUN/coordinator.json")"
 
 "$TROUPE_BIN/learner" --coordinator "$COORD" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --seed "$SEED" \
-  --ready-file "$RUN/learner.json" > "$OUT/logs/learner.log" 2>&1 &
+  --ready-file "$RUN/learner.json" "${LEARNER_SECURITY[@]}" > "$OUT/logs/learner.log" 2>&1 &
 WORKERS+=($!)
 LEARNER_PID=$!
 
 # Actors register without the learner; with a Python-hosted env the learner waits for the
 # first actor to report the env's spaces.
 for i in $(seq 1 "$ACTORS"); do
-  "$TROUPE_BIN/actor" --coordinator "$COORD" --metrics-listen 127.0.0.1:0 --health-listen 127.0.0.1:0 > "$OUT/logs/actor-$i.log" 2>&1 &
+  "$TROUPE_BIN/actor" --coordinator "$COORD" --metrics-listen 127.0.0.1:0 --health-listen 127.0.0.1:0 "${ACTOR_SECURITY[@]}" \
+    > "$OUT/logs/actor-$i.log" 2>&1 &
   WORKERS+=($!)
 done
 wait_ready "$RUN/learner.json" $LEARNER_PID learner
-troupe_log "cluster up: coordinator $COORD, learner $(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["grpc"])' "$RUN/learner.json"), $ACTORS actors; logs in $OUT/logs"
+if [ "$INSECURE" = 1 ]; then SECURITY_NOTE="plain gRPC, no tokens (--insecure)"; else SECURITY_NOTE="TLS and tokens"; fi
+troupe_log "cluster up: coordinator $COORD, learner $SCHEME://$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["grpc"])' "$RUN/learner.json"), $ACTORS actors, $SECURITY_NOTE; logs in $OUT/logs"
 
 status=0
-"$TROUPE_BIN/troupe-watch" --coordinator "$COORD" --out "$OUT" --budget-s "$BUDGET" || status=$?
+"$TROUPE_BIN/troupe-watch" --coordinator "$COORD" "${WATCH_SECURITY[@]}" --out "$OUT" --budget-s "$BUDGET" || status=$?
 # 3 = budget ended unsolved: the run still produced its outputs.
 if [ $status = 3 ]; then status=0; fi
 exit $status

@@ -48,7 +48,8 @@ EOF
 }
 
 # Asserts what the rendered manifests wire together. EXPECT is JSON: gpu (learner asks for a GPU),
-# redis (the chart's Redis), hpa, monitoring (number of prometheus-operator objects), dashboard.
+# redis (the chart's Redis), hpa, monitoring (number of prometheus-operator objects), dashboard,
+# tls / auth / clientAuth / serverName (the security settings), onFenced, learnerId.
 assert_manifest() { # FILE EXPECT_JSON
   python3 - "$1" "$2" "$RELEASE" "$NAMESPACE" <<'EOF'
 import json, re, sys, yaml
@@ -115,13 +116,17 @@ for name, w in workloads.items():
     c = spec["containers"][0]
     check(c["command"] == [name], f"{name}: command must be [{name}]")
     check(("--log-json" in c["args"]) == expect.get("logJson", True), f"{name}: --log-json")
-    grpc_port = {"coordinator": 50051, "learner": 50052, "actor": 50053}[name]
+    # Probes target the plain-text health port (--health-listen), never the gRPC port, which
+    # speaks TLS when tls.enabled and which the kubelet's gRPC probes cannot.
+    health_port = {"coordinator": 50054, "learner": 50055, "actor": 50053}[name]
     ready = {"coordinator": "troupe.v1.Coordinator", "learner": "troupe.v1.Learner", "actor": "troupe.v1.Actor"}[name]
     for probe, service in (("startupProbe", ""), ("livenessProbe", ""), ("readinessProbe", ready)):
         g = c.get(probe, {}).get("grpc", {})
-        check(g.get("port") == grpc_port and g.get("service") == service, f"{name}: {probe} grpc {grpc_port} {service!r}")
+        check(g.get("port") == health_port and g.get("service") == service, f"{name}: {probe} grpc {health_port} {service!r}")
+    check(arg(c, "--health-listen") == f"0.0.0.0:{health_port}", f"{name}: --health-listen 0.0.0.0:{health_port}")
     check(any(m["mountPath"] == "/var/lib/troupe" for m in c.get("volumeMounts", [])), f"{name}: writable /var/lib/troupe")
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    check(ports.get("health") == health_port, f"{name}: containerPort health {health_port}")
     metrics_port = {"coordinator": 9100, "learner": 9102, "actor": 9101}[name]
     check(ports.get("metrics") == metrics_port, f"{name}: metrics port {metrics_port}")
     check(arg(c, "--metrics-listen") == f"0.0.0.0:{metrics_port}", f"{name}: --metrics-listen")
@@ -131,9 +136,43 @@ for name, w in workloads.items():
     for mount, enabled in (("/etc/troupe/tls", expect.get("tls", False)), ("/etc/troupe/tokens", expect.get("auth", False))):
         m = [v for v in c.get("volumeMounts", []) if v["mountPath"] == mount]
         check(bool(m) == enabled and all(v.get("readOnly") for v in m), f"{name}: {mount} mounted read-only iff enabled")
+    scheme = "https" if expect.get("tls") else "http"
     if name != "coordinator":
-        problem = service_port(arg(c, "--coordinator"), "http")
+        problem = service_port(arg(c, "--coordinator"), scheme)
         check(problem is None, f"{name}: --coordinator: {problem}")
+    # TLS and tokens: each process gets the settings of its roles (server: certificate and the
+    # tokens it accepts; client: the CA and its own token), and only the Secret keys it needs.
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    server, client = name in ("coordinator", "learner"), name in ("learner", "actor")
+    tls_on, mtls = expect.get("tls", False), expect.get("clientAuth", False)
+    auth_on = expect.get("auth", False)
+    want_env = {}
+    if tls_on:
+        want_env["TROUPE_TLS_CA"] = "/etc/troupe/tls/ca.crt"
+        if server or mtls:
+            want_env["TROUPE_TLS_CERT"] = "/etc/troupe/tls/tls.crt"
+            want_env["TROUPE_TLS_KEY"] = "/etc/troupe/tls/tls.key"
+        if mtls:
+            want_env["TROUPE_TLS_CLIENT_AUTH"] = "true"
+        if client and expect.get("serverName"):
+            want_env["TROUPE_TLS_SERVER_NAME"] = expect["serverName"]
+    if auth_on:
+        if server:
+            want_env["TROUPE_TOKENS_DIR"] = "/etc/troupe/tokens"
+        if client:
+            want_env["TROUPE_TOKEN_FILE"] = f"/etc/troupe/tokens/{name}"
+    got_env = {e["name"]: e.get("value") for e in c.get("env", [])
+               if e["name"].startswith(("TROUPE_TLS_", "TROUPE_TOKEN"))}
+    check(got_env == want_env, f"{name}: security env {got_env} != {want_env}")
+    def items(vol):
+        its = (volumes.get(vol) or {}).get("secret", {}).get("items")
+        return None if its is None else sorted(i["key"] for i in its)
+    if tls_on:
+        want = ["ca.crt", "tls.crt", "tls.key"] if server or mtls else ["ca.crt"]
+        check(items("tls") == want, f"{name}: TLS Secret keys {items('tls')}, want {want}")
+    if auth_on:
+        want = {"coordinator": ["actor", "admin", "evaluator", "learner"], "learner": ["actor", "learner"], "actor": ["actor"]}[name]
+        check(items("tokens") == want, f"{name}: token Secret keys {items('tokens')}, want {want}")
 check(len(checksums) == 1 and None not in checksums, "checksum/config must be set and equal on the three workloads")
 
 c = coord["spec"]["template"]["spec"]["containers"][0]
@@ -158,10 +197,17 @@ spec = learner["spec"]["template"]["spec"]
 c = spec["containers"][0]
 headless = services.get(learner["spec"]["serviceName"])
 check(headless and headless["spec"].get("clusterIP") == "None", "learner: governing Service must be headless")
-want = f"http://{learner['metadata']['name']}-0.{learner['spec']['serviceName']}.{ns}.svc:50052"
+want = f"{'https' if expect.get('tls') else 'http'}://{learner['metadata']['name']}-0.{learner['spec']['serviceName']}.{ns}.svc:50052"
 check(arg(c, "--advertise") == want, f"learner: --advertise {arg(c, '--advertise')} != {want}")
 check(arg(c, "--listen") == "0.0.0.0:50052", "learner: --listen")
 check(arg(c, "--checkpoint-dir") == "/var/lib/troupe/checkpoints", "learner: --checkpoint-dir")
+check(arg(c, "--on-fenced") == expect.get("onFenced", "exit"), f"learner: --on-fenced {expect.get('onFenced', 'exit')}")
+lid = env(c, "TROUPE_LEARNER_ID") or {}
+if expect.get("learnerId"):
+    check(lid.get("value") == expect["learnerId"], f"learner: TROUPE_LEARNER_ID = {expect['learnerId']}")
+else:
+    check(lid.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name",
+          "learner: TROUPE_LEARNER_ID from the pod name (downward API)")
 check(any(m["mountPath"] == "/var/lib/troupe" for m in c["volumeMounts"]), "learner: volume at /var/lib/troupe")
 check(arg(c, "--device") == expect["device"], f"learner: --device {expect['device']}")
 check(spec["terminationGracePeriodSeconds"] == 120, "learner: terminationGracePeriodSeconds 120")
@@ -209,9 +255,9 @@ EOF
 CASES=(
   "default||{\"gpu\":true,\"redis\":true,\"hpa\":false,\"monitoring\":0,\"dashboard\":true,\"device\":\"auto\",\"run\":\"cartpole\"}"
   "cpu|-f $CHART/values-cpu.yaml|{\"gpu\":false,\"redis\":true,\"hpa\":false,\"monitoring\":0,\"dashboard\":true,\"device\":\"cpu\",\"run\":\"cartpole\"}"
-  "full|-f $CHART/ci/full-values.yaml|{\"gpu\":true,\"redis\":false,\"redisSecret\":\"troupe-redis\",\"hpa\":true,\"monitoring\":4,\"dashboard\":true,\"device\":\"auto\",\"run\":\"cartpole\",\"tls\":true,\"auth\":true}"
+  "full|-f $CHART/ci/full-values.yaml|{\"gpu\":true,\"redis\":false,\"redisSecret\":\"troupe-redis\",\"hpa\":true,\"monitoring\":4,\"dashboard\":true,\"device\":\"auto\",\"run\":\"cartpole\",\"tls\":true,\"auth\":true,\"clientAuth\":true,\"serverName\":\"troupe.internal\",\"onFenced\":\"wait\"}"
   "external-url|-f $CHART/ci/external-url-values.yaml|{\"gpu\":false,\"redis\":false,\"redisUrl\":\"redis://redis.example.internal:6379/0\",\"hpa\":false,\"monitoring\":0,\"dashboard\":false,\"device\":\"cpu\",\"run\":\"acrobot-cpu\",\"podAnnotations\":false}"
-  "set-flags|-f $CHART/values-cpu.yaml --set metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabled=true,metrics.prometheusRule.enabled=true,actor.autoscaling.enabled=true,redis.enabled=false,externalRedis.url=redis://redis:6379,tls.enabled=true,tls.secretName=troupe-tls,logJson=false|{\"gpu\":false,\"redis\":false,\"redisUrl\":\"redis://redis:6379\",\"hpa\":true,\"monitoring\":4,\"dashboard\":true,\"device\":\"cpu\",\"run\":\"cartpole\",\"tls\":true,\"logJson\":false}"
+  "set-flags|-f $CHART/values-cpu.yaml --set metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabled=true,metrics.prometheusRule.enabled=true,actor.autoscaling.enabled=true,redis.enabled=false,externalRedis.url=redis://redis:6379,tls.enabled=true,tls.secretName=troupe-tls,logJson=false,learner.id=trainer-a|{\"gpu\":false,\"redis\":false,\"redisUrl\":\"redis://redis:6379\",\"hpa\":true,\"monitoring\":4,\"dashboard\":true,\"device\":\"cpu\",\"run\":\"cartpole\",\"tls\":true,\"logJson\":false,\"learnerId\":\"trainer-a\"}"
 )
 # every test value file under ci/ must be covered above
 for f in "$CHART"/ci/*.yaml; do
@@ -249,6 +295,9 @@ NEGATIVE=(
   "run name vs config|--set run.name=other|differs from the name"
   "redis off, no external|--set redis.enabled=false|externalRedis"
   "tls without secret|--set tls.enabled=true|secretName"
+  "auth without secret|--set auth.enabled=true|secretName"
+  "onFenced enum|--set learner.onFenced=retry|onFenced"
+  "tls unknown key|--set tls.mutual=true|mutual"
   "resources need limits|--set learner.resources.limits=null|limits"
 )
 for neg in "${NEGATIVE[@]}"; do

@@ -144,7 +144,7 @@ PY
 # Dummy TLS material and tokens for compose.tls.yaml.
 mkdir -p "$TMP/secrets/tls" "$TMP/secrets/tokens"
 touch "$TMP/secrets/tls/tls.crt" "$TMP/secrets/tls/tls.key" "$TMP/secrets/tls/ca.crt" \
-  "$TMP/secrets/tokens/coordinator" "$TMP/secrets/tokens/learner" "$TMP/secrets/tokens/actor"
+  "$TMP/secrets/tokens/actor" "$TMP/secrets/tokens/learner" "$TMP/secrets/tokens/evaluator" "$TMP/secrets/tokens/admin"
 export TROUPE_SECRETS_DIR="$TMP/secrets"
 # Checks run on the defaults, whatever the caller's shell sets.
 unset COMPOSE_FILE COMPOSE_PROFILES TROUPE_TAG TROUPE_CONFIG_NAME TROUPE_DEVICE TROUPE_BIND

@@ -126,15 +126,20 @@ Images. Tags default to the chart's appVersion.
 
 {{/*
 Addresses. Services are named <fullname>-<component>; the learner's pod has a stable DNS name
-through its headless Service.
+through its headless Service. With tls.enabled every gRPC address is https:// (the processes
+refuse an http:// address when TLS is on, and the reverse).
 */}}
+{{- define "troupe.scheme" -}}
+{{- ternary "https" "http" .Values.tls.enabled }}
+{{- end }}
+
 {{- define "troupe.coordinatorUrl" -}}
-{{- printf "http://%s-coordinator.%s.svc:50051" (include "troupe.fullname" .) .Release.Namespace }}
+{{- printf "%s://%s-coordinator.%s.svc:50051" (include "troupe.scheme" .) (include "troupe.fullname" .) .Release.Namespace }}
 {{- end }}
 
 {{- define "troupe.learnerAdvertiseUrl" -}}
 {{- $fullname := include "troupe.fullname" . }}
-{{- printf "http://%s-learner-0.%s-learner.%s.svc:50052" $fullname $fullname .Release.Namespace }}
+{{- printf "%s://%s-learner-0.%s-learner.%s.svc:50052" (include "troupe.scheme" .) $fullname $fullname .Release.Namespace }}
 {{- end }}
 
 {{- define "troupe.redisUrl" -}}
@@ -167,9 +172,10 @@ The environment every Troupe process shares.
 {{- end }}
 
 {{/*
-Native gRPC probes (grpc.health.v1) on the process's gRPC port: startup and liveness on the
-service "" (the process is alive), readiness on the component's service.
-Call with (dict "port" 50051 "service" "troupe.v1.Coordinator" "probes" .Values.coordinator.probes).
+Native gRPC probes (grpc.health.v1) on the process's plain-text health port (--health-listen:
+the kubelet's gRPC probes cannot speak TLS, so they never target the gRPC port): startup and
+liveness on the service "" (the process is alive), readiness on the component's service.
+Call with (dict "port" 50054 "service" "troupe.v1.Coordinator" "probes" .Values.coordinator.probes).
 */}}
 {{- define "troupe.grpcProbes" -}}
 startupProbe:
@@ -190,22 +196,45 @@ readinessProbe:
 {{- end }}
 
 {{/*
-The /tmp emptyDir (the root filesystem is read-only) and the optional TLS and token Secrets.
+The /tmp emptyDir (the root filesystem is read-only) and the optional TLS and token Secrets,
+each component given only the keys it needs (other keys in the Secrets, e.g. a CA's key,
+reach no pod):
+  TLS Secret (tls.crt, tls.key, ca.crt): the coordinator and the learner all three; actors only
+    ca.crt, plus tls.crt and tls.key with tls.clientAuth (they present a certificate then);
+  token Secret (actor, learner, evaluator, admin): the coordinator every role's token (it
+    accepts them all); the learner its own and the actors' (it accepts actors' streams and
+    keys the actor-binding secrets with its own); an actor only its own.
+Call with (dict "ctx" $ "component" "coordinator").
 */}}
 {{- define "troupe.commonVolumes" -}}
+{{- $values := .ctx.Values -}}
 - name: tmp
   emptyDir: {}
-{{- if .Values.tls.enabled }}
+{{- if $values.tls.enabled }}
 - name: tls
   secret:
-    secretName: {{ required "tls.secretName is required when tls.enabled" .Values.tls.secretName }}
+    secretName: {{ required "tls.secretName is required when tls.enabled" $values.tls.secretName }}
     defaultMode: 0440
+    items:
+      - key: ca.crt
+        path: ca.crt
+    {{- if or (ne .component "actor") $values.tls.clientAuth }}
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+    {{- end }}
 {{- end }}
-{{- if .Values.auth.enabled }}
+{{- if $values.auth.enabled }}
 - name: tokens
   secret:
-    secretName: {{ required "auth.secretName is required when auth.enabled" .Values.auth.secretName }}
+    secretName: {{ required "auth.secretName is required when auth.enabled" $values.auth.secretName }}
     defaultMode: 0440
+    items:
+      {{- range get (dict "coordinator" (list "actor" "learner" "evaluator" "admin") "learner" (list "actor" "learner") "actor" (list "actor")) .component }}
+      - key: {{ . }}
+        path: {{ . }}
+      {{- end }}
 {{- end }}
 {{- end }}
 
@@ -221,6 +250,48 @@ The /tmp emptyDir (the root filesystem is read-only) and the optional TLS and to
 - name: tokens
   mountPath: /etc/troupe/tokens
   readOnly: true
+{{- end }}
+{{- end }}
+
+{{/*
+TLS and token settings as TROUPE_* variables, pointing at the Secrets' files mounted above.
+Servers (coordinator, learner) present tls.crt/tls.key and check callers' tokens against
+/etc/troupe/tokens; clients (learner, actor) verify servers against ca.crt and send their
+own role's token. tls.clientAuth turns on mutual TLS everywhere; tls.serverName is the name
+clients verify in the servers' certificate instead of the host they dial.
+Call with (dict "ctx" $ "component" "coordinator").
+*/}}
+{{- define "troupe.securityEnv" -}}
+{{- $values := .ctx.Values }}
+{{- $server := has .component (list "coordinator" "learner") }}
+{{- $client := has .component (list "learner" "actor") }}
+{{- if $values.tls.enabled }}
+- name: TROUPE_TLS_CA
+  value: /etc/troupe/tls/ca.crt
+{{- if or $server $values.tls.clientAuth }}
+- name: TROUPE_TLS_CERT
+  value: /etc/troupe/tls/tls.crt
+- name: TROUPE_TLS_KEY
+  value: /etc/troupe/tls/tls.key
+{{- end }}
+{{- if $values.tls.clientAuth }}
+- name: TROUPE_TLS_CLIENT_AUTH
+  value: "true"
+{{- end }}
+{{- if and $client $values.tls.serverName }}
+- name: TROUPE_TLS_SERVER_NAME
+  value: {{ $values.tls.serverName | quote }}
+{{- end }}
+{{- end }}
+{{- if $values.auth.enabled }}
+{{- if $server }}
+- name: TROUPE_TOKENS_DIR
+  value: /etc/troupe/tokens
+{{- end }}
+{{- if $client }}
+- name: TROUPE_TOKEN_FILE
+  value: /etc/troupe/tokens/{{ .component }}
+{{- end }}
 {{- end }}
 {{- end }}
 
