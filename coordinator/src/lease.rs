@@ -4,8 +4,8 @@
 //! up across coordinator restarts). While one learner id holds a live lease, another id is
 //! refused; the same id takes over at once (a restarted learner), which fences the old process.
 //! Only the current epoch may publish or renew. A coordinator that restarted knows the newest
-//! epoch from Redis but not its holder: the first renewal or publish under that epoch re-adopts
-//! it.
+//! epoch and its holder's id from Redis: it treats the lease as held for one more lease length
+//! (the holder renews it as before; the same id may take over at once; another id waits).
 
 use std::time::{Duration, Instant};
 
@@ -33,9 +33,15 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// A lease that knows the newest epoch (from Redis) but no holder yet.
-    pub fn recovered(current: u64) -> Lease {
-        Lease { holder: None, current }
+    /// A lease recovered from Redis after a restart: epoch `current`, held by `learner_id` for
+    /// one more `ttl` from `now` (renewals extend it as usual).
+    pub fn recovered(current: u64, learner_id: Option<String>, now: Instant, ttl: Duration) -> Lease {
+        let holder = (current > 0).then(|| Holder {
+            learner_id: learner_id.unwrap_or_else(|| "(unknown, from before a coordinator restart)".into()),
+            epoch: current,
+            expires: now + ttl,
+        });
+        Lease { holder, current }
     }
 
     pub fn current_epoch(&self) -> u64 {
@@ -82,15 +88,8 @@ impl Lease {
                 current: self.current,
             });
         }
-        match &mut self.holder {
-            Some(h) => h.expires = now + ttl,
-            None => {
-                self.holder = Some(Holder {
-                    learner_id: String::from("(re-adopted after a coordinator restart)"),
-                    epoch,
-                    expires: now + ttl,
-                })
-            }
+        if let Some(h) = &mut self.holder {
+            h.expires = now + ttl;
         }
         Ok(())
     }
@@ -146,13 +145,17 @@ mod tests {
     }
 
     #[test]
-    fn after_a_restart_the_current_epoch_is_re_adopted_and_no_other() {
+    fn after_a_restart_the_lease_stays_with_its_holder() {
         let t0 = Instant::now();
-        let mut l = Lease::recovered(7);
+        let mut l = Lease::recovered(7, Some("a".into()), t0, TTL);
         assert!(l.renew(6, t0, TTL).is_err());
         l.check(7).unwrap();
-        l.renew(7, t0, TTL).unwrap();
-        assert!(l.may_acquire("other", t0).is_err());
+        assert!(l.may_acquire("other", t0).is_err(), "another id waits for the lease");
+        l.may_acquire("a", t0).unwrap();
+        l.renew(7, t0 + Duration::from_secs(8), TTL).unwrap();
+        assert!(l.may_acquire("other", t0 + Duration::from_secs(12)).is_err(), "renewed");
+        l.may_acquire("other", t0 + Duration::from_secs(19)).unwrap();
+        assert!(Lease::recovered(0, None, t0, TTL).holder().is_none());
     }
 
     #[derive(Debug, Clone)]

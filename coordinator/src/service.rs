@@ -24,6 +24,13 @@ use crate::store::{Applied, Store, Totals, RETURN_WINDOW};
 /// Largest frame count one heartbeat may report (a sanity bound: 2^40).
 pub const MAX_FRAMES_PER_HEARTBEAT: u64 = 1 << 40;
 
+/// Largest version number accepted from a learner's checkpoint (2^53: far from wrapping).
+pub const MAX_VERSION: u64 = 1 << 53;
+
+/// How far above the latest stored version the lease holder's expected number may move the
+/// count (it knows versions Redis lost in its last second before a crash); never further.
+pub const MAX_VERSION_JUMP: u64 = 1000;
+
 /// Largest policy blob accepted (1 GiB).
 pub const MAX_POLICY_BYTES: u64 = 1 << 30;
 
@@ -32,6 +39,8 @@ struct ActorEntry {
     policy_version: u64,
     frames: u64,
     episodes: u64,
+    /// The last report number applied.
+    seq: u64,
     last_seen: Instant,
 }
 
@@ -164,6 +173,8 @@ impl CoordinatorService {
     ) -> Result<CoordinatorService, Error> {
         let latest = store.latest().await?;
         let epoch = store.epoch().await?;
+        let lease_holder = store.lease_holder().await?;
+        let config_lease_s = config.coordinator.learner_lease_s;
         let actor_seq = store.actor_seq().await?;
         let marker = format!("{:032x}", rand::random::<u128>());
         store.set_marker(&marker).await?;
@@ -173,6 +184,7 @@ impl CoordinatorService {
             episodes,
             returns,
         } = store.totals().await?;
+        metrics::gauge!(names::COORD_LEARNER_EPOCH).set(epoch as f64);
         if let Some(m) = &latest {
             tracing::info!(version = m.version, frames, episodes, "recovered from redis");
             metrics::gauge!(names::COORD_POLICY_VERSION).set(m.version as f64);
@@ -210,7 +222,12 @@ impl CoordinatorService {
             config_toml,
             store,
             binding,
-            lease: Mutex::new(Lease::recovered(epoch)),
+            lease: Mutex::new(Lease::recovered(
+                epoch,
+                lease_holder,
+                Instant::now(),
+                Duration::from_secs_f64(config_lease_s),
+            )),
             version_floor: AtomicU64::new(0),
             hot: Mutex::new(hot),
             max_actor_id: AtomicU64::new(actor_seq),
@@ -249,6 +266,16 @@ impl CoordinatorService {
         self.store
             .raise_counters(self.max_actor_id.load(Ordering::Acquire), epoch, frames, episodes)
             .await?;
+        let actors: Vec<(u64, u64, u64, u64)> = self
+            .actors
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(&id, a)| (id, a.seq, a.frames, a.episodes))
+            .collect();
+        for (id, seq, frames, episodes) in actors {
+            self.store.reseed_actor(id, seq, frames, episodes).await?;
+        }
         let stored = self.store.versions().await?;
         let hot: Vec<HotPolicy> = self.hot.lock().expect("lock").values().cloned().collect();
         let mut restored = 0;
@@ -420,6 +447,7 @@ impl Coordinator for CoordinatorService {
                 policy_version: 0,
                 frames: 0,
                 episodes: 0,
+                seq: 0,
                 last_seen: Instant::now(),
             },
         );
@@ -445,6 +473,13 @@ impl Coordinator for CoordinatorService {
             return Err(Error::InvalidArgument(format!(
                 "learner_id: expected 1 to 253 characters, got {}",
                 learner_id.len()
+            ))
+            .into());
+        }
+        if req.checkpoint_version > MAX_VERSION {
+            return Err(Error::InvalidArgument(format!(
+                "checkpoint_version: expected at most {MAX_VERSION}, got {}",
+                req.checkpoint_version
             ))
             .into());
         }
@@ -486,6 +521,7 @@ impl Coordinator for CoordinatorService {
             );
         }
         self.store.set_learner_address(&addr).await?;
+        self.store.set_lease_holder(&learner_id).await?;
         *self.learner_address.lock().expect("lock") = addr.clone();
         metrics::counter!(names::COORD_REGISTRATIONS, "role" => "learner").increment(1);
         metrics::gauge!(names::COORD_LEARNER_EPOCH).set(epoch as f64);
@@ -670,7 +706,18 @@ impl Coordinator for CoordinatorService {
             .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
         let asked = meta.version;
         meta.parent_version = self.latest_version();
-        meta.version = self.next_version();
+        // Minted here. The lease holder's expected number (the one after the last it was given)
+        // may lift the count a little: after a coordinator restart Redis may lack the versions of
+        // its last second, and those numbers must not be issued twice.
+        let next = self.next_version();
+        meta.version = next.max(asked.min(next + MAX_VERSION_JUMP));
+        if meta.version > MAX_VERSION {
+            return Err(Error::FailedPrecondition(format!(
+                "policy versions are exhausted ({} > {MAX_VERSION})",
+                meta.version
+            ))
+            .into());
+        }
         if asked != 0 && asked != meta.version {
             tracing::info!(
                 asked,
@@ -773,7 +820,12 @@ impl Coordinator for CoordinatorService {
             applied = self.store.add_progress(r.actor_id, r.seq, r.frames, &returns).await?;
         }
         let totals = match applied {
-            Applied::Yes { frames, episodes } => Some((frames, episodes)),
+            Applied::Yes {
+                frames,
+                episodes,
+                run_frames,
+                run_episodes,
+            } => Some((frames, episodes, run_frames, run_episodes)),
             Applied::Duplicate => {
                 metrics::counter!(names::COORD_DUPLICATE_HEARTBEATS).increment(1);
                 None
@@ -799,11 +851,12 @@ impl Coordinator for CoordinatorService {
                 policy_version: 0,
                 frames: 0,
                 episodes: 0,
+                seq: 0,
                 last_seen: Instant::now(),
             });
             entry.policy_version = r.policy_version;
-            if let Some((f, e)) = totals {
-                (entry.frames, entry.episodes) = (f, e);
+            if let Some((f, e, _, _)) = totals {
+                (entry.frames, entry.episodes, entry.seq) = (f, e, r.seq);
             }
             entry.last_seen = Instant::now();
         }
@@ -823,8 +876,10 @@ impl Coordinator for CoordinatorService {
         }
         let mean = {
             let mut s = self.stats.lock().expect("lock");
-            s.frames = s.frames.saturating_add(frames);
-            s.episodes += n_episodes;
+            // Redis's totals after this report: the same numbers whatever else was cancelled.
+            if let Some((_, _, run_frames, run_episodes)) = totals {
+                (s.frames, s.episodes) = (s.frames.max(run_frames), s.episodes.max(run_episodes));
+            }
             for x in returns {
                 if s.returns.len() == RETURN_WINDOW {
                     s.returns.pop_front();

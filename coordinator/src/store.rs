@@ -59,8 +59,13 @@ fn meta_from_hash(h: &HashMap<String, u64>, pinned: bool) -> Option<PolicyMeta> 
 /// What became of a heartbeat's counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
-    /// Applied; the actor's totals after it.
-    Yes { frames: u64, episodes: u64 },
+    /// Applied; the actor's totals and the run's after it.
+    Yes {
+        frames: u64,
+        episodes: u64,
+        run_frames: u64,
+        run_episodes: u64,
+    },
     /// This (actor, seq) was applied before: a retry, not counted again.
     Duplicate,
     /// No actor was ever registered under this id.
@@ -68,23 +73,33 @@ pub enum Applied {
 }
 
 /// Applies a heartbeat once: KEYS = actor_seq, actor:{id}, frames, episodes, returns;
-/// ARGV = id, seq, frames, window, returns...
+/// ARGV = id, seq, frames, window, episodes, then at most `window` returns (the newest). Checks
+/// come before any write, so a refused report changes nothing.
 const HEARTBEAT_SCRIPT: &str = r#"
 local issued = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tonumber(ARGV[1]) > issued then return {-1, 0, 0} end
+if tonumber(ARGV[1]) > issued then return {-1, 0, 0, 0, 0} end
 local last = tonumber(redis.call('HGET', KEYS[2], 'seq') or '0')
-if tonumber(ARGV[2]) <= last then return {0, 0, 0} end
-local n = #ARGV - 4
+if tonumber(ARGV[2]) <= last then return {0, 0, 0, 0, 0} end
+local n = tonumber(ARGV[5])
 redis.call('HSET', KEYS[2], 'seq', ARGV[2])
 local f = redis.call('HINCRBY', KEYS[2], 'frames', ARGV[3])
 local e = redis.call('HINCRBY', KEYS[2], 'episodes', n)
-redis.call('INCRBY', KEYS[3], ARGV[3])
-redis.call('INCRBY', KEYS[4], n)
-if n > 0 then
-  redis.call('RPUSH', KEYS[5], unpack(ARGV, 5))
+local rf = redis.call('INCRBY', KEYS[3], ARGV[3])
+local re = redis.call('INCRBY', KEYS[4], n)
+if #ARGV > 5 then
+  redis.call('RPUSH', KEYS[5], unpack(ARGV, 6))
   redis.call('LTRIM', KEYS[5], -tonumber(ARGV[4]), -1)
 end
-return {1, f, e}
+return {1, f, e, rf, re}
+"#;
+
+/// Writes an actor's totals back unless Redis has them: KEYS = actor:{id}; ARGV = seq, frames,
+/// episodes.
+const ACTOR_RESEED_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'seq', ARGV[1], 'frames', ARGV[2], 'episodes', ARGV[3])
+end
+return 1
 "#;
 
 /// Raises each key to at least its value: KEYS = the keys, ARGV = the values.
@@ -313,6 +328,7 @@ impl Store {
 
     /// Applies an actor's report to its totals and the run's, once per (actor, seq), in one
     /// script: a retried heartbeat is not counted twice, and an id never issued counts nothing.
+    /// Of `returns`, only the newest [`RETURN_WINDOW`] are kept (the mean's window); all count.
     pub async fn add_progress(&self, actor_id: u64, seq: u64, frames: u64, returns: &[f32]) -> Result<Applied, Error> {
         let mut c = self.conn.clone();
         let script = redis::Script::new(HEARTBEAT_SCRIPT);
@@ -325,16 +341,48 @@ impl Store {
             .arg(actor_id)
             .arg(seq)
             .arg(frames)
-            .arg(RETURN_WINDOW);
-        for r in returns {
+            .arg(RETURN_WINDOW)
+            .arg(returns.len());
+        for r in &returns[returns.len().saturating_sub(RETURN_WINDOW)..] {
             inv.arg(*r);
         }
-        let (code, f, e): (i64, u64, u64) = inv.invoke_async(&mut c).await.map_err(redis_err)?;
+        let (code, f, e, rf, re): (i64, u64, u64, u64, u64) = inv.invoke_async(&mut c).await.map_err(redis_err)?;
         Ok(match code {
-            1 => Applied::Yes { frames: f, episodes: e },
+            1 => Applied::Yes {
+                frames: f,
+                episodes: e,
+                run_frames: rf,
+                run_episodes: re,
+            },
             0 => Applied::Duplicate,
             _ => Applied::UnknownActor,
         })
+    }
+
+    /// Writes back an actor's totals and last applied report number, unless Redis has them.
+    pub async fn reseed_actor(&self, actor_id: u64, seq: u64, frames: u64, episodes: u64) -> Result<(), Error> {
+        let mut c = self.conn.clone();
+        let script = redis::Script::new(ACTOR_RESEED_SCRIPT);
+        script
+            .key(self.key(&format!("actor:{actor_id}")))
+            .arg(seq)
+            .arg(frames)
+            .arg(episodes)
+            .invoke_async::<i64>(&mut c)
+            .await
+            .map_err(redis_err)?;
+        Ok(())
+    }
+
+    /// Records which learner id holds the lease (a restarted coordinator keeps it held).
+    pub async fn set_lease_holder(&self, learner_id: &str) -> Result<(), Error> {
+        let mut c = self.conn.clone();
+        c.set(self.key("learner_id"), learner_id).await.map_err(redis_err)
+    }
+
+    pub async fn lease_holder(&self) -> Result<Option<String>, Error> {
+        let mut c = self.conn.clone();
+        c.get(self.key("learner_id")).await.map_err(redis_err)
     }
 
     /// Takes the next learner epoch.

@@ -19,6 +19,42 @@ use troupe::telemetry::names;
 
 const FORMAT: &str = "troupe-checkpoint-v1";
 
+/// An encoded checkpoint on its way to the writer.
+pub struct Encoded {
+    pub version: u64,
+    pub bytes: Vec<u8>,
+}
+
+/// Writes the newest checkpoint the model thread hands over (a newer one replaces one not yet
+/// written), until the sender is gone; a fenced learner writes nothing more (its state is not
+/// the run's any more).
+pub async fn writer(
+    checkpointer: std::sync::Arc<Checkpointer>,
+    mut rx: tokio::sync::watch::Receiver<Option<std::sync::Arc<Encoded>>>,
+    fenced: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let closed = rx.changed().await.is_err();
+        let next = rx.borrow_and_update().clone();
+        if let Some(e) = next {
+            if fenced.is_cancelled() {
+                tracing::warn!(version = e.version, "fenced: not writing the checkpoint");
+                return;
+            }
+            let c = std::sync::Arc::clone(&checkpointer);
+            let version = e.version;
+            match tokio::task::spawn_blocking(move || c.write(e.version, &e.bytes)).await {
+                Ok(Ok(path)) => tracing::info!(version, path = %path.display(), "checkpoint written"),
+                Ok(Err(err)) => tracing::error!(version, error = %err, "could not write the checkpoint"),
+                Err(err) => tracing::error!(version, error = %err, "checkpoint writer panicked"),
+            }
+        }
+        if closed {
+            return;
+        }
+    }
+}
+
 /// What a checkpoint holds, as the model thread takes it.
 pub struct State {
     pub version: u64,
@@ -63,23 +99,27 @@ pub fn encode(state: &State) -> Vec<u8> {
         ));
     }
     named.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut hash = Sha256::new();
-    for (n, _, _, b) in &named {
-        hash.update(n.as_bytes());
-        hash.update(b);
-    }
-    let metadata: HashMap<String, String> = [
+    let mut metadata: BTreeMap<String, String> = [
         ("format", FORMAT.to_string()),
         ("version", state.version.to_string()),
         ("learner_step", state.learner_step.to_string()),
         ("frames", state.frames.to_string()),
         ("optimizer_steps", state.optimizer_steps.to_string()),
         ("rng_seed", state.rng_seed.to_string()),
-        ("sha256", hex::encode(hash.finalize())),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
+    let mut hash = Sha256::new();
+    hash_entries(
+        &mut hash,
+        &metadata,
+        named
+            .iter()
+            .map(|(n, d, s, b)| (n.as_str(), format!("{d:?}{s:?}"), b.as_slice())),
+    );
+    metadata.insert("sha256".into(), hex::encode(hash.finalize()));
+    let metadata: HashMap<String, String> = metadata.into_iter().collect();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = named
         .iter()
         .map(|(n, d, s, b)| {
@@ -90,6 +130,28 @@ pub fn encode(state: &State) -> Vec<u8> {
         })
         .collect();
     safetensors::serialize(views, Some(metadata)).expect("serialize safetensors")
+}
+
+/// The checksum's input: every metadata entry but the checksum, then every tensor's name, dtype
+/// and shape and bytes, each length-prefixed, in name order.
+fn hash_entries<'a>(
+    hash: &mut Sha256,
+    metadata: &BTreeMap<String, String>,
+    tensors: impl Iterator<Item = (&'a str, String, &'a [u8])>,
+) {
+    let mut put = |b: &[u8]| {
+        hash.update((b.len() as u64).to_le_bytes());
+        hash.update(b);
+    };
+    for (k, v) in metadata.iter().filter(|(k, _)| *k != "sha256") {
+        put(k.as_bytes());
+        put(v.as_bytes());
+    }
+    for (n, layout, b) in tensors {
+        put(n.as_bytes());
+        put(layout.as_bytes());
+        put(b);
+    }
 }
 
 /// Reads a checkpoint back, checking its format and checksum.
@@ -110,13 +172,23 @@ pub fn decode(path: &Path, bytes: &[u8]) -> anyhow::Result<Loaded> {
     }
     let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
     names.sort();
+    let mut views = Vec::new();
+    for n in &names {
+        views.push(st.tensor(n)?);
+    }
+    let sorted_meta: BTreeMap<String, String> = meta.clone().into_iter().collect();
     let mut hash = Sha256::new();
+    hash_entries(
+        &mut hash,
+        &sorted_meta,
+        names
+            .iter()
+            .zip(&views)
+            .map(|(n, v)| (n.as_str(), format!("{:?}{:?}", v.dtype(), v.shape()), v.data())),
+    );
     let mut policy = None;
     let mut optimizer = BTreeMap::new();
-    for n in &names {
-        let view = st.tensor(n)?;
-        hash.update(n.as_bytes());
-        hash.update(view.data());
+    for (n, view) in names.iter().zip(&views) {
         if n == "policy" {
             policy = Some(view.data().to_vec());
         } else if let Some(key) = n.strip_prefix("optimizer/") {
@@ -265,6 +337,22 @@ mod tests {
         std::fs::write(&newest, b).unwrap();
         let l = newest_valid(c.dir()).unwrap().unwrap();
         assert_eq!(l.version, 2);
+        // So is one whose header says another step than the state it holds.
+        let v2 = c.dir().join(file_name(2));
+        let b = std::fs::read(&v2).unwrap();
+        let needle = b"\"frames\":\"200\"";
+        let at = b
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .expect("the header names the frames");
+        let mut forged = b.clone();
+        forged[at + needle.len() - 2] = b'1';
+        std::fs::write(&v2, &forged).unwrap();
+        assert!(
+            newest_valid(c.dir()).unwrap().is_none(),
+            "both damaged: nothing to resume from"
+        );
+        std::fs::write(&v2, &b).unwrap();
         // A truncated file is skipped too.
         std::fs::write(c.dir().join(file_name(9)), b"\x10\x00").unwrap();
         assert_eq!(newest_valid(c.dir()).unwrap().unwrap().version, 2);

@@ -332,15 +332,20 @@ pub async fn run(
         metrics::counter!(names::LEARNER_ROLLOUTS_REJECTED, "reason" => reason).absolute(0);
     }
     let (snap_tx, snap_rx) = watch::channel(None);
-    let checkpoint_every = checkpointer
-        .is_some()
-        .then(|| Duration::from_secs_f64(config.learner.checkpoint_every_s));
+    let (checkpoints, checkpoint_writer) = match checkpointer {
+        Some(c) => {
+            let (tx, rx) = watch::channel(None);
+            let every = Duration::from_secs_f64(config.learner.checkpoint_every_s);
+            let writer = tokio::spawn(checkpoint::writer(c, rx, fenced.clone()));
+            (Some((every, tx)), Some(writer))
+        }
+        None => (None, None),
+    };
     let publisher = tokio::spawn(
         publisher::Publisher {
             channel: coordinator.clone(),
             snapshots: snap_rx,
             published: latest,
-            checkpointer,
             epoch,
             fenced: fenced.clone(),
             minted: minted.clone(),
@@ -368,7 +373,7 @@ pub async fn run(
         runtime: tokio::runtime::Handle::current(),
         shutdown: shutdown.clone(),
         panic_after: args.fault_model_panic_after,
-        checkpoint_every,
+        checkpoints,
         minted,
     };
     let model_thread = std::thread::Builder::new()
@@ -479,6 +484,11 @@ pub async fn run(
     match tokio::time::timeout(Duration::from_secs(20), publisher).await {
         Ok(_) => tracing::info!("drained"),
         Err(_) => tracing::warn!("final publish did not finish within 20 s"),
+    }
+    if let Some(w) = checkpoint_writer {
+        if tokio::time::timeout(Duration::from_secs(20), w).await.is_err() {
+            tracing::warn!("the final checkpoint was not written within 20 s");
+        }
     }
     Ok(if fenced.is_cancelled() {
         Ended::Fenced

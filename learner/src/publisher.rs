@@ -1,6 +1,5 @@
 //! Publishes weight snapshots to the coordinator as policy versions (a client stream of 1 MiB
-//! chunks), under the learner's lease epoch, and writes the checkpoints that come with them
-//! first. Only the newest snapshot matters: if publishing falls behind, older ones are skipped.
+//! chunks), under the learner's lease epoch. Only the newest snapshot matters: if publishing falls behind, older ones are skipped.
 //! Retries with backoff while the coordinator is away; a refused epoch means another learner
 //! holds the lease, and fences this one.
 
@@ -15,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 use troupe::process::{Backoff, GrpcChannel};
 use troupe::telemetry::names;
 
-use crate::checkpoint::Checkpointer;
 use crate::trainer::Snapshot;
 
 /// Chunks of a snapshot: metadata and the epoch first, then the blob in order.
@@ -51,7 +49,6 @@ pub struct Publisher {
     pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
     /// The newest version already stored.
     pub published: u64,
-    pub checkpointer: Option<Arc<Checkpointer>>,
     pub epoch: u64,
     /// Cancelled when the coordinator refuses our epoch.
     pub fenced: CancellationToken,
@@ -66,7 +63,6 @@ impl Publisher {
             channel,
             mut snapshots,
             mut published,
-            checkpointer,
             epoch,
             fenced,
             minted,
@@ -87,17 +83,6 @@ impl Publisher {
                     return;
                 }
                 continue;
-            }
-            if let (Some(c), true) = (&checkpointer, snap.checkpoint.is_some()) {
-                let (c, version, held) = (Arc::clone(c), snap.version, Arc::clone(&snap));
-                let written =
-                    tokio::task::spawn_blocking(move || c.write(version, held.checkpoint.as_deref().expect("checked")))
-                        .await;
-                match written {
-                    Ok(Ok(path)) => tracing::info!(version, path = %path.display(), "checkpoint written"),
-                    Ok(Err(e)) => tracing::error!(version, error = %e, "could not write the checkpoint"),
-                    Err(e) => tracing::error!(version, error = %e, "checkpoint writer panicked"),
-                }
             }
             if fenced.is_cancelled() {
                 return;

@@ -31,8 +31,6 @@ pub struct Snapshot {
     pub learner_step: u64,
     pub frames: u64,
     pub blob: Vec<u8>,
-    /// An encoded checkpoint taken with these weights, when one is due.
-    pub checkpoint: Option<Vec<u8>>,
 }
 
 /// What one update (one batch, one or more SGD steps) measured.
@@ -210,7 +208,6 @@ impl Trainer {
             learner_step: self.updates,
             frames: self.frames,
             blob,
-            checkpoint: None,
         })
     }
 
@@ -418,8 +415,9 @@ pub struct TrainerLoop {
     pub shutdown: CancellationToken,
     /// Testing only: panic after this many updates (the learner's `--fault-model-panic-after`).
     pub panic_after: Option<u64>,
-    /// Take a checkpoint with a snapshot at most this often (and with the last one); None: never.
-    pub checkpoint_every: Option<Duration>,
+    /// Take a checkpoint with a snapshot at most this often (and with the last one), and hand
+    /// it to the checkpoint writer here; None: never.
+    pub checkpoints: Option<(Duration, watch::Sender<Option<Arc<crate::checkpoint::Encoded>>>)>,
     /// The newest version the coordinator minted for this learner: the next snapshot's number
     /// starts above it.
     pub minted: Arc<AtomicU64>,
@@ -449,7 +447,7 @@ impl TrainerLoop {
             runtime,
             shutdown,
             panic_after,
-            checkpoint_every,
+            checkpoints,
             minted,
         } = self;
         let batcher = BatcherThread {
@@ -469,7 +467,7 @@ impl TrainerLoop {
             known_version,
             shutdown,
             panic_after,
-            checkpoint_every,
+            checkpoints,
             last_checkpoint: Instant::now(),
             checkpointed_updates: trainer_updates,
             minted,
@@ -486,7 +484,7 @@ struct ModelThread {
     known_version: Arc<AtomicU64>,
     shutdown: CancellationToken,
     panic_after: Option<u64>,
-    checkpoint_every: Option<Duration>,
+    checkpoints: Option<(Duration, watch::Sender<Option<Arc<crate::checkpoint::Encoded>>>)>,
     last_checkpoint: Instant,
     /// The learner step of the last checkpoint taken.
     checkpointed_updates: u64,
@@ -554,7 +552,7 @@ impl ModelThread {
             // The batcher's failure is the model thread's: the learner reports it and exits.
             std::panic::resume_unwind(panic);
         }
-        let unsaved = self.checkpoint_every.is_some() && self.trainer.updates != self.checkpointed_updates;
+        let unsaved = self.checkpoints.is_some() && self.trainer.updates != self.checkpointed_updates;
         if since_publish > 0 || unsaved {
             tracing::info!(updates = self.trainer.updates, "publishing final weights before exit");
             self.publish(true);
@@ -564,10 +562,9 @@ impl ModelThread {
     /// Snapshots the weights for the publisher, with a checkpoint when one is due (always with
     /// the `last` snapshot).
     fn publish(&mut self, last: bool) {
-        // Versions continue above what the coordinator minted (it may have minted above our
-        // count after Redis lost data).
-        let minted = self.minted.load(Ordering::Acquire);
-        self.trainer.version = self.trainer.version.max(minted);
+        // Each snapshot expects the version after the last one the coordinator minted for us
+        // (snapshots the publisher skipped were never minted): our count never drifts from it.
+        self.trainer.version = self.minted.load(Ordering::Acquire);
         let snap = match self.trainer.snapshot() {
             Ok(s) => s,
             Err(e) => {
@@ -576,12 +573,14 @@ impl ModelThread {
                 return;
             }
         };
-        let mut snap = snap;
-        if let Some(every) = self.checkpoint_every {
-            if last || self.last_checkpoint.elapsed() >= every {
+        if let Some((every, tx)) = &self.checkpoints {
+            if last || self.last_checkpoint.elapsed() >= *every {
                 self.last_checkpoint = Instant::now();
                 self.checkpointed_updates = self.trainer.updates;
-                snap.checkpoint = Some(crate::checkpoint::encode(&self.trainer.checkpoint()));
+                tx.send_replace(Some(Arc::new(crate::checkpoint::Encoded {
+                    version: snap.version,
+                    bytes: crate::checkpoint::encode(&self.trainer.checkpoint()),
+                })));
             }
         }
         // Known before it is published: the coordinator tells actors about a version before

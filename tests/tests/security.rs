@@ -176,6 +176,24 @@ async fn tls_and_tokens_refuse_strangers_and_wrong_roles() -> anyhow::Result<()>
         .insert(troupe::security::ACTOR_SECRET_HEADER, secret.parse()?);
     let err = as_actor.heartbeat(hb).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "another actor's id: {err:?}");
+    // An id never issued, even with a well-formed secret for it (made here with the learner's
+    // token, which an actor does not have): NOT_FOUND, nothing counted.
+    let binding = troupe::security::ActorBinding::from_learner_token(
+        std::fs::read_to_string(secrets.token(Role::Learner))?.trim(),
+    );
+    let mut hb = tonic::Request::new(HeartbeatRequest {
+        actor_id: 1_000_000,
+        frames: 1 << 40,
+        seq: 1,
+        ..Default::default()
+    });
+    hb.metadata_mut().insert(
+        troupe::security::ACTOR_SECRET_HEADER,
+        binding.secret(1_000_000).parse()?,
+    );
+    let err = as_actor.heartbeat(hb).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+    assert!(err.message().contains("no actor was registered"), "{}", err.message());
     // Its own id: counted once, however often the same report is retried.
     for _ in 0..3 {
         let mut hb = tonic::Request::new(HeartbeatRequest {
