@@ -47,7 +47,7 @@ async fn rate(cluster: &Cluster, seconds: f64) -> anyhow::Result<f64> {
 
 async fn tls(seconds: f64) -> anyhow::Result<serde_json::Value> {
     let (mut plain, mut secure) = (Vec::new(), Vec::new());
-    for _ in 0..2 {
+    for _ in 0..3 {
         for secure_run in [false, true] {
             let mut c = Cluster::start_with(&throughput_config(), &[], secure_run).await?;
             c.add_actor().await?;
@@ -56,13 +56,18 @@ async fn tls(seconds: f64) -> anyhow::Result<serde_json::Value> {
             if secure_run { &mut secure } else { &mut plain }.push(r);
         }
     }
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     Ok(serde_json::json!({
         "bench": "tls",
         "plain_frames_per_s": plain,
         "tls_tokens_frames_per_s": secure,
-        "ratio": mean(&secure) / mean(&plain),
+        "ratio_of_medians": median(&secure) / median(&plain),
     }))
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn tc(args: &[&str]) -> anyhow::Result<()> {
