@@ -118,12 +118,7 @@ pub async fn run(
     }
     tracing::info!(listen = %local, "coordinator serving");
     health.set(troupe::health::ServingStatus::Serving).await;
-    let server = troupe::process::grpc_server(&security)?
-        .layer(troupe::grpc_metrics::GrpcMetricsLayer::new(&[
-            proto::methods::GRPC_METHODS,
-            troupe::grpc_metrics::HEALTH_METHODS,
-        ]))
-        .layer(troupe::security::AuthLayer::new(security.tokens(), method_roles))
+    let server = troupe::process::service_server(&security, method_roles)?
         .add_service(health_service)
         .add_service(
             CoordinatorServer::from_arc(service)

@@ -528,7 +528,9 @@ impl Coordinator for CoordinatorService {
         tracing::info!(address = %addr, learner_id = %learner_id, epoch, "learner registered");
         Ok(Response::new(RegisterLearnerResponse {
             run_config_toml: self.config_toml.clone(),
-            latest_version: self.next_version() - 1,
+            // What is stored (0: nothing): the learner fetches it if it has no checkpoint, and
+            // publishes at once if there is none.
+            latest_version: self.latest_version(),
             spec: Some(EnvSpec {
                 json: serde_json::to_string(&spec).expect("json"),
             }),

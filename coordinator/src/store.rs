@@ -233,8 +233,9 @@ impl Store {
         c.get(self.blob_key(version)).await.map_err(redis_err)
     }
 
-    /// Stores a version whole, then deletes versions beyond the newest `keep` that are neither
-    /// pinned nor in `protect` (versions live actors still act with). Returns those deleted.
+    /// Stores a version whole and deletes versions beyond the newest `keep` that are neither
+    /// pinned nor in `protect` (versions live actors still act with), in one transaction.
+    /// Returns those deleted.
     pub async fn put(&self, meta: &PolicyMeta, blob: &[u8], keep: u64, protect: &[u64]) -> Result<Vec<u64>, Error> {
         let mut c = self.conn.clone();
         let v = meta.version;
@@ -246,38 +247,42 @@ impl Store {
             ("parent_version", meta.parent_version),
             ("size_bytes", meta.size_bytes),
         ];
-        redis::pipe()
-            .atomic()
+        // Retention is decided first, so the new version and the deletions go in one
+        // MULTI/EXEC: no reader sees more than what is kept. (Callers serialise puts.)
+        let (stored, pinned): (Vec<u64>, Vec<u64>) = redis::pipe()
+            .zrange(self.key("policies"), 0, -1)
+            .smembers(self.key("pinned"))
+            .query_async(&mut c)
+            .await
+            .map_err(redis_err)?;
+        let mut versions = stored;
+        if !versions.contains(&v) {
+            versions.push(v);
+            versions.sort_unstable();
+        }
+        let cut = versions.len().saturating_sub(keep as usize);
+        let doomed: Vec<u64> = versions[..cut]
+            .iter()
+            .copied()
+            .filter(|d| *d != v && !pinned.contains(d) && !protect.contains(d))
+            .collect();
+        let mut p = redis::pipe();
+        p.atomic()
             .set(self.blob_key(v), blob)
             .ignore()
             .hset_multiple(self.meta_key(v), &fields)
             .ignore()
             .zadd(self.key("policies"), v, v)
-            .ignore()
-            .query_async::<()>(&mut c)
-            .await
-            .map_err(redis_err)?;
-        let versions = self.versions().await?;
-        let pinned = self.pinned().await?;
-        let cut = versions.len().saturating_sub(keep as usize);
-        let doomed: Vec<u64> = versions[..cut]
-            .iter()
-            .copied()
-            .filter(|v| !pinned.contains(v) && !protect.contains(v))
-            .collect();
-        if !doomed.is_empty() {
-            let mut p = redis::pipe();
-            p.atomic();
-            for &d in &doomed {
-                p.del(self.blob_key(d))
-                    .ignore()
-                    .del(self.meta_key(d))
-                    .ignore()
-                    .zrem(self.key("policies"), d)
-                    .ignore();
-            }
-            p.query_async::<()>(&mut c).await.map_err(redis_err)?;
+            .ignore();
+        for &d in &doomed {
+            p.del(self.blob_key(d))
+                .ignore()
+                .del(self.meta_key(d))
+                .ignore()
+                .zrem(self.key("policies"), d)
+                .ignore();
         }
+        p.query_async::<()>(&mut c).await.map_err(redis_err)?;
         Ok(doomed)
     }
 

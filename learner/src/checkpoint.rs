@@ -267,6 +267,11 @@ impl Checkpointer {
         })
     }
 
+    /// Keep the newest `n` checkpoints (at least 1).
+    pub fn keep(&mut self, n: usize) {
+        self.keep = n.max(1);
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -236,8 +236,10 @@ pub async fn run(
 
     let coordinator = grpc_channel(&args.coordinator, &security).context("--coordinator")?;
     let mut client = CoordinatorClient::new(coordinator.clone()).max_decoding_message_size(proto::MAX_MESSAGE_BYTES);
-    let checkpointer = match &args.checkpoint_dir {
-        Some(dir) => Some(Arc::new(checkpoint::Checkpointer::new(dir, 1)?)),
+    // Made (and checked writable) once, before registering: registration reports the newest
+    // checkpoint's version. How many to keep comes with the run config.
+    let mut checkpointer = match &args.checkpoint_dir {
+        Some(dir) => Some(checkpoint::Checkpointer::new(dir, 1)?),
         None => None,
     };
     let resume = match &checkpointer {
@@ -268,13 +270,9 @@ pub async fn run(
         Ok(None) => return Ok(Ended::Shutdown),
         Err(ended) => return Ok(ended),
     };
-    let checkpointer = match &args.checkpoint_dir {
-        Some(dir) => Some(Arc::new(checkpoint::Checkpointer::new(
-            dir,
-            config.learner.keep_checkpoints,
-        )?)),
-        None => None,
-    };
+    if let Some(c) = checkpointer.as_mut() {
+        c.keep(config.learner.keep_checkpoints);
+    }
     tracing::info!(advertise = %advertise, learner_id = %learner_id, epoch, latest_version = latest, env = %env_spec.id, "registered with the coordinator");
     // Everything below stops on a signal or when another learner fences this one.
     let fenced = CancellationToken::new();
@@ -290,10 +288,8 @@ pub async fn run(
     let state_size = trainer.model().state_size();
     match &resume {
         Some(r) => {
+            // Version numbers continue from what the coordinator mints, not the checkpoint's.
             trainer.restore(r)?;
-            // Versions continue from the coordinator's count, which may be ahead of the
-            // checkpoint (it is written every learner.checkpoint_every_s).
-            trainer.version = trainer.version.max(latest);
             tracing::info!(
                 path = %r.path.display(),
                 checkpoint_version = r.version,
@@ -317,7 +313,7 @@ pub async fn run(
         None => {}
     }
 
-    let known_version = Arc::new(AtomicU64::new(trainer.version.max(latest)));
+    let known_version = Arc::new(AtomicU64::new(latest));
     let minted = Arc::new(AtomicU64::new(latest));
     let (queue_tx, queue_rx) = mpsc::channel(config.learner.queue_capacity);
     let queue_bytes = Arc::new(AtomicU64::new(0));
@@ -336,7 +332,7 @@ pub async fn run(
         Some(c) => {
             let (tx, rx) = watch::channel(None);
             let every = Duration::from_secs_f64(config.learner.checkpoint_every_s);
-            let writer = tokio::spawn(checkpoint::writer(c, rx, fenced.clone()));
+            let writer = tokio::spawn(checkpoint::writer(Arc::new(c), rx, fenced.clone()));
             (Some((every, tx)), Some(writer))
         }
         None => (None, None),
@@ -349,6 +345,7 @@ pub async fn run(
             epoch,
             fenced: fenced.clone(),
             minted: minted.clone(),
+            known_version: known_version.clone(),
         }
         .run(),
     );
@@ -418,12 +415,7 @@ pub async fn run(
     }
     tracing::info!(listen = %local, "serving rollout streams");
     health.set(troupe::health::ServingStatus::Serving).await;
-    let server = troupe::process::grpc_server(&security)?
-        .layer(troupe::grpc_metrics::GrpcMetricsLayer::new(&[
-            proto::methods::GRPC_METHODS,
-            troupe::grpc_metrics::HEALTH_METHODS,
-        ]))
-        .layer(troupe::security::AuthLayer::new(security.tokens(), method_roles))
+    let server = troupe::process::service_server(&security, method_roles)?
         .add_service(health_service)
         .add_service(
             LearnerServer::new(service)

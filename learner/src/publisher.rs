@@ -54,6 +54,8 @@ pub struct Publisher {
     pub fenced: CancellationToken,
     /// The newest version the coordinator minted for us.
     pub minted: Arc<AtomicU64>,
+    /// The newest version rollouts may carry (shared with ingest).
+    pub known_version: Arc<AtomicU64>,
 }
 
 impl Publisher {
@@ -66,6 +68,7 @@ impl Publisher {
             epoch,
             fenced,
             minted,
+            known_version,
         } = self;
         let mut client = CoordinatorClient::new(channel).max_encoding_message_size(proto::MAX_MESSAGE_BYTES);
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
@@ -103,6 +106,7 @@ impl Publisher {
                             );
                         }
                         minted.fetch_max(version, Ordering::AcqRel);
+                        known_version.fetch_max(version, Ordering::AcqRel);
                         published = snap.version.max(version);
                         metrics::gauge!(names::LEARNER_POLICY_VERSION).set(version as f64);
                         tracing::debug!(version, "published policy");

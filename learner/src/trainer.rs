@@ -503,8 +503,9 @@ impl ModelThread {
             .spawn(move || batcher.run(ready_tx))
             .expect("spawn the batcher thread");
         let mut since_publish = 0u64;
-        if self.trainer.version == 0 {
-            // A fresh run: publish the initial weights so actors can start.
+        if self.minted.load(Ordering::Acquire) == 0 {
+            // The coordinator has no version (a fresh run, or a resume from a checkpoint after
+            // Redis lost everything): publish these weights at once so actors can start.
             self.publish(false);
         }
         while !self.shutdown.is_cancelled() {

@@ -14,24 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use tests::{eventually, metric, scrape, shipped_config, Cluster};
-
-fn throughput_config() -> troupe::RunConfig {
-    let mut c = shipped_config("cartpole-impala");
-    c.actor.num_envs = 16;
-    c.actor.max_in_flight = 2;
-    c.learner.queue_capacity = 4;
-    c.learner.batch_size = 64;
-    c
-}
-
-fn learner_frames(c: &Cluster) -> f64 {
-    metric(
-        &scrape(&c.learner_metrics).unwrap_or_default(),
-        "troupe_learner_frames_total",
-    )
-    .unwrap_or(0.0)
-}
+use tests::{eventually, learner_frames, metric, scrape, throughput_config, Cluster};
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {

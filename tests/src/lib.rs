@@ -766,6 +766,26 @@ pub fn cartpole_config() -> troupe::RunConfig {
     troupe::RunConfig::from_file(&repo_root().join("configs/cartpole.toml")).expect("configs/cartpole.toml")
 }
 
+/// The benchmarks' throughput layout (v0's CartPole run): IMPALA, 16 envs per actor, 2 rollouts
+/// in flight, a queue of 4, B = 64.
+pub fn throughput_config() -> troupe::RunConfig {
+    let mut c = shipped_config("cartpole-impala");
+    c.actor.num_envs = 16;
+    c.actor.max_in_flight = 2;
+    c.learner.queue_capacity = 4;
+    c.learner.batch_size = 64;
+    c
+}
+
+/// The frames the learner has trained on (0 if its metrics cannot be read).
+pub fn learner_frames(c: &Cluster) -> f64 {
+    metric(
+        &scrape(&c.learner_metrics).unwrap_or_default(),
+        "troupe_learner_frames_total",
+    )
+    .unwrap_or(0.0)
+}
+
 /// A shipped config (`configs/NAME.toml`), for a test to adjust.
 pub fn shipped_config(name: &str) -> troupe::RunConfig {
     let path = repo_root().join(format!("configs/{name}.toml"));

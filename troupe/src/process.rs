@@ -108,6 +108,28 @@ pub fn grpc_server(
     }
 }
 
+/// A server with what every Troupe service server puts in front of its services: [`grpc_server`]'s
+/// settings, per-method metrics (the protocol's methods and health), and the token check with
+/// `roles` as its access rule.
+pub type ServiceServer = tonic::transport::Server<
+    tower_layer::Stack<
+        crate::security::AuthLayer,
+        tower_layer::Stack<crate::grpc_metrics::GrpcMetricsLayer, tower_layer::Identity>,
+    >,
+>;
+
+pub fn service_server(
+    security: &crate::security::Security,
+    roles: crate::security::MethodPolicy,
+) -> Result<ServiceServer, crate::security::SecurityError> {
+    Ok(grpc_server(security)?
+        .layer(crate::grpc_metrics::GrpcMetricsLayer::new(&[
+            proto::methods::GRPC_METHODS,
+            crate::grpc_metrics::HEALTH_METHODS,
+        ]))
+        .layer(crate::security::AuthLayer::new(security.tokens(), roles)))
+}
+
 /// Accepted connections for a tonic server on a pre-bound listener, with TCP_NODELAY: without
 /// it the small acks and chunks a server writes wait on the peer's delayed ACK (40 ms on Linux),
 /// which capped a rollout stream at ~30 round trips a second.
