@@ -53,13 +53,20 @@ stop_all() { # pids...
   done
   for p in "$@"; do kill -KILL "$p" 2>/dev/null || true; done
 }
+WATCH_PID=
 cleanup() {
+  # A second signal must not cut the clean-up short: it stops every process and deletes the
+  # run's secrets whatever stopped the script.
+  trap '' INT TERM HUP
+  [ -n "$WATCH_PID" ] && stop_all "$WATCH_PID"
   [ ${#WORKERS[@]} -gt 0 ] && stop_all "${WORKERS[@]}"
-  stop_all "${PIDS[@]}"
+  [ ${#PIDS[@]} -gt 0 ] && stop_all "${PIDS[@]}"
   rm -rf "$RUN"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 
 # The run config with the seed applied.
 sed "s/^seed = .*/seed = $SEED/" "$CONFIG" > "$RUN/run.toml"
@@ -126,7 +133,12 @@ if [ "$INSECURE" = 1 ]; then SECURITY_NOTE="plain gRPC, no tokens (--insecure)";
 troupe_log "cluster up: coordinator $COORD, learner $SCHEME://$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["grpc"])' "$RUN/learner.json"), $ACTORS actors, $SECURITY_NOTE; logs in $OUT/logs"
 
 status=0
-"$TROUPE_BIN/troupe-watch" --coordinator "$COORD" "${WATCH_SECURITY[@]}" --out "$OUT" --budget-s "$BUDGET" || status=$?
+# In the background, with `wait`: bash runs a trap only once the foreground command ends, so a
+# foreground watcher would hold off SIGTERM until the budget ran out. `wait` returns at once.
+"$TROUPE_BIN/troupe-watch" --coordinator "$COORD" "${WATCH_SECURITY[@]}" --out "$OUT" --budget-s "$BUDGET" &
+WATCH_PID=$!
+wait "$WATCH_PID" || status=$?
+WATCH_PID=
 # 3 = budget ended unsolved: the run still produced its outputs.
 if [ $status = 3 ]; then status=0; fi
 exit $status

@@ -26,21 +26,21 @@ fn main() {
     let seeds: Vec<u64> = (0..n as u64).collect();
     let env = actor::envs::make(&config.env, &seeds, &python_path()).expect("env");
     let spec = ModelSpec {
-        env: env.spec().clone(),
+        env: troupe::spaces::PolicySpec::single(env.spec()),
         model: config.model.clone(),
     };
     let net = Model::new(&spec, tch::Device::Cpu).expect("model");
-    let mut runner = EnvRunner::new(env, config.actor.unroll_length, net.state_size(), 1).expect("runner");
+    let mut runner = EnvRunner::single(env, config.actor.unroll_length, net.state_size(), 1).expect("runner");
     let mut episodes = 0u64;
     // Warm up, then measure.
     for _ in 0..20 {
-        runner.unroll(&net, 1, 1, &mut |_| {}).expect("unroll");
+        runner.unroll_one(&net, 1, 1, &mut |_| {}).expect("unroll");
     }
     let start = Instant::now();
     let mut steps = 0u64;
     let mut bytes = 0usize;
     while start.elapsed().as_secs_f64() < seconds {
-        let parts = runner.unroll(&net, 1, 1, &mut |_| episodes += 1).expect("unroll");
+        let parts = runner.unroll_one(&net, 1, 1, &mut |_| episodes += 1).expect("unroll");
         bytes += parts.iter().map(prost::Message::encoded_len).sum::<usize>();
         steps += (config.actor.unroll_length * n) as u64;
     }

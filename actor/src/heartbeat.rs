@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use troupe::process::GrpcChannel;
 use troupe::telemetry::names;
 
-use crate::Progress;
+use crate::{LearnerAddresses, Progress};
 
 /// Episode reports one heartbeat carries at most (about 10 bytes each on the wire).
 pub const MAX_EPISODES_PER_HEARTBEAT: usize = 20_000;
@@ -29,7 +29,7 @@ pub async fn run(
     secret: String,
     interval: Duration,
     progress: Arc<Mutex<Progress>>,
-    learner_address: watch::Sender<String>,
+    learner_addresses: watch::Sender<LearnerAddresses>,
     shutdown: CancellationToken,
 ) {
     let mut client = CoordinatorClient::new(channel);
@@ -74,6 +74,15 @@ pub async fn run(
                     policy_version: p.policy_version,
                     policy_loaded_ms_ago: p.policy_since.map_or(0, |t| t.elapsed().as_millis() as u64),
                     seq,
+                    acting: p
+                        .acting
+                        .iter()
+                        .map(|(policy, &(version, since))| proto::v1::ActingVersion {
+                            policy: policy.clone(),
+                            version,
+                            loaded_ms_ago: since.elapsed().as_millis() as u64,
+                        })
+                        .collect(),
                 }
             }
         };
@@ -92,10 +101,19 @@ pub async fn run(
                 if let Some(t) = failing_since.take() {
                     tracing::info!(after_s = t.elapsed().as_secs_f64(), "coordinator reachable again");
                 }
-                let addr = resp.into_inner().learner_address;
-                if !addr.is_empty() && *learner_address.borrow() != addr {
-                    tracing::info!(learner = %addr, "learner address changed");
-                    learner_address.send_replace(addr);
+                let resp = resp.into_inner();
+                let mut known = learner_addresses.borrow().clone();
+                let heard = std::iter::once((String::new(), resp.learner_address)).chain(resp.learner_addresses);
+                let mut changed = false;
+                for (policy, addr) in heard {
+                    if !addr.is_empty() && known.get(&policy) != Some(&addr) {
+                        tracing::info!(policy = %policy, learner = %addr, "learner address changed");
+                        known.insert(policy, addr);
+                        changed = true;
+                    }
+                }
+                if changed {
+                    learner_addresses.send_replace(known);
                 }
                 more_waiting = progress.lock().expect("progress lock").episodes.len() >= MAX_EPISODES_PER_HEARTBEAT;
             }

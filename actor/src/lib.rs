@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use troupe::model::{Model, ModelSpec};
 use troupe::process::{grpc_channel, Backoff, GrpcChannel};
 use troupe::security::Security;
-use troupe::spaces::EnvSpec;
+use troupe::spaces::{EnvSpec, PolicySpec};
 use troupe::telemetry::names;
 use troupe::RunConfig;
 
@@ -76,6 +76,8 @@ pub struct Registration {
     pub config: RunConfig,
     pub env_seeds: Vec<u64>,
     pub learner_address: String,
+    /// Each policy's learner address, as far as the coordinator knows them.
+    pub learner_addresses: std::collections::HashMap<String, String>,
     /// Proves to the coordinator and the learner that reports under `actor_id` are ours
     /// (empty with tokens off).
     pub actor_secret: String,
@@ -135,6 +137,20 @@ pub struct Progress {
     /// When the actor switched to `policy_version` (reported as an age, for the coordinator's
     /// policy-distribution latency).
     pub policy_since: Option<std::time::Instant>,
+    /// Every policy's acting version and when the actor switched to it.
+    pub acting: std::collections::BTreeMap<String, (u64, std::time::Instant)>,
+}
+
+/// Learner addresses by policy; "" is the run's first policy's (the coordinator's
+/// `learner_address`).
+pub type LearnerAddresses = std::collections::BTreeMap<String, String>;
+
+/// What the env thread hands the async side once it knows the run's policies: per policy, the
+/// sender the follower fills and the outbox the rollout sender drains.
+struct PolicyLinks {
+    policies: Vec<String>,
+    updates: Vec<watch::Sender<Option<Arc<PolicyUpdate>>>>,
+    outboxes: Vec<mpsc::Receiver<Rollout>>,
 }
 
 /// Episode reports held while the coordinator is unreachable (8 bytes each: 8 MB); only past
@@ -185,6 +201,7 @@ pub async fn register(
                     config,
                     env_seeds: r.env_seeds,
                     learner_address: r.learner_address,
+                    learner_addresses: r.learner_addresses,
                     actor_secret: r.actor_secret,
                 }));
             }
@@ -211,12 +228,12 @@ pub async fn run(args: Args, security: Security, reg: Registration, shutdown: Ca
     tracing::info!(actor_id = reg.actor_id, learner = %reg.learner_address, num_envs = reg.config.actor.num_envs, "registered");
     let coordinator = grpc_channel(&args.coordinator, &security)?;
     let progress = Arc::new(Mutex::new(Progress::default()));
-    let (policy_tx, policy_rx) = watch::channel::<Option<Arc<PolicyUpdate>>>(None);
-    let (learner_tx, learner_rx) = watch::channel(reg.learner_address.clone());
-    let (outbox_tx, outbox_rx) = mpsc::channel::<Rollout>(args.outbox_capacity.max(1));
+    let mut addresses: LearnerAddresses = reg.learner_addresses.clone().into_iter().collect();
+    addresses.insert(String::new(), reg.learner_address.clone());
+    let (learner_tx, learner_rx) = watch::channel(addresses);
+    let (links_tx, links_rx) = tokio::sync::oneshot::channel::<PolicyLinks>();
 
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(policy_follower::run(coordinator.clone(), policy_tx, shutdown.clone()));
     tasks.spawn(heartbeat::run(
         coordinator.clone(),
         reg.actor_id,
@@ -226,17 +243,12 @@ pub async fn run(args: Args, security: Security, reg: Registration, shutdown: Ca
         learner_tx,
         shutdown.clone(),
     ));
-    tasks.spawn(rollout_sender::run(
-        security.clone(),
-        rollout_sender::Identity {
-            actor_id: reg.actor_id,
-            secret: reg.actor_secret.clone(),
-        },
-        learner_rx,
-        outbox_rx,
-        reg.config.actor.max_in_flight,
-        shutdown.clone(),
-    ));
+    let identity = rollout_sender::Identity {
+        actor_id: reg.actor_id,
+        secret: reg.actor_secret.clone(),
+    };
+    let max_in_flight = reg.config.actor.max_in_flight;
+    let outbox_capacity = args.outbox_capacity.max(1);
 
     let runtime = tokio::runtime::Handle::current();
     let runner_shutdown = shutdown.clone();
@@ -248,8 +260,8 @@ pub async fn run(args: Args, security: Security, reg: Registration, shutdown: Ca
             reg,
             python_path,
             coordinator: env_coordinator,
-            policy_rx,
-            outbox: outbox_tx,
+            links: links_tx,
+            outbox_capacity,
             progress,
             runtime,
             shutdown: runner_shutdown,
@@ -261,14 +273,64 @@ pub async fn run(args: Args, security: Security, reg: Registration, shutdown: Ca
         result
     })?;
 
-    // Run until a signal, or until the env thread or a task stops on its own (a bug or a
-    // panic): then stop everything rather than live on doing nothing.
-    let failure = tokio::select! {
-        // Tasks end as soon as the token is cancelled, so a signal must win the race.
+    // Once the env is built, the env thread says which policies it acts for: a follower and
+    // a rollout sender each (the first policy also answers to "", the coordinator's default).
+    let mut runner_done = runner_done;
+    let mut runner_finished = false;
+    let links = tokio::select! {
         biased;
         _ = shutdown.cancelled() => None,
-        _ = runner_done => Some("the env loop stopped"),
-        _ = tasks.join_next() => Some("a background task stopped"),
+        l = links_rx => l.ok(),
+        _ = &mut runner_done => {
+            runner_finished = true;
+            None
+        }
+    };
+    if let Some(links) = links {
+        for (i, ((policy, update), outbox)) in links
+            .policies
+            .into_iter()
+            .zip(links.updates)
+            .zip(links.outboxes)
+            .enumerate()
+        {
+            tasks.spawn(policy_follower::run(
+                coordinator.clone(),
+                policy.clone(),
+                update,
+                shutdown.clone(),
+            ));
+            let (addr_tx, addr_rx) = watch::channel(String::new());
+            tasks.spawn(follow_address(
+                learner_rx.clone(),
+                policy,
+                i == 0,
+                addr_tx,
+                shutdown.clone(),
+            ));
+            tasks.spawn(rollout_sender::run(
+                security.clone(),
+                identity.clone(),
+                addr_rx,
+                outbox,
+                max_in_flight,
+                shutdown.clone(),
+            ));
+        }
+    }
+
+    // Run until a signal, or until the env thread or a task stops on its own (a bug or a
+    // panic): then stop everything rather than live on doing nothing.
+    let failure = if runner_finished {
+        Some("the env loop stopped")
+    } else {
+        tokio::select! {
+            // Tasks end as soon as the token is cancelled, so a signal must win the race.
+            biased;
+            _ = shutdown.cancelled() => None,
+            _ = &mut runner_done => Some("the env loop stopped"),
+            _ = tasks.join_next() => Some("a background task stopped"),
+        }
     };
     // Only the signal handler cancels the token: if it is cancelled, this is a signal stop.
     let failure = failure.filter(|_| !shutdown.is_cancelled());
@@ -291,13 +353,41 @@ pub async fn run(args: Args, security: Security, reg: Registration, shutdown: Ca
 /// shutdown, switching weights between unrolls when a newer version has arrived. An env that
 /// fails (a Python exception, a bad shape or value) is logged and rebuilt; the partial unroll
 /// is dropped.
+/// Keeps one policy's learner address (a watch of its own, for its rollout sender) in step
+/// with the addresses heartbeats bring.
+async fn follow_address(
+    mut all: watch::Receiver<LearnerAddresses>,
+    policy: String,
+    first: bool,
+    tx: watch::Sender<String>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let addr = {
+            let map = all.borrow_and_update();
+            map.get(&policy)
+                .or(if first { map.get("") } else { None })
+                .cloned()
+                .unwrap_or_default()
+        };
+        if !addr.is_empty() && *tx.borrow() != addr {
+            tx.send_replace(addr);
+        }
+        tokio::select! {
+            r = all.changed() => if r.is_err() { return },
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
 /// What the env thread needs.
 struct EnvLoop {
     reg: Registration,
     python_path: Vec<String>,
     coordinator: GrpcChannel,
-    policy_rx: watch::Receiver<Option<Arc<PolicyUpdate>>>,
-    outbox: mpsc::Sender<Rollout>,
+    /// Where the env thread sends the policies it acts for, once it knows them.
+    links: tokio::sync::oneshot::Sender<PolicyLinks>,
+    outbox_capacity: usize,
     progress: Arc<Mutex<Progress>>,
     runtime: tokio::runtime::Handle,
     shutdown: CancellationToken,
@@ -308,8 +398,8 @@ fn run_envs(env_loop: EnvLoop) -> anyhow::Result<()> {
         reg,
         python_path,
         coordinator,
-        mut policy_rx,
-        outbox,
+        links,
+        outbox_capacity,
         progress,
         runtime,
         shutdown,
@@ -319,43 +409,96 @@ fn run_envs(env_loop: EnvLoop) -> anyhow::Result<()> {
     let env = envs::make_with_retry(&reg.config.env, &reg.env_seeds, &python_path, &shutdown)?;
     let Some(env) = env else { return Ok(()) };
     let spec = env.spec().clone();
-    if !report_spec(&coordinator, reg.actor_id, &spec, &runtime, &shutdown)? {
+    // The config's mapping must fit the env's agents: a start-up error naming both sides.
+    let policies: Vec<PolicySpec> = troupe::policy_map::policy_specs(&reg.config, &spec)?;
+    if !report_spec(
+        &coordinator,
+        reg.actor_id,
+        &reg.actor_secret,
+        &spec,
+        &runtime,
+        &shutdown,
+    )? {
         return Ok(());
     }
-    let model_spec = ModelSpec {
-        env: spec.clone(),
-        model: reg.config.model.clone(),
-    };
-    let mut net = Model::new(&model_spec, tch::Device::Cpu)?;
+    let mut nets = Vec::new();
+    let mut updates = Vec::new();
+    let mut policy_rxs = Vec::new();
+    let mut outbox_txs = Vec::new();
+    let mut outbox_rxs = Vec::new();
+    for p in &policies {
+        nets.push(Model::new(
+            &ModelSpec {
+                env: p.clone(),
+                model: reg.config.model.clone(),
+            },
+            tch::Device::Cpu,
+        )?);
+        let (tx, rx) = watch::channel::<Option<Arc<PolicyUpdate>>>(None);
+        updates.push(tx);
+        policy_rxs.push(rx);
+        let (otx, orx) = mpsc::channel::<Rollout>(outbox_capacity);
+        outbox_txs.push(otx);
+        outbox_rxs.push(orx);
+    }
+    let names: Vec<String> = policies.iter().map(|p| p.policy.clone()).collect();
+    if links
+        .send(PolicyLinks {
+            policies: names.clone(),
+            updates,
+            outboxes: outbox_rxs,
+        })
+        .is_err()
+    {
+        return Ok(()); // the actor is stopping
+    }
     let seed = reg
         .env_seeds
         .iter()
         .fold(0x9e37_79b9_7f4a_7c15u64, |a, &s| a.rotate_left(7) ^ s);
-    let mut envs = runner::EnvRunner::new(env, reg.config.actor.unroll_length, net.state_size(), seed)?;
-    let mut acting = ActingPolicy::default();
-    let first = runtime.block_on(async {
-        tokio::select! {
-            r = policy_rx.wait_for(|p| p.is_some()) => r.is_ok(),
-            _ = shutdown.cancelled() => false,
+    let state_sizes: Vec<usize> = nets.iter().map(|n| n.state_size()).collect();
+    let mut envs = runner::EnvRunner::new(
+        env,
+        &policies,
+        reg.config.policies.reward,
+        reg.config.actor.unroll_length,
+        &state_sizes,
+        seed,
+    )?;
+    let mut acting: Vec<ActingPolicy> = policies.iter().map(|_| ActingPolicy::default()).collect();
+    // Every policy's first version, before the first step.
+    for rx in &mut policy_rxs {
+        let first = runtime.block_on(async {
+            tokio::select! {
+                r = rx.wait_for(|p| p.is_some()) => r.is_ok(),
+                _ = shutdown.cancelled() => false,
+            }
+        });
+        if !first {
+            return Ok(());
         }
-    });
-    if !first {
-        return Ok(());
     }
     let frames_per_unroll = (reg.config.actor.unroll_length * envs.num_envs()) as u64;
     while !shutdown.is_cancelled() {
         // Switch weights between unrolls when a newer version has arrived.
-        let newest = policy_rx.borrow_and_update().clone();
-        if let Some(u) = newest {
-            if acting.offer(&mut net, &u) {
-                let mut p = progress.lock().expect("progress lock");
-                p.policy_version = acting.version;
-                p.policy_since = Some(std::time::Instant::now());
+        for (g, rx) in policy_rxs.iter_mut().enumerate() {
+            let newest = rx.borrow_and_update().clone();
+            if let Some(u) = newest {
+                if acting[g].offer(&mut nets[g], &u) {
+                    let mut p = progress.lock().expect("progress lock");
+                    let now = std::time::Instant::now();
+                    if g == 0 {
+                        p.policy_version = acting[g].version;
+                        p.policy_since = Some(now);
+                    }
+                    p.acting.insert(names[g].clone(), (acting[g].version, now));
+                }
             }
         }
-        let version = acting.version;
+        let versions: Vec<u64> = acting.iter().map(|a| a.version).collect();
+        let net_refs: Vec<&Model> = nets.iter().collect();
         let mut finished = Vec::new();
-        let parts = match envs.unroll(&net, reg.actor_id, version, &mut |e| finished.push(e)) {
+        let parts = match envs.unroll(&net_refs, reg.actor_id, &versions, &mut |e| finished.push(e)) {
             Ok(parts) => parts,
             Err(e) => {
                 metrics::counter!(names::ACTOR_ENV_ERRORS).increment(1);
@@ -363,10 +506,9 @@ fn run_envs(env_loop: EnvLoop) -> anyhow::Result<()> {
                 match envs::make_with_retry(&reg.config.env, &reg.env_seeds, &python_path, &shutdown)? {
                     Some(env) if env.spec() == &spec => envs.replace_env(env),
                     Some(env) => anyhow::bail!(
-                        "the rebuilt env {} has different spaces: {:?}, expected {:?}",
+                        "the rebuilt env {} has different spaces: {}",
                         spec.id,
-                        env.spec(),
-                        spec
+                        env.spec().difference(&spec).unwrap_or_default()
                     ),
                     None => return Ok(()),
                 }
@@ -377,14 +519,21 @@ fn run_envs(env_loop: EnvLoop) -> anyhow::Result<()> {
             let mut p = progress.lock().expect("progress lock");
             p.frames += frames_per_unroll;
             for e in finished {
-                metrics::histogram!(names::ACTOR_EPISODE_RETURN).record(e.episode_return as f64);
-                metrics::histogram!(names::ACTOR_EPISODE_LENGTH).record(e.length as f64);
-                metrics::counter!(names::ACTOR_EPISODES).increment(1);
+                if e.policy.is_empty() {
+                    metrics::histogram!(names::ACTOR_EPISODE_RETURN).record(e.episode_return as f64);
+                    metrics::histogram!(names::ACTOR_EPISODE_LENGTH).record(e.length as f64);
+                    metrics::counter!(names::ACTOR_EPISODES).increment(1);
+                }
                 p.push_episode(e);
             }
         }
         metrics::counter!(names::ACTOR_FRAMES).increment(frames_per_unroll);
         for rollout in parts {
+            let g = names
+                .iter()
+                .position(|n| *n == rollout.policy)
+                .expect("the runner's own policies");
+            let outbox = &outbox_txs[g];
             // Backpressure: wait for room in the bounded outbox, but never past shutdown.
             let start = Instant::now();
             let sent = runtime.block_on(async {
@@ -409,6 +558,7 @@ fn run_envs(env_loop: EnvLoop) -> anyhow::Result<()> {
 fn report_spec(
     channel: &GrpcChannel,
     actor_id: u64,
+    secret: &str,
     spec: &EnvSpec,
     runtime: &tokio::runtime::Handle,
     shutdown: &CancellationToken,
@@ -418,10 +568,16 @@ fn report_spec(
     runtime.block_on(async {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(3));
         loop {
-            let req = ReportEnvSpecRequest {
+            let mut req = tonic::Request::new(ReportEnvSpecRequest {
                 actor_id,
                 spec: Some(proto::v1::EnvSpec { json: json.clone() }),
-            };
+            });
+            // The coordinator checks that reports under this id come from this actor.
+            if let Ok(v) = secret.parse() {
+                if !secret.is_empty() {
+                    req.metadata_mut().insert(troupe::security::ACTOR_SECRET_HEADER, v);
+                }
+            }
             match client.report_env_spec(req).await {
                 Ok(_) => return Ok(true),
                 Err(s) if s.code() == tonic::Code::FailedPrecondition || s.code() == tonic::Code::InvalidArgument => {

@@ -13,13 +13,19 @@ use troupe::telemetry::names;
 
 use crate::PolicyUpdate;
 
-pub async fn run(channel: GrpcChannel, tx: watch::Sender<Option<Arc<PolicyUpdate>>>, shutdown: CancellationToken) {
+/// Follows `policy`'s versions ("" for the run's first policy) into `tx`.
+pub async fn run(
+    channel: GrpcChannel,
+    policy: String,
+    tx: watch::Sender<Option<Arc<PolicyUpdate>>>,
+    shutdown: CancellationToken,
+) {
     let mut client = CoordinatorClient::new(channel).max_decoding_message_size(proto::MAX_MESSAGE_BYTES);
     let mut backoff = Backoff::default();
     let mut current = 0u64;
     loop {
         let result = tokio::select! {
-            r = follow(&mut client, &tx, &mut current, &mut backoff) => r,
+            r = follow(&mut client, &policy, &tx, &mut current, &mut backoff) => r,
             _ = shutdown.cancelled() => return,
         };
         if let Err(status) = result {
@@ -34,11 +40,17 @@ pub async fn run(channel: GrpcChannel, tx: watch::Sender<Option<Arc<PolicyUpdate
 
 async fn follow(
     client: &mut CoordinatorClient<GrpcChannel>,
+    policy: &str,
     tx: &watch::Sender<Option<Arc<PolicyUpdate>>>,
     current: &mut u64,
     backoff: &mut Backoff,
 ) -> Result<(), tonic::Status> {
-    let mut stream = client.watch_policies(WatchPoliciesRequest {}).await?.into_inner();
+    let mut stream = client
+        .watch_policies(WatchPoliciesRequest {
+            policy: policy.to_string(),
+        })
+        .await?
+        .into_inner();
     backoff.reset();
     // Each message says "version V exists". Fetch the newest we have heard of.
     while let Some(meta) = stream.message().await? {
@@ -47,7 +59,7 @@ async fn follow(
         }
         // Ask for the latest (version 0), not the one announced: the latest always exists,
         // however far retention has moved on while this actor was slow.
-        let (meta, blob) = troupe::client::fetch_policy(client, 0).await?;
+        let (meta, blob) = troupe::client::fetch_policy_of(client, policy, 0).await?;
         if meta.version <= *current {
             continue;
         }

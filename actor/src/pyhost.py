@@ -96,6 +96,33 @@ def _describe_action(space):
     raise HostError("make", "action space", f"expected Discrete, MultiDiscrete or a 1-D Box, got {space}")
 
 
+def _single_agent_spec(env_id, obs, action, action_mask):
+    return {
+        "id": env_id,
+        "agents": [{"id": "agent_0", "observation": obs, "action": action, "action_mask": bool(action_mask)}],
+        "state": None,
+    }
+
+
+def _one_agent(obs, rewards, terminated, truncated, final, masks, valid, ended):
+    """A single-agent step in the multi-agent layout every host returns: per-agent lists of
+    observations, final observations and masks; [E, A] rewards, flags and validity; the env
+    states and their final rows (None without a state); and [E] episode ends."""
+    col = lambda x: None if x is None else x.reshape(-1, 1)  # noqa: E731 - views, no copies
+    return (
+        [obs],
+        col(rewards),
+        col(terminated),
+        col(truncated),
+        [final],
+        [masks],
+        col(valid),
+        None,
+        None,
+        np.ascontiguousarray(ended, dtype=np.uint8),
+    )
+
+
 class Host:
     """N envs stepped in a loop with same-step autoreset."""
 
@@ -122,7 +149,7 @@ class Host:
         self.masks = None
         self.mask_in_info = False
         self.fresh = False
-        self.spec = {"id": env_id, "observation": obs, "action": action, "action_mask": self.mask_in_obs, "num_agents": 1}
+        self.spec = _single_agent_spec(env_id, obs, action, self.mask_in_obs)
 
     def _put_obs(self, call, i, o):
         """Checks one env's observation and copies it into row i; returns the mask if it has one."""
@@ -168,7 +195,7 @@ class Host:
             # make() already reset every env (to learn the mask convention): hand over those
             # observations instead of resetting twice (an Atari reset runs up to 30 no-ops).
             self.fresh = False
-            return self.obs, self.masks
+            return [self.obs], [self.masks], None
         for i, env in enumerate(self.envs):
             o, info = env.reset(seed=self.seeds[i])
             mask = self._put_obs("reset", i, o)
@@ -177,10 +204,10 @@ class Host:
                 # (Gymnasium's, e.g. Taxi): decided by the first reset.
                 self.mask_in_info = not self.mask_in_obs and isinstance(info, dict) and "action_mask" in info
                 if (self.mask_in_obs or self.mask_in_info) and self.mask_width is not None:
-                    self.spec["action_mask"] = True
+                    self.spec["agents"][0]["action_mask"] = True
                     self.masks = np.ones((self.n, self.mask_width), dtype=np.uint8)
             self._put_mask("reset", i, info["action_mask"] if self.mask_in_info else mask)
-        return self.obs, self.masks
+        return [self.obs], [self.masks], None
 
     def _action(self, actions, i):
         if self.kind == "discrete":
@@ -190,6 +217,7 @@ class Host:
         return actions[i].astype(self.action_space.dtype, copy=False)
 
     def step(self, actions):
+        actions = actions[0]  # one agent: its [N, d] array
         finals = []
         for i, env in enumerate(self.envs):
             o, r, term, trunc, info = env.step(self._action(actions, i))
@@ -212,7 +240,8 @@ class Host:
             self._put_mask("step", i, mask)
         final = np.stack(finals) if finals else None
         # Every step is a transition: no validity flags.
-        return self.obs, self.rewards, self.terminated, self.truncated, final, self.masks, None
+        ended = self.terminated | self.truncated
+        return _one_agent(self.obs, self.rewards, self.terminated, self.truncated, final, self.masks, None, ended)
 
     def close(self):
         for env in self.envs:
@@ -246,7 +275,7 @@ class EnvPoolHost:
         action, self.start = _describe_action(self.env.action_space)
         self.action_space = self.env.action_space
         self.kind = action["type"]
-        self.spec = {"id": env_id, "observation": obs, "action": action, "action_mask": False, "num_agents": 1}
+        self.spec = _single_agent_spec(env_id, obs, action, False)
         self.shape = tuple(self.obs_space.shape)
         self.binary = self.obs_space.dtype == np.bool_
         self.out_dtype = np.float32 if obs["dtype"] == "f32" else np.uint8
@@ -269,9 +298,10 @@ class EnvPoolHost:
         obs, info = self.env.reset()
         out, _ = self._obs("reset", obs, info["env_id"])
         self.pending[:] = False
-        return out, None
+        return [out], [None], None
 
     def step(self, actions):
+        actions = actions[0]  # one agent: its [N, d] array
         if self.kind == "discrete":
             a = actions[:, 0] + self.start
         elif self.kind == "multi_discrete":
@@ -292,13 +322,223 @@ class EnvPoolHost:
         truncated = (trunc & ~reset).astype(np.uint8)
         final = out[truncated == 1].copy() if truncated.any() else None
         self.pending = (terminated | truncated).astype(bool)
-        return out, rewards, terminated, truncated, final, None, self.valid
+        return _one_agent(out, rewards, terminated, truncated, final, None, self.valid, terminated | truncated)
 
     def close(self):
         try:
             self.env.close()
         except Exception:  # noqa: BLE001
             pass
+
+
+class TupleAgents:
+    """A Gymnasium env whose spaces are Tuples of per-agent spaces (lbforaging's convention:
+    reward lists, one `done` for all) in PettingZoo's parallel API, agents `agent_0`..."""
+
+    def __init__(self, env):
+        self.env = env
+        n = len(env.observation_space.spaces)
+        self.possible_agents = [f"agent_{i}" for i in range(n)]
+        self.agents = []
+
+    def observation_space(self, agent):
+        return self.env.observation_space.spaces[self.possible_agents.index(agent)]
+
+    def action_space(self, agent):
+        return self.env.action_space.spaces[self.possible_agents.index(agent)]
+
+    def reset(self, seed=None):
+        obs, info = self.env.reset(seed=seed)
+        self.agents = list(self.possible_agents)
+        return dict(zip(self.possible_agents, obs)), {a: {} for a in self.possible_agents}
+
+    def step(self, actions):
+        obs, rewards, terminated, truncated, info = self.env.step(tuple(actions[a] for a in self.possible_agents))
+        per = lambda x: list(x) if isinstance(x, (list, tuple)) else [x] * len(self.possible_agents)  # noqa: E731
+        term, trunc = per(terminated), per(truncated)
+        out = (
+            dict(zip(self.possible_agents, obs)),
+            dict(zip(self.possible_agents, per(rewards))),
+            dict(zip(self.possible_agents, term)),
+            dict(zip(self.possible_agents, trunc)),
+            {a: {} for a in self.possible_agents},
+        )
+        self.agents = [a for a, d, t in zip(self.possible_agents, term, trunc) if not (d or t)]
+        return out
+
+    def state(self):
+        raise AttributeError("no state")
+
+    def close(self):
+        self.env.close()
+
+
+class ParallelHost:
+    """N multi-agent envs in PettingZoo's parallel API, stepped in a loop with same-step
+    autoreset. Columns are (env, agent) pairs, agents in `possible_agents` order. An agent that
+    finished before the others is absent (valid 0, zero observation) until its env's episode
+    ends and resets. With `time_limit`, an episode that ends at that step is reported truncated
+    rather than terminated (EPyMARL's reading of lbforaging's step limit)."""
+
+    def __init__(self, env_id, envs, seeds, time_limit):
+        self.env_id = env_id
+        self.envs = envs
+        self.seeds = [int(s) for s in seeds]
+        self.time_limit = time_limit
+        first = envs[0]
+        self.agents = list(first.possible_agents)
+        if not self.agents:
+            raise HostError("make", "agents", "the env has no possible_agents")
+        self.n = len(envs)
+        a_n = len(self.agents)
+        specs, self.spaces, self.mask_in_obs, self.start, self.kind, self.nvec = [], [], [], [], [], []
+        for a in self.agents:
+            obs, space, mask_in_obs = _describe_obs(first.observation_space(a))
+            action, start = _describe_action(first.action_space(a))
+            specs.append({"id": str(a), "observation": obs, "action": action, "action_mask": bool(mask_in_obs)})
+            self.spaces.append(space)
+            self.mask_in_obs.append(mask_in_obs)
+            self.start.append(start)
+            self.kind.append(action["type"])
+            self.nvec.append([] if action["type"] == "box" else [int(k) for k in action.get("nvec", [action.get("n", 0)])])
+        self.obs = [np.zeros((self.n,) + tuple(sp.shape), dtype=np.float32 if sp.dtype != np.uint8 else np.uint8) for sp in self.spaces]
+        self.masks = [np.ones((self.n, sum(nv)), dtype=np.uint8) if m else None for nv, m in zip(self.nvec, self.mask_in_obs)]
+        self.rewards = np.zeros((self.n, a_n), dtype=np.float32)
+        self.terminated = np.zeros((self.n, a_n), dtype=np.uint8)
+        self.truncated = np.zeros((self.n, a_n), dtype=np.uint8)
+        self.valid = np.ones((self.n, a_n), dtype=np.uint8)
+        self.ended = np.zeros(self.n, dtype=np.uint8)
+        self.steps = [0] * self.n
+        # The global state: the env's own (PettingZoo's state()), else every agent's 1-D
+        # observation side by side (EPyMARL's state for envs without one).
+        self.own_state = False
+        state_space = getattr(first, "state_space", None)
+        if state_space is not None:
+            st, _, _ = _describe_obs(state_space)
+            self.own_state = st["dtype"] == "f32" and len(st["shape"]) == 1
+        if self.own_state:
+            state = st
+        elif all(len(sp.shape) == 1 for sp in self.spaces):
+            state = {"shape": [int(sum(sp.shape[0] for sp in self.spaces))], "dtype": "f32"}
+        else:
+            state = None
+        self.states = None if state is None else np.zeros((self.n, state["shape"][0]), dtype=np.float32)
+        self.spec = {"id": env_id, "agents": specs, "state": state}
+        self.fresh = False
+
+    def describe(self):
+        return json.dumps(self.spec)
+
+    def _put(self, call, i, k, o):
+        if self.mask_in_obs[k]:
+            if not isinstance(o, dict) or "observation" not in o or "action_mask" not in o:
+                raise HostError(call, "observation", f"env {i} agent {self.agents[k]}: expected a dict with 'observation' and 'action_mask'")
+            m = np.asarray(o["action_mask"])
+            if m.shape != self.masks[k].shape[1:]:
+                raise HostError(call, "action_mask", f"env {i} agent {self.agents[k]}: expected shape {list(self.masks[k].shape[1:])}, got {list(m.shape)}")
+            self.masks[k][i] = m != 0
+            o = o["observation"]
+        o = np.asarray(o)
+        want = self.obs[k].shape[1:]
+        if o.shape != want:
+            raise HostError(call, "observation", f"env {i} agent {self.agents[k]}: expected shape {list(want)}, got {list(o.shape)}")
+        self.obs[k][i] = o
+
+    def _absent(self, i, k):
+        self.obs[k][i] = 0
+        if self.masks[k] is not None:
+            self.masks[k][i] = 1
+
+    def _state(self, i, env):
+        if self.states is None:
+            return
+        if self.own_state:
+            self.states[i] = np.asarray(env.state(), dtype=np.float32).reshape(-1)
+        else:
+            self.states[i] = np.concatenate([self.obs[k][i].reshape(-1) for k in range(len(self.agents))])
+
+    def _reset_env(self, call, i, env, seed):
+        obs, _ = env.reset(seed=seed)
+        for k, a in enumerate(self.agents):
+            if a in obs:
+                self._put(call, i, k, obs[a])
+            else:
+                self._absent(i, k)
+        self.steps[i] = 0
+        self._state(i, env)
+
+    def reset(self):
+        if self.fresh:
+            self.fresh = False
+        else:
+            for i, env in enumerate(self.envs):
+                self._reset_env("reset", i, env, self.seeds[i])
+        return self.obs, self.masks, self.states
+
+    def _action(self, actions, k, i):
+        if self.kind[k] == "discrete":
+            return int(actions[k][i, 0] + self.start[k])
+        if self.kind[k] == "multi_discrete":
+            return actions[k][i] + self.start[k]
+        return actions[k][i].astype(self.spaces[k].dtype if hasattr(self.spaces[k], "dtype") else np.float32, copy=False)
+
+    def step(self, actions):
+        finals = [[] for _ in self.agents]
+        final_states = [[] for _ in self.agents]
+        self.ended[:] = 0
+        for i, env in enumerate(self.envs):
+            live = list(env.agents)
+            obs, rew, term, trunc, _ = env.step({a: self._action(actions, self.agents.index(a), i) for a in live})
+            self.steps[i] += 1
+            at_limit = self.time_limit is not None and self.steps[i] >= self.time_limit
+            for k, a in enumerate(self.agents):
+                if a not in live:
+                    self.valid[i, k] = 0
+                    self.rewards[i, k] = 0.0
+                    self.terminated[i, k] = 0
+                    self.truncated[i, k] = 0
+                    self._absent(i, k)
+                    continue
+                self.valid[i, k] = 1
+                try:
+                    self.rewards[i, k] = rew.get(a, 0.0)
+                except (TypeError, ValueError) as e:
+                    raise HostError("step", "reward", f"env {i} agent {a}: expected a real number, got {rew.get(a)!r}") from e
+                t, u = bool(term.get(a, False)), bool(trunc.get(a, False))
+                if at_limit and t:
+                    t, u = False, True
+                self.terminated[i, k], self.truncated[i, k] = t, u
+                if a in obs:
+                    self._put("step", i, k, obs[a])
+            self._state(i, env)
+            for k in range(len(self.agents)):
+                if self.valid[i, k] and self.truncated[i, k]:
+                    finals[k].append(self.obs[k][i].copy())
+                    if self.states is not None:
+                        final_states[k].append(self.states[i].copy())
+            if not env.agents:
+                self.ended[i] = 1
+                self._reset_env("reset", i, env, None)
+        stack = lambda rows: np.stack(rows) if rows else None  # noqa: E731
+        return (
+            self.obs,
+            self.rewards,
+            self.terminated,
+            self.truncated,
+            [stack(f) for f in finals],
+            self.masks,
+            self.valid,
+            self.states,
+            None if self.states is None else [stack(f) for f in final_states],
+            self.ended,
+        )
+
+    def close(self):
+        for env in self.envs:
+            try:
+                env.close()
+            except Exception:  # noqa: BLE001
+                pass
 
 
 def make(cfg_json, num_envs, seeds):
@@ -320,6 +560,25 @@ def make(cfg_json, num_envs, seeds):
     backend = cfg["backend"]
     wrappers = [_wrapper(w) for w in cfg.get("wrappers", [])]
     kwargs = cfg.get("kwargs", {})
+    time_limit = cfg.get("time_limit")
+    if backend == "pettingzoo":
+        factory = _resolve(cfg["factory"], "env.factory")
+
+        def build_parallel():
+            env = factory(**kwargs)
+            if not hasattr(env, "possible_agents"):
+                raise HostError("make", "env.factory", f"{cfg['factory']} returned {type(env).__name__}, not a PettingZoo env")
+            if hasattr(env, "agent_iter"):
+                # A turn-based AEC env: PettingZoo's own conversion to the parallel API.
+                from pettingzoo.utils.conversions import aec_to_parallel
+
+                env = aec_to_parallel(env)
+            return env
+
+        host = ParallelHost(cfg["id"], [build_parallel() for _ in range(num_envs)], seeds, time_limit)
+        host.reset()
+        host.fresh = True
+        return host
     if backend == "gymnasium":
         import gymnasium as gym
 
@@ -341,8 +600,17 @@ def make(cfg_json, num_envs, seeds):
         # Its spaces come from the pool itself; the runner's first reset starts the episodes.
         return EnvPoolHost(cfg["id"], num_envs, seeds, kwargs)
     else:
-        raise HostError("make", "env.backend", f"the Python host runs 'gymnasium', 'factory' and 'envpool', not {backend!r}")
-    host = Host(cfg["id"], [build() for _ in range(num_envs)], seeds)
+        raise HostError("make", "env.backend", f"the Python host runs 'gymnasium', 'factory', 'envpool' and 'pettingzoo', not {backend!r}")
+    envs = [build() for _ in range(num_envs)]
+    from gymnasium import spaces as gym_spaces
+
+    if isinstance(envs[0].observation_space, gym_spaces.Tuple):
+        # One env of several agents with Tuple spaces (lbforaging): the parallel host.
+        host = ParallelHost(cfg["id"], [TupleAgents(e) for e in envs], seeds, time_limit)
+        host.reset()
+        host.fresh = True
+        return host
+    host = Host(cfg["id"], envs, seeds)
     # The first reset settles whether masks come in info, which is part of the spec.
     host.reset()
     host.fresh = True

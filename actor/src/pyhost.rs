@@ -15,7 +15,7 @@ use numpy::{PyArray1, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods}
 use pyo3::prelude::*;
 use pyo3::types::PyModule;
 use troupe::config::EnvConfig;
-use troupe::env::{Action, EnvError, ObsBuf, StepOut, VecEnv};
+use troupe::env::{one_group, Action, EnvError, Groups, ObsBuf, ResetOut, StepOut, VecEnv};
 use troupe::spaces::{EnvSpec, ObsDType};
 
 const HOST_SOURCE: &str = include_str!("pyhost.py");
@@ -23,7 +23,11 @@ const HOST_SOURCE: &str = include_str!("pyhost.py");
 pub struct PyVecEnv {
     host: Py<PyAny>,
     spec: EnvSpec,
+    /// Environments (each has every agent's column).
     n: usize,
+    groups: Groups,
+    /// Where each agent's columns go: (group, index in the group).
+    slot: Vec<(usize, usize)>,
 }
 
 /// Turns a Python exception into an [`EnvError`]: the host's own `HostError` carries the call
@@ -93,7 +97,10 @@ impl PyVecEnv {
                 field: "spec".into(),
                 problem: format!("the host described the spaces as {spec_json}, which does not parse: {e}"),
             })?;
+            let groups = one_group(&spec);
             Ok(PyVecEnv {
+                slot: slots(&groups, spec.agents.len()),
+                groups,
                 host,
                 spec,
                 n: seeds.len(),
@@ -152,59 +159,167 @@ impl PyVecEnv {
         }
     }
 
-    /// Copies a batch of observations (`[rows, obs...]`) into `out`, checking shape and values.
-    fn copy_obs(
+    /// Copies agent `agent`'s observations (`[E, obs...]`) into its group's columns of `out`
+    /// (column `e * a_g + k`), checking shape and values: one contiguous copy for a group of one
+    /// agent.
+    fn scatter_obs(
         &self,
         call: &'static str,
-        field: &str,
+        agent: usize,
         obj: &Bound<'_, PyAny>,
-        rows: usize,
-        out: ObsSink<'_, '_>,
+        out: &mut ObsBuf<'_>,
     ) -> Result<(), EnvError> {
-        let mut want = vec![rows];
-        want.extend(&self.spec.observation.shape);
-        let o = self.spec.observation.size();
+        let space = &self.spec.agents[agent].observation;
+        let mut want = vec![self.n];
+        want.extend(&space.shape);
+        let o = space.size();
+        let (g, k) = self.slot[agent];
+        let a_g = self.groups[g].len();
+        let field = "observation";
         match out {
-            ObsSink::Buf(ObsBuf::F32(buf)) => self.with_array::<f32, _>(call, field, obj, Some(&want), |src| {
+            ObsBuf::F32(buf) => self.with_array::<f32, _>(call, field, obj, Some(&want), |src| {
                 self.check_finite(call, field, src, o)?;
-                buf.copy_from_slice(src);
+                scatter(src, buf, o, a_g, k);
                 Ok(())
             }),
-            ObsSink::Buf(ObsBuf::U8(buf)) => self.with_array::<u8, _>(call, field, obj, Some(&want), |src| {
-                buf.copy_from_slice(src);
+            ObsBuf::U8(buf) => self.with_array::<u8, _>(call, field, obj, Some(&want), |src| {
+                scatter(src, buf, o, a_g, k);
                 Ok(())
             }),
-            ObsSink::Append(bytes) => match self.spec.observation.dtype {
-                ObsDType::F32 => self.with_array::<f32, _>(call, field, obj, Some(&want), |src| {
-                    self.check_finite(call, field, src, o)?;
-                    bytes.extend_from_slice(bytemuck::cast_slice(src));
-                    Ok(())
-                }),
-                ObsDType::U8 => self.with_array::<u8, _>(call, field, obj, Some(&want), |src| {
-                    bytes.extend_from_slice(src);
-                    Ok(())
-                }),
-            },
         }
     }
 
-    fn copy_u8(&self, call: &'static str, field: &str, obj: &Bound<'_, PyAny>, out: &mut [u8]) -> Result<(), EnvError> {
-        self.with_array::<u8, _>(call, field, obj, None, |src| {
-            if src.len() != out.len() {
-                return Err(self.err(field, format!("expected {} values, got {}", out.len(), src.len()), call));
-            }
-            out.copy_from_slice(src);
-            Ok(())
-        })
+    /// Appends the `rows` final observations of agent `agent` (`[rows, obs...]`) as bytes.
+    fn append_obs(
+        &self,
+        agent: usize,
+        obj: &Bound<'_, PyAny>,
+        rows: usize,
+        bytes: &mut Vec<u8>,
+    ) -> Result<(), EnvError> {
+        let space = &self.spec.agents[agent].observation;
+        let mut want = vec![rows];
+        want.extend(&space.shape);
+        let (call, field) = ("step", "final_obs");
+        match space.dtype {
+            ObsDType::F32 => self.with_array::<f32, _>(call, field, obj, Some(&want), |src| {
+                self.check_finite(call, field, src, space.size())?;
+                bytes.extend_from_slice(bytemuck::cast_slice(src));
+                Ok(())
+            }),
+            ObsDType::U8 => self.with_array::<u8, _>(call, field, obj, Some(&want), |src| {
+                bytes.extend_from_slice(src);
+                Ok(())
+            }),
+        }
     }
 }
 
-/// Where observations read from numpy go.
-enum ObsSink<'a, 'b> {
-    /// Into the rollout buffer.
-    Buf(&'a mut ObsBuf<'b>),
-    /// Appended as bytes (final observations of truncated episodes).
-    Append(&'a mut Vec<u8>),
+/// (group, index in the group) of every agent.
+fn slots(groups: &Groups, agents: usize) -> Vec<(usize, usize)> {
+    let mut slot = vec![(0, 0); agents];
+    for (g, members) in groups.iter().enumerate() {
+        for (k, &a) in members.iter().enumerate() {
+            slot[a] = (g, k);
+        }
+    }
+    slot
+}
+
+/// Agent k's rows (`width` values each) out of a group's columns (`e * per + k`), in env order.
+fn gather<T: Copy>(src: &[T], envs: usize, per: usize, k: usize, width: usize) -> Vec<T> {
+    if per == 1 {
+        return src.to_vec();
+    }
+    (0..envs)
+        .flat_map(|e| {
+            let c = e * per + k;
+            src[c * width..(c + 1) * width].iter().copied()
+        })
+        .collect()
+}
+
+/// Rows of `width` values from `src` (`[E, width]`) into column `e * per + k` of `dst`.
+fn scatter<T: Copy>(src: &[T], dst: &mut [T], width: usize, per: usize, k: usize) {
+    if per == 1 {
+        dst.copy_from_slice(src);
+        return;
+    }
+    for (e, row) in src.chunks_exact(width).enumerate() {
+        let c = e * per + k;
+        dst[c * width..(c + 1) * width].copy_from_slice(row);
+    }
+}
+
+impl PyVecEnv {
+    /// `[E, A]` values of `obj` (rewards, flags) into each group's `[N_g]` slices.
+    fn scatter_columns<T: numpy::Element + Copy>(
+        &self,
+        field: &str,
+        obj: &Bound<'_, PyAny>,
+        outs: &mut [&mut [T]],
+    ) -> Result<(), EnvError> {
+        let a = self.spec.agents.len();
+        self.with_array::<T, _>("step", field, obj, Some(&[self.n, a]), |src| {
+            for (e, row) in src.chunks_exact(a).enumerate() {
+                for (agent, &v) in row.iter().enumerate() {
+                    let (g, k) = self.slot[agent];
+                    outs[g][e * self.groups[g].len() + k] = v;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Masks of every agent (a list, None where an agent has none) into its group's buffer.
+    fn scatter_masks(
+        &self,
+        call: &'static str,
+        obj: &Bound<'_, PyAny>,
+        outs: &mut [Option<&mut [u8]>],
+    ) -> Result<(), EnvError> {
+        let wrap = |e: PyErr| self.err("action_mask", e.to_string(), call);
+        for agent in 0..self.spec.agents.len() {
+            let (g, k) = self.slot[agent];
+            let Some(buf) = outs[g].as_deref_mut() else { continue };
+            let m = obj.get_item(agent).map_err(wrap)?;
+            let width = self.spec.agents[agent].action.mask_width().unwrap_or(0);
+            let a_g = self.groups[g].len();
+            self.with_array::<u8, _>(call, "action_mask", &m, Some(&[self.n, width]), |src| {
+                scatter(src, buf, width, a_g, k);
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// `[E, S]` states into every column of each group that takes them.
+    fn scatter_states(
+        &self,
+        call: &'static str,
+        obj: &Bound<'_, PyAny>,
+        outs: &mut [Option<&mut [f32]>],
+    ) -> Result<(), EnvError> {
+        let Some(space) = &self.spec.state else { return Ok(()) };
+        if outs.iter().all(|o| o.is_none()) {
+            return Ok(());
+        }
+        let s = space.size();
+        self.with_array::<f32, _>(call, "state", obj, Some(&[self.n, s]), |src| {
+            self.check_finite(call, "state", src, s)?;
+            for (g, out) in outs.iter_mut().enumerate() {
+                let Some(buf) = out.as_deref_mut() else { continue };
+                let a_g = self.groups[g].len();
+                for (e, row) in src.chunks_exact(s).enumerate() {
+                    for k in 0..a_g {
+                        let c = e * a_g + k;
+                        buf[c * s..(c + 1) * s].copy_from_slice(row);
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
 }
 
 impl VecEnv for PyVecEnv {
@@ -216,55 +331,162 @@ impl VecEnv for PyVecEnv {
         self.n
     }
 
-    fn reset(&mut self, mut obs: ObsBuf<'_>, masks: Option<&mut [u8]>) -> Result<(), EnvError> {
+    fn set_groups(&mut self, groups: Groups) {
+        self.slot = slots(&groups, self.spec.agents.len());
+        self.groups = groups;
+    }
+
+    fn groups(&self) -> &Groups {
+        &self.groups
+    }
+
+    fn reset(&mut self, outs: &mut [ResetOut<'_>]) -> Result<(), EnvError> {
         Python::attach(|py| {
             let wrap = |e: PyErr| env_error(py, &self.spec.id, "reset", e);
-            let out = self.host.bind(py).call_method0("reset").map_err(wrap)?;
-            let o = out.get_item(0).map_err(wrap)?;
-            self.copy_obs("reset", "observation", &o, self.n, ObsSink::Buf(&mut obs))?;
-            match masks {
-                Some(m) => self.copy_u8("reset", "action_mask", &out.get_item(1).map_err(wrap)?, m),
-                None => Ok(()),
+            let res = self.host.bind(py).call_method0("reset").map_err(wrap)?;
+            let obs = res.get_item(0).map_err(wrap)?;
+            for agent in 0..self.spec.agents.len() {
+                let (g, _) = self.slot[agent];
+                let o = obs.get_item(agent).map_err(wrap)?;
+                self.scatter_obs("reset", agent, &o, &mut outs[g].obs)?;
             }
+            let mut masks: Vec<Option<&mut [u8]>> = outs.iter_mut().map(|o| o.masks.as_deref_mut()).collect();
+            if masks.iter().any(|m| m.is_some()) {
+                self.scatter_masks("reset", &res.get_item(1).map_err(wrap)?, &mut masks)?;
+            }
+            let mut states: Vec<Option<&mut [f32]>> = outs.iter_mut().map(|o| o.states.as_deref_mut()).collect();
+            let st = res.get_item(2).map_err(wrap)?;
+            if !st.is_none() {
+                self.scatter_states("reset", &st, &mut states)?;
+            }
+            Ok(())
         })
     }
 
-    fn step(&mut self, actions: Action<'_>, mut out: StepOut<'_>) -> Result<(), EnvError> {
-        let d = self.spec.action.dim();
+    fn step(&mut self, actions: &[Action<'_>], outs: &mut [StepOut<'_>], ended: &mut [u8]) -> Result<(), EnvError> {
         Python::attach(|py| {
             let wrap = |e: PyErr| env_error(py, &self.spec.id, "step", e);
-            let arr = match actions {
-                Action::Discrete(a) => PyArray1::from_slice(py, a)
-                    .reshape([self.n, d])
-                    .map_err(wrap)?
-                    .into_any(),
-                Action::Continuous(a) => PyArray1::from_slice(py, a)
-                    .reshape([self.n, d])
-                    .map_err(wrap)?
-                    .into_any(),
-            };
-            let res = self.host.bind(py).call_method1("step", (arr,)).map_err(wrap)?;
+            // One [E, d] array per agent, gathered from its group's columns.
+            let per_agent = pyo3::types::PyList::empty(py);
+            for agent in 0..self.spec.agents.len() {
+                let (g, k) = self.slot[agent];
+                let a_g = self.groups[g].len();
+                let d = self.spec.agents[agent].action.dim();
+                let arr = match actions[g] {
+                    Action::Discrete(a) => PyArray1::from_vec(py, gather(a, self.n, a_g, k, d))
+                        .reshape([self.n, d])
+                        .map_err(wrap)?
+                        .into_any(),
+                    Action::Continuous(a) => PyArray1::from_vec(py, gather(a, self.n, a_g, k, d))
+                        .reshape([self.n, d])
+                        .map_err(wrap)?
+                        .into_any(),
+                };
+                per_agent.append(arr).map_err(wrap)?;
+            }
+            let res = self.host.bind(py).call_method1("step", (per_agent,)).map_err(wrap)?;
             let item = |i: usize| res.get_item(i).map_err(wrap);
-            self.copy_obs("step", "observation", &item(0)?, self.n, ObsSink::Buf(&mut out.obs))?;
-            self.with_array::<f32, _>("step", "reward", &item(1)?, Some(&[self.n]), |src| {
-                self.check_finite("step", "reward", src, 1)?;
-                out.rewards.copy_from_slice(src);
-                Ok(())
-            })?;
-            self.copy_u8("step", "terminated", &item(2)?, out.terminated)?;
-            self.copy_u8("step", "truncated", &item(3)?, out.truncated)?;
-            let finals = item(4)?;
-            if !finals.is_none() {
-                let k = out.truncated.iter().filter(|&&x| x == 1).count();
-                self.copy_obs("step", "final_obs", &finals, k, ObsSink::Append(out.final_obs))?;
+            let obs = item(0)?;
+            for agent in 0..self.spec.agents.len() {
+                let (g, _) = self.slot[agent];
+                let o = obs.get_item(agent).map_err(wrap)?;
+                self.scatter_obs("step", agent, &o, &mut outs[g].obs)?;
             }
-            if let Some(m) = out.masks {
-                self.copy_u8("step", "action_mask", &item(5)?, m)?;
+            {
+                let rewards_obj = item(1)?;
+                let a = self.spec.agents.len();
+                self.with_array::<f32, _>("step", "reward", &rewards_obj, Some(&[self.n, a]), |src| {
+                    self.check_finite("step", "reward", src, a)
+                })?;
+                let mut r: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut *o.rewards).collect();
+                self.scatter_columns("reward", &rewards_obj, &mut r)?;
             }
+            let mut term: Vec<&mut [u8]> = outs.iter_mut().map(|o| &mut *o.terminated).collect();
+            self.scatter_columns("terminated", &item(2)?, &mut term)?;
+            drop(term);
+            let mut trunc: Vec<&mut [u8]> = outs.iter_mut().map(|o| &mut *o.truncated).collect();
+            self.scatter_columns("truncated", &item(3)?, &mut trunc)?;
+            drop(trunc);
             let valid = item(6)?;
             if !valid.is_none() {
-                self.copy_u8("step", "valid", &valid, out.valid)?;
+                let mut v: Vec<&mut [u8]> = outs.iter_mut().map(|o| &mut *o.valid).collect();
+                self.scatter_columns("valid", &valid, &mut v)?;
             }
+            let mut masks: Vec<Option<&mut [u8]>> = outs.iter_mut().map(|o| o.masks.as_deref_mut()).collect();
+            if masks.iter().any(|m| m.is_some()) {
+                self.scatter_masks("step", &item(5)?, &mut masks)?;
+            }
+            drop(masks);
+            let st = item(7)?;
+            if !st.is_none() {
+                let mut states: Vec<Option<&mut [f32]>> = outs.iter_mut().map(|o| o.states.as_deref_mut()).collect();
+                self.scatter_states("step", &st, &mut states)?;
+            }
+            // Final observations (and states) of truncated agents, appended in each group's
+            // column order: env-major, then the group's agents.
+            let finals = item(4)?;
+            let final_states = item(8)?;
+            let s = self.spec.state.as_ref().map_or(0, |x| x.size());
+            for (g, members) in self.groups.clone().iter().enumerate() {
+                let a_g = members.len();
+                // Per agent of the group: its final rows, in env order, and how far we are.
+                let mut taken = vec![0usize; a_g];
+                let rows: Vec<Option<Vec<u8>>> = members
+                    .iter()
+                    .map(|&agent| {
+                        let f = finals.get_item(agent).map_err(wrap)?;
+                        if f.is_none() {
+                            return Ok(None);
+                        }
+                        let k = (0..self.n)
+                            .filter(|&e| outs[g].truncated[e * a_g + self.slot[agent].1] == 1)
+                            .count();
+                        let mut bytes = Vec::new();
+                        self.append_obs(agent, &f, k, &mut bytes)?;
+                        Ok(Some(bytes))
+                    })
+                    .collect::<Result<_, EnvError>>()?;
+                let state_rows: Vec<Option<Vec<f32>>> = members
+                    .iter()
+                    .map(|&agent| {
+                        if s == 0 || outs[g].final_states.is_none() || final_states.is_none() {
+                            return Ok(None);
+                        }
+                        let f = final_states.get_item(agent).map_err(wrap)?;
+                        if f.is_none() {
+                            return Ok(None);
+                        }
+                        self.with_array::<f32, _>("step", "final_state", &f, None, |src| Ok(Some(src.to_vec())))
+                    })
+                    .collect::<Result<_, EnvError>>()?;
+                let out = &mut outs[g];
+                for e in 0..self.n {
+                    for (k, &agent) in members.iter().enumerate() {
+                        if out.truncated[e * a_g + k] != 1 {
+                            continue;
+                        }
+                        let ob = self.spec.agents[agent].observation.bytes();
+                        let Some(bytes) = &rows[k] else {
+                            return Err(self.err(
+                                "final_obs",
+                                format!("agent {agent}: truncated without a final observation"),
+                                "step",
+                            ));
+                        };
+                        let j = taken[k];
+                        out.final_obs.extend_from_slice(&bytes[j * ob..(j + 1) * ob]);
+                        if let (Some(fs), Some(srows)) = (out.final_states.as_deref_mut(), &state_rows[k]) {
+                            fs.extend_from_slice(&srows[j * s..(j + 1) * s]);
+                        }
+                        taken[k] += 1;
+                    }
+                }
+            }
+            let e = item(9)?;
+            self.with_array::<u8, _>("step", "ended", &e, Some(&[self.n]), |src| {
+                ended.copy_from_slice(src);
+                Ok(())
+            })?;
             Ok(())
         })
     }

@@ -1,19 +1,27 @@
-//! The actor's inner loop: N env columns stepped together (any [`VecEnv`]), one batched policy
-//! forward per step (CPU, no_grad), unrolls of T steps packed into rollouts.
+//! The actor's inner loop: N environments stepped together (any [`VecEnv`]), their agents'
+//! columns split into one group per policy; each step, one batched forward per policy (CPU,
+//! no_grad); unrolls of T steps packed into one rollout (or a few, under the message cap) per
+//! policy.
 //!
-//! The env writes each step's observations straight into row t + 1 of the rollout buffer (one
-//! copy, from the env or numpy). Actions are sampled on the CPU, restricted to the env's
-//! legal-action mask. With an LSTM core, the runner keeps each column's state, zeroes it where
-//! an episode ended, and sends the state at the start of each unroll.
+//! The env writes each step's observations straight into row t + 1 of the group's rollout
+//! buffer (one copy, from the env or numpy). Actions are sampled on the CPU, restricted to the
+//! env's legal-action mask. With an LSTM core, the runner keeps each column's state, zeroes it
+//! where an agent's episode ended, and sends the state at the start of each unroll.
+//!
+//! **Rewards and returns.** With `policies.reward = "team"` every present agent trains on the
+//! sum of all agents' rewards at that step. Either way an env's episode reports its whole
+//! return (every agent's rewards summed: the team's) and, in multi-policy runs, each policy's
+//! part of it.
 
 use bytes::Bytes;
 use proto::v1::{DType, EpisodeStat, Rollout, Tensor as WireTensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tch::{Kind, Tensor};
-use troupe::env::{Action, EnvError, ObsBuf, StepOut, VecEnv};
+use troupe::config::RewardMode;
+use troupe::env::{Action, EnvError, ObsBuf, ResetOut, StepOut, VecEnv};
 use troupe::model::{dist, Model};
-use troupe::spaces::{ActionSpace, EnvSpec, ObsDType};
+use troupe::spaces::{ActionSpace, EnvSpec, ObsDType, PolicySpec};
 
 /// Observations of T + 1 rows, in their dtype.
 enum ObsRows {
@@ -26,6 +34,13 @@ impl ObsRows {
         match self {
             ObsRows::F32(v) => bytemuck::cast_slice(v),
             ObsRows::U8(v) => v,
+        }
+    }
+
+    fn rows(&mut self, from: usize, to: usize) -> ObsBuf<'_> {
+        match self {
+            ObsRows::F32(v) => ObsBuf::F32(&mut v[from..to]),
+            ObsRows::U8(v) => ObsBuf::U8(&mut v[from..to]),
         }
     }
 }
@@ -43,11 +58,18 @@ impl ActionRows {
             ActionRows::Continuous(v) => bytemuck::cast_slice(v),
         }
     }
+
+    fn row(&self, from: usize, to: usize) -> Action<'_> {
+        match self {
+            ActionRows::Discrete(a) => Action::Discrete(&a[from..to]),
+            ActionRows::Continuous(a) => Action::Continuous(&a[from..to]),
+        }
+    }
 }
 
-/// A rollout that does not fit the message cap even as one column per message.
+/// A rollout that does not fit the message cap even as one env's columns per message.
 #[derive(Debug, thiserror::Error)]
-#[error("one env column of an unroll is {column_bytes} bytes, over the {cap} byte rollout message cap: lower actor.unroll_length")]
+#[error("one env's columns of an unroll are {column_bytes} bytes, over the {cap} byte rollout message cap: lower actor.unroll_length")]
 pub struct TooLarge {
     pub column_bytes: usize,
     pub cap: usize,
@@ -57,111 +79,35 @@ pub struct TooLarge {
 /// protobuf framing never push a part over it.
 pub const PART_BYTES: usize = proto::MAX_MESSAGE_BYTES / 2;
 
-pub struct EnvRunner {
-    env: Box<dyn VecEnv>,
-    spec: EnvSpec,
+/// One policy's columns: `n` = envs times its agents, and the unroll's buffers for them.
+struct Group {
+    spec: PolicySpec,
+    /// Agents per env.
+    a: usize,
     n: usize,
-    t_len: usize,
     obs: ObsRows,
     /// `[T + 1, N, M]` masks (row t for the observation of row t), when the env has them.
     masks: Vec<u8>,
-    actions: ActionRows,
     rewards: Vec<f32>,
     terminated: Vec<u8>,
     truncated: Vec<u8>,
-    /// `[T, N]`: 0 where a step only reset its column (see [`StepOut::valid`]).
+    /// `[T, N]`: 0 where a column took no step (see [`StepOut::valid`]).
     valid: Vec<u8>,
     params: Vec<f32>,
-    /// (t, n) of each truncated step and its last observation's bytes, in (t, n) order.
+    /// `[T + 1, N, S]` env states, with a centralized critic.
+    states: Vec<f32>,
+    /// (t, n) of each truncated step and its last observation's bytes (and state), in order.
     truncations: Vec<(usize, usize)>,
     truncation_obs: Vec<u8>,
+    truncation_states: Vec<f32>,
     /// Recurrent state for the next step `[N, S]` (S = 0 without a core).
     state: Tensor,
     initial_state: Vec<f32>,
+    /// Per env: this policy's agents' rewards in the current episode.
     episode_return: Vec<f32>,
-    episode_length: Vec<u32>,
-    rng: StdRng,
-    needs_reset: bool,
 }
 
-impl EnvRunner {
-    /// Runs `env` with a model of `state_size` floats of recurrent state. `seed` seeds the
-    /// action sampling, so a run is repeatable.
-    pub fn new(
-        env: Box<dyn VecEnv>,
-        unroll_length: usize,
-        state_size: usize,
-        seed: u64,
-    ) -> Result<EnvRunner, TooLarge> {
-        let spec = env.spec().clone();
-        let n = env.num_envs();
-        let t = unroll_length;
-        let o = spec.observation.size();
-        let d = spec.action.dim();
-        let m = if spec.action_mask {
-            spec.action.mask_width().unwrap_or(0)
-        } else {
-            0
-        };
-        let p = spec.action.dist_params();
-        let column_bytes = (t + 1) * spec.observation.bytes()
-            + t * (d * 8 + 4 + 2 + p * 4 + m)
-            + state_size * 4
-            // The worst case of truncation observations: every step.
-            + t * spec.observation.bytes();
-        if column_bytes > PART_BYTES {
-            return Err(TooLarge {
-                column_bytes,
-                cap: PART_BYTES,
-            });
-        }
-        let obs = match spec.observation.dtype {
-            ObsDType::F32 => ObsRows::F32(vec![0.0; (t + 1) * n * o]),
-            ObsDType::U8 => ObsRows::U8(vec![0; (t + 1) * n * o]),
-        };
-        let actions = if spec.action.is_continuous() {
-            ActionRows::Continuous(vec![0.0; t * n * d])
-        } else {
-            ActionRows::Discrete(vec![0; t * n * d])
-        };
-        Ok(EnvRunner {
-            env,
-            n,
-            t_len: t,
-            obs,
-            masks: vec![1; (t + 1) * n * m],
-            actions,
-            rewards: vec![0.0; t * n],
-            terminated: vec![0; t * n],
-            truncated: vec![0; t * n],
-            valid: vec![1; t * n],
-            params: vec![0.0; t * n * p],
-            truncations: Vec::new(),
-            truncation_obs: Vec::new(),
-            state: Tensor::zeros([n as i64, state_size as i64], (Kind::Float, tch::Device::Cpu)),
-            initial_state: Vec::new(),
-            episode_return: vec![0.0; n],
-            episode_length: vec![0; n],
-            rng: StdRng::seed_from_u64(seed),
-            needs_reset: true,
-            spec,
-        })
-    }
-
-    pub fn num_envs(&self) -> usize {
-        self.n
-    }
-
-    pub fn spec(&self) -> &EnvSpec {
-        &self.spec
-    }
-
-    /// Swaps in a new env (after the old one failed): every column starts a new episode.
-    pub fn replace_env(&mut self, env: Box<dyn VecEnv>) {
-        self.env = env;
-        self.needs_reset = true;
-    }
-
+impl Group {
     fn mask_width(&self) -> usize {
         if self.spec.action_mask {
             self.spec.action.mask_width().unwrap_or(0)
@@ -170,261 +116,544 @@ impl EnvRunner {
         }
     }
 
+    fn state_width(&self) -> usize {
+        self.spec.state.as_ref().map_or(0, |s| s.size())
+    }
+}
+
+pub struct EnvRunner {
+    env: Box<dyn VecEnv>,
+    spec: EnvSpec,
+    groups: Vec<Group>,
+    /// `[T, N, action_dim]` of each group (apart from the groups: the env reads these while it
+    /// writes the groups' other buffers).
+    actions: Vec<ActionRows>,
+    envs: usize,
+    t_len: usize,
+    reward: RewardMode,
+    /// `[E]`: envs whose episode ended at this step.
+    ended: Vec<u8>,
+    /// Per env: every agent's rewards in the current episode, and its length in steps.
+    team_return: Vec<f32>,
+    episode_length: Vec<u32>,
+    /// Per env, this step: the sum of its present agents' rewards.
+    step_reward: Vec<f32>,
+    rng: StdRng,
+    needs_reset: bool,
+}
+
+impl EnvRunner {
+    /// Runs `env` for the policies `policies` (their groups set on the env), each with a model
+    /// of `state_sizes[g]` floats of recurrent state. `seed` seeds the action sampling, so a run
+    /// is repeatable.
+    pub fn new(
+        mut env: Box<dyn VecEnv>,
+        policies: &[PolicySpec],
+        reward: RewardMode,
+        unroll_length: usize,
+        state_sizes: &[usize],
+        seed: u64,
+    ) -> Result<EnvRunner, TooLarge> {
+        let spec = env.spec().clone();
+        env.set_groups(troupe::policy_map::groups(&spec, policies));
+        let envs = env.num_envs();
+        let t = unroll_length;
+        let mut groups = Vec::new();
+        let mut actions = Vec::new();
+        for (p, &state_size) in policies.iter().zip(state_sizes) {
+            let a = p.agents_per_env();
+            let n = envs * a;
+            let o = p.observation.size();
+            let d = p.action.dim();
+            let m = if p.action_mask {
+                p.action.mask_width().unwrap_or(0)
+            } else {
+                0
+            };
+            let pw = p.action.dist_params();
+            let s = p.state.as_ref().map_or(0, |s| s.size());
+            let env_bytes = a
+                * ((t + 1) * p.observation.bytes()
+                    + t * (d * 8 + 4 + 2 + pw * 4 + m)
+                    + state_size * 4
+                    + (t + 1) * s * 4
+                    // The worst case of truncation observations: every step.
+                    + t * (p.observation.bytes() + s * 4));
+            if env_bytes > PART_BYTES {
+                return Err(TooLarge {
+                    column_bytes: env_bytes,
+                    cap: PART_BYTES,
+                });
+            }
+            actions.push(if p.action.is_continuous() {
+                ActionRows::Continuous(vec![0.0; t * n * d])
+            } else {
+                ActionRows::Discrete(vec![0; t * n * d])
+            });
+            groups.push(Group {
+                obs: match p.observation.dtype {
+                    ObsDType::F32 => ObsRows::F32(vec![0.0; (t + 1) * n * o]),
+                    ObsDType::U8 => ObsRows::U8(vec![0; (t + 1) * n * o]),
+                },
+                masks: vec![1; (t + 1) * n * m],
+                rewards: vec![0.0; t * n],
+                terminated: vec![0; t * n],
+                truncated: vec![0; t * n],
+                valid: vec![1; t * n],
+                params: vec![0.0; t * n * pw],
+                states: vec![0.0; (t + 1) * n * s],
+                truncations: Vec::new(),
+                truncation_obs: Vec::new(),
+                truncation_states: Vec::new(),
+                state: Tensor::zeros([n as i64, state_size as i64], (Kind::Float, tch::Device::Cpu)),
+                initial_state: Vec::new(),
+                episode_return: vec![0.0; envs],
+                spec: p.clone(),
+                a,
+                n,
+            });
+        }
+        Ok(EnvRunner {
+            env,
+            groups,
+            actions,
+            envs,
+            t_len: t,
+            reward,
+            ended: vec![0; envs],
+            team_return: vec![0.0; envs],
+            episode_length: vec![0; envs],
+            step_reward: vec![0.0; envs],
+            rng: StdRng::seed_from_u64(seed),
+            needs_reset: true,
+            spec,
+        })
+    }
+
+    /// A runner for a single-agent env's one policy (`default`, agent rewards).
+    pub fn single(
+        env: Box<dyn VecEnv>,
+        unroll_length: usize,
+        state_size: usize,
+        seed: u64,
+    ) -> Result<EnvRunner, TooLarge> {
+        let policy = PolicySpec::single(env.spec());
+        EnvRunner::new(env, &[policy], RewardMode::Agent, unroll_length, &[state_size], seed)
+    }
+
+    /// [`EnvRunner::unroll`] with one policy.
+    pub fn unroll_one(
+        &mut self,
+        net: &Model,
+        actor_id: u64,
+        version: u64,
+        on_episode: &mut dyn FnMut(EpisodeStat),
+    ) -> Result<Vec<Rollout>, EnvError> {
+        self.unroll(&[net], actor_id, &[version], on_episode)
+    }
+
+    /// Environments (columns are envs times agents).
+    pub fn num_envs(&self) -> usize {
+        self.envs
+    }
+
+    pub fn spec(&self) -> &EnvSpec {
+        &self.spec
+    }
+
+    /// Swaps in a new env (after the old one failed): every env starts a new episode.
+    pub fn replace_env(&mut self, mut env: Box<dyn VecEnv>) {
+        env.set_groups(self.env.groups().clone());
+        self.env = env;
+        self.needs_reset = true;
+    }
+
     fn reset_all(&mut self) -> Result<(), EnvError> {
-        let o = self.spec.observation.size();
-        let m = self.mask_width();
-        let (n, t) = (self.n, self.t_len);
-        let masks = (m > 0).then(|| &mut self.masks[t * n * m..]);
-        let obs = match &mut self.obs {
-            ObsRows::F32(v) => ObsBuf::F32(&mut v[t * n * o..]),
-            ObsRows::U8(v) => ObsBuf::U8(&mut v[t * n * o..]),
-        };
-        self.env.reset(obs, masks)?;
-        let _ = self.state.zero_();
-        self.episode_return.fill(0.0);
+        let t = self.t_len;
+        let mut outs: Vec<ResetOut<'_>> = self
+            .groups
+            .iter_mut()
+            .map(|g| {
+                let (n, o, m, s) = (g.n, g.spec.observation.size(), g.mask_width(), g.state_width());
+                let len = (t + 1) * n * o;
+                ResetOut {
+                    obs: g.obs.rows(t * n * o, len),
+                    masks: (m > 0).then(|| &mut g.masks[t * n * m..]),
+                    states: (s > 0).then(|| &mut g.states[t * n * s..]),
+                }
+            })
+            .collect();
+        self.env.reset(&mut outs)?;
+        drop(outs);
+        for g in &mut self.groups {
+            let _ = g.state.zero_();
+            g.episode_return.fill(0.0);
+        }
+        self.team_return.fill(0.0);
         self.episode_length.fill(0);
         self.needs_reset = false;
         Ok(())
     }
 
-    /// Runs T steps of every column with `net` and returns them as one rollout, split by
-    /// columns into parts under the message cap. Finished episodes go to `on_episode`.
+    /// Runs T steps of every env, acting for group g with `nets[g]` (at `versions[g]`), and
+    /// returns each policy's rollout, split by envs into parts under the message cap. Finished
+    /// episodes go to `on_episode`.
     pub fn unroll(
         &mut self,
-        net: &Model,
+        nets: &[&Model],
         actor_id: u64,
-        policy_version: u64,
+        versions: &[u64],
         on_episode: &mut dyn FnMut(EpisodeStat),
     ) -> Result<Vec<Rollout>, EnvError> {
         if self.needs_reset {
             self.reset_all()?;
         }
-        let (t_len, n) = (self.t_len, self.n);
-        let o = self.spec.observation.size();
-        let d = self.spec.action.dim();
-        let p = self.spec.action.dist_params();
-        let m = self.mask_width();
-        // The observation (and mask) after the last step becomes row 0.
-        match &mut self.obs {
-            ObsRows::F32(v) => v.copy_within(t_len * n * o.., 0),
-            ObsRows::U8(v) => v.copy_within(t_len * n * o.., 0),
-        }
-        if m > 0 {
-            self.masks.copy_within(t_len * n * m.., 0);
-        }
-        self.truncations.clear();
-        self.truncation_obs.clear();
-        self.initial_state = Vec::<f32>::try_from(self.state.flatten(0, -1)).expect("f32 state");
-        let nvec = self.spec.action.nvec();
-        for t in 0..t_len {
-            let obs_t = {
-                let rows = &self.obs.bytes()
-                    [t * n * self.spec.observation.bytes()..(t + 1) * n * self.spec.observation.bytes()];
-                let mut shape = vec![n as i64];
-                shape.extend(self.spec.observation.shape.iter().map(|&x| x as i64));
-                let kind = match self.spec.observation.dtype {
-                    ObsDType::F32 => Kind::Float,
-                    ObsDType::U8 => Kind::Uint8,
-                };
-                Tensor::from_data_size(rows, &shape, kind)
-            };
-            let (params, next_state) = tch::no_grad(|| net.act(&net.prepare(&obs_t), &self.state));
-            let params = Vec::<f32>::try_from(params.to_kind(Kind::Float).flatten(0, -1)).expect("f32 params");
-            self.state = next_state;
-            self.params[t * n * p..(t + 1) * n * p].copy_from_slice(&params);
-            for i in 0..n {
-                let row = &params[i * p..(i + 1) * p];
-                let at = (t * n + i) * d;
-                match &mut self.actions {
-                    ActionRows::Discrete(a) => {
-                        let mask = (m > 0).then(|| &self.masks[(t * n + i) * m..(t * n + i + 1) * m]);
-                        dist::sample_discrete(&nvec, row, mask, &mut self.rng, &mut a[at..at + d]);
-                    }
-                    ActionRows::Continuous(a) => dist::sample_gaussian(row, &mut self.rng, &mut a[at..at + d]),
-                }
+        let t_len = self.t_len;
+        for g in &mut self.groups {
+            let (n, o, m, s) = (g.n, g.spec.observation.size(), g.mask_width(), g.state_width());
+            // The observation (mask, state) after the last step becomes row 0.
+            match &mut g.obs {
+                ObsRows::F32(v) => v.copy_within(t_len * n * o.., 0),
+                ObsRows::U8(v) => v.copy_within(t_len * n * o.., 0),
             }
-            let before = self.truncation_obs.len();
+            if m > 0 {
+                g.masks.copy_within(t_len * n * m.., 0);
+            }
+            if s > 0 {
+                g.states.copy_within(t_len * n * s.., 0);
+            }
+            g.truncations.clear();
+            g.truncation_obs.clear();
+            g.truncation_states.clear();
+            g.initial_state = Vec::<f32>::try_from(g.state.flatten(0, -1)).expect("f32 state");
+        }
+        for t in 0..t_len {
+            for ((g, a), net) in self.groups.iter_mut().zip(&mut self.actions).zip(nets) {
+                act(g, a, net, t, &mut self.rng);
+            }
+            let before: Vec<(usize, usize)> = self
+                .groups
+                .iter()
+                .map(|g| (g.truncation_obs.len(), g.truncation_states.len()))
+                .collect();
             {
-                let action = match &self.actions {
-                    ActionRows::Discrete(a) => Action::Discrete(&a[t * n * d..(t + 1) * n * d]),
-                    ActionRows::Continuous(a) => Action::Continuous(&a[t * n * d..(t + 1) * n * d]),
-                };
-                let obs = match &mut self.obs {
-                    ObsRows::F32(v) => ObsBuf::F32(&mut v[(t + 1) * n * o..(t + 2) * n * o]),
-                    ObsRows::U8(v) => ObsBuf::U8(&mut v[(t + 1) * n * o..(t + 2) * n * o]),
-                };
-                let masks = (m > 0).then(|| &mut self.masks[(t + 1) * n * m..(t + 2) * n * m]);
-                let valid = &mut self.valid[t * n..(t + 1) * n];
-                valid.fill(1);
-                let step = self.env.step(
-                    action,
-                    StepOut {
-                        obs,
-                        rewards: &mut self.rewards[t * n..(t + 1) * n],
-                        terminated: &mut self.terminated[t * n..(t + 1) * n],
-                        truncated: &mut self.truncated[t * n..(t + 1) * n],
-                        masks,
-                        final_obs: &mut self.truncation_obs,
-                        valid,
-                    },
-                );
+                let actions: Vec<Action<'_>> = self
+                    .groups
+                    .iter()
+                    .zip(&self.actions)
+                    .map(|(g, a)| {
+                        let d = g.spec.action.dim();
+                        a.row(t * g.n * d, (t + 1) * g.n * d)
+                    })
+                    .collect();
+                let mut outs: Vec<StepOut<'_>> = self.groups.iter_mut().map(|g| step_out(g, t)).collect();
+                let step = self.env.step(&actions, &mut outs, &mut self.ended);
+                drop(outs);
                 if let Err(e) = step {
                     self.needs_reset = true;
                     return Err(e);
                 }
             }
-            let ob = self.spec.observation.bytes();
-            let k = (self.truncation_obs.len() - before) / ob;
-            let truncated_now = self.truncated[t * n..(t + 1) * n].iter().filter(|&&x| x == 1).count();
-            if k != truncated_now {
-                self.needs_reset = true;
-                return Err(EnvError {
-                    env: self.spec.id.clone(),
-                    call: "step",
-                    field: "final_obs".into(),
-                    problem: format!("{k} final observations for {truncated_now} truncated episodes"),
-                });
-            }
-            for i in 0..n {
-                let (r, term, trunc) = (
-                    self.rewards[t * n + i],
-                    self.terminated[t * n + i],
-                    self.truncated[t * n + i],
-                );
-                if trunc == 1 {
-                    // One per final observation the env gave, whatever the step's validity.
-                    self.truncations.push((t, i));
+            for (g, &(obs0, st0)) in self.groups.iter_mut().zip(&before) {
+                let ob = g.spec.observation.bytes();
+                let k = (g.truncation_obs.len() - obs0) / ob;
+                let truncated_now = g.truncated[t * g.n..(t + 1) * g.n].iter().filter(|&&x| x == 1).count();
+                let s = g.state_width();
+                let ks = if s > 0 {
+                    (g.truncation_states.len() - st0) / s
+                } else {
+                    k
+                };
+                if k != truncated_now || ks != truncated_now {
+                    self.needs_reset = true;
+                    return Err(EnvError {
+                        env: self.spec.id.clone(),
+                        call: "step",
+                        field: "final_obs".into(),
+                        problem: format!("{k} final observations ({ks} states) for {truncated_now} truncated agents"),
+                    });
                 }
-                if self.valid[t * n + i] == 0 {
-                    // Only a reset: no transition, and the new episode starts at the next step.
-                    if self.state.size()[1] > 0 {
-                        let _ = self.state.get(i as i64).zero_();
+            }
+            self.account(t, on_episode);
+        }
+        let rollouts = self
+            .groups
+            .iter()
+            .zip(&self.actions)
+            .zip(versions)
+            .flat_map(|((g, a), &v)| pack(g, a, t_len, actor_id, v))
+            .collect();
+        Ok(rollouts)
+    }
+
+    /// Step t's rewards into returns (and the team reward, when configured), episode ends into
+    /// stats, and the recurrent state zeroed where an agent's episode ended.
+    fn account(&mut self, t: usize, on_episode: &mut dyn FnMut(EpisodeStat)) {
+        self.step_reward.fill(0.0);
+        let mut present = vec![false; self.envs];
+        for g in &mut self.groups {
+            for i in 0..g.n {
+                let at = t * g.n + i;
+                let e = i / g.a;
+                if g.truncated[at] == 1 {
+                    // One per final observation the env gave, whatever the step's validity.
+                    g.truncations.push((t, i));
+                }
+                if g.valid[at] == 0 {
+                    // No step for this agent: it keeps no state into the step after.
+                    if g.state.size()[1] > 0 {
+                        let _ = g.state.get(i as i64).zero_();
                     }
                     continue;
                 }
-                self.episode_return[i] += r;
-                self.episode_length[i] += 1;
-                if term == 1 || trunc == 1 {
-                    on_episode(EpisodeStat {
-                        episode_return: self.episode_return[i],
-                        length: self.episode_length[i],
-                    });
-                    self.episode_return[i] = 0.0;
-                    self.episode_length[i] = 0;
-                    if self.state.size()[1] > 0 {
-                        let _ = self.state.get(i as i64).zero_();
+                present[e] = true;
+                self.step_reward[e] += g.rewards[at];
+                g.episode_return[e] += g.rewards[at];
+                if (g.terminated[at] == 1 || g.truncated[at] == 1) && g.state.size()[1] > 0 {
+                    let _ = g.state.get(i as i64).zero_();
+                }
+            }
+        }
+        if self.reward == RewardMode::Team {
+            for g in &mut self.groups {
+                for i in 0..g.n {
+                    let at = t * g.n + i;
+                    if g.valid[at] == 1 {
+                        g.rewards[at] = self.step_reward[i / g.a];
                     }
                 }
             }
         }
-        Ok(self.pack(actor_id, policy_version))
-    }
-
-    /// Packs the unroll into rollouts over disjoint column ranges, each under [`PART_BYTES`].
-    fn pack(&self, actor_id: u64, policy_version: u64) -> Vec<Rollout> {
-        let n = self.n;
-        let total = self.obs.bytes().len()
-            + self.actions.bytes().len()
-            + self.rewards.len() * 7
-            + self.params.len() * 4
-            + self.masks.len()
-            + self.initial_state.len() * 4
-            + self.truncation_obs.len();
-        let parts = total.div_ceil(PART_BYTES).clamp(1, n);
-        let per = n.div_ceil(parts);
-        (0..n)
-            .step_by(per)
-            .map(|c0| self.pack_columns(actor_id, policy_version, c0, (c0 + per).min(n)))
-            .collect()
-    }
-
-    fn pack_columns(&self, actor_id: u64, policy_version: u64, c0: usize, c1: usize) -> Rollout {
-        let (t, n, w) = (self.t_len, self.n, c1 - c0);
-        let obs_dims = &self.spec.observation.shape;
-        let with = |lead: &[usize], tail: &[usize]| -> Vec<usize> { lead.iter().chain(tail).copied().collect() };
-        // Columns c0..c1 of `[rows, N, width bytes]`.
-        let cols = |data: &[u8], rows: usize, width: usize| -> Bytes {
-            if c0 == 0 && c1 == n {
-                return Bytes::copy_from_slice(data);
+        let per_policy = self.groups.len() > 1;
+        for e in 0..self.envs {
+            if present[e] {
+                self.team_return[e] += self.step_reward[e];
+                self.episode_length[e] += 1;
             }
-            let mut out = Vec::with_capacity(rows * w * width);
-            for r in 0..rows {
-                out.extend_from_slice(&data[(r * n + c0) * width..(r * n + c1) * width]);
+            if self.ended[e] == 0 {
+                continue;
             }
-            Bytes::from(out)
-        };
-        let ob = self.spec.observation.bytes();
-        let obs_dtype = match self.spec.observation.dtype {
-            ObsDType::F32 => DType::DtypeF32,
-            ObsDType::U8 => DType::DtypeU8,
-        };
-        let d = self.spec.action.dim();
-        let (act_dtype, act_size) = match self.spec.action {
-            ActionSpace::Box { .. } => (DType::DtypeF32, 4),
-            _ => (DType::DtypeI64, 8),
-        };
-        let p = self.spec.action.dist_params();
-        let m = self.mask_width();
-        let mut trunc_obs = Vec::new();
-        let mut k = 0;
-        for (j, &(_, col)) in self.truncations.iter().enumerate() {
-            if (c0..c1).contains(&col) {
-                trunc_obs.extend_from_slice(&self.truncation_obs[j * ob..(j + 1) * ob]);
-                k += 1;
+            let length = self.episode_length[e];
+            on_episode(EpisodeStat {
+                episode_return: self.team_return[e],
+                length,
+                policy: String::new(),
+            });
+            for g in &mut self.groups {
+                if per_policy {
+                    on_episode(EpisodeStat {
+                        episode_return: g.episode_return[e],
+                        length,
+                        policy: g.spec.policy.clone(),
+                    });
+                }
+                g.episode_return[e] = 0.0;
             }
+            self.team_return[e] = 0.0;
+            self.episode_length[e] = 0;
+            self.ended[e] = 0;
         }
-        let state_size = self.state.size()[1] as usize;
-        Rollout {
-            actor_id,
-            policy_version,
-            observations: Some(WireTensor::from_bytes(
-                obs_dtype,
-                &with(&[t + 1, w], obs_dims),
-                cols(self.obs.bytes(), t + 1, ob),
-            )),
-            actions: Some(WireTensor::from_bytes(
-                act_dtype,
-                &[t, w, d],
-                cols(self.actions.bytes(), t, d * act_size),
-            )),
-            rewards: Some(WireTensor::from_bytes(
-                DType::DtypeF32,
-                &[t, w],
-                cols(bytemuck::cast_slice(&self.rewards), t, 4),
-            )),
-            terminated: Some(WireTensor::from_bytes(
-                DType::DtypeU8,
-                &[t, w],
-                cols(&self.terminated, t, 1),
-            )),
-            truncated: Some(WireTensor::from_bytes(
-                DType::DtypeU8,
-                &[t, w],
-                cols(&self.truncated, t, 1),
-            )),
-            behaviour_params: Some(WireTensor::from_bytes(
-                DType::DtypeF32,
-                &[t, w, p],
-                cols(bytemuck::cast_slice(&self.params), t, p * 4),
-            )),
-            truncation_observations: Some(WireTensor::from_bytes(
-                obs_dtype,
-                &with(&[k], obs_dims),
-                Bytes::from(trunc_obs),
-            )),
-            action_masks: (m > 0)
-                .then(|| WireTensor::from_bytes(DType::DtypeU8, &[t, w, m], cols(&self.masks[..t * n * m], t, m))),
-            valid: self.valid[..t * n]
-                .contains(&0)
-                .then(|| WireTensor::from_bytes(DType::DtypeU8, &[t, w], cols(&self.valid[..t * n], t, 1))),
-            initial_state: (state_size > 0).then(|| {
-                WireTensor::from_bytes(
-                    DType::DtypeF32,
-                    &[w, state_size],
-                    cols(bytemuck::cast_slice(&self.initial_state), 1, state_size * 4),
-                )
-            }),
+    }
+}
+
+/// Step t's outputs of group g: row t + 1 of its observations, masks and states, row t of the
+/// rest; every column valid until the env says otherwise.
+fn step_out(g: &mut Group, t: usize) -> StepOut<'_> {
+    let (n, o, m, s) = (g.n, g.spec.observation.size(), g.mask_width(), g.state_width());
+    let valid = &mut g.valid[t * n..(t + 1) * n];
+    valid.fill(1);
+    StepOut {
+        obs: g.obs.rows((t + 1) * n * o, (t + 2) * n * o),
+        rewards: &mut g.rewards[t * n..(t + 1) * n],
+        terminated: &mut g.terminated[t * n..(t + 1) * n],
+        truncated: &mut g.truncated[t * n..(t + 1) * n],
+        masks: (m > 0).then(|| &mut g.masks[(t + 1) * n * m..(t + 2) * n * m]),
+        final_obs: &mut g.truncation_obs,
+        valid,
+        states: (s > 0).then(|| &mut g.states[(t + 1) * n * s..(t + 2) * n * s]),
+        final_states: (s > 0).then_some(&mut g.truncation_states),
+    }
+}
+
+/// One forward of group g's columns at step t, and actions sampled from it.
+fn act(g: &mut Group, actions: &mut ActionRows, net: &Model, t: usize, rng: &mut StdRng) {
+    let n = g.n;
+    let d = g.spec.action.dim();
+    let p = g.spec.action.dist_params();
+    let m = g.mask_width();
+    let ob = g.spec.observation.bytes();
+    let obs_t = {
+        let rows = &g.obs.bytes()[t * n * ob..(t + 1) * n * ob];
+        let mut shape = vec![n as i64];
+        shape.extend(g.spec.observation.shape.iter().map(|&x| x as i64));
+        let kind = match g.spec.observation.dtype {
+            ObsDType::F32 => Kind::Float,
+            ObsDType::U8 => Kind::Uint8,
+        };
+        Tensor::from_data_size(rows, &shape, kind)
+    };
+    let input = if net.is_packed() {
+        let agents = Tensor::arange(n as i64, (Kind::Int64, tch::Device::Cpu)).remainder(g.a as i64);
+        let s = g.state_width();
+        let states =
+            (s > 0).then(|| Tensor::from_slice(&g.states[t * n * s..(t + 1) * n * s]).view([n as i64, s as i64]));
+        net.input(&obs_t, Some(&agents), states.as_ref())
+    } else {
+        net.prepare(&obs_t)
+    };
+    let (params, next_state) = tch::no_grad(|| net.act(&input, &g.state));
+    let params = Vec::<f32>::try_from(params.to_kind(Kind::Float).flatten(0, -1)).expect("f32 params");
+    g.state = next_state;
+    g.params[t * n * p..(t + 1) * n * p].copy_from_slice(&params);
+    let nvec = g.spec.action.nvec();
+    for i in 0..n {
+        let row = &params[i * p..(i + 1) * p];
+        let at = (t * n + i) * d;
+        match actions {
+            ActionRows::Discrete(a) => {
+                let mask = (m > 0).then(|| &g.masks[(t * n + i) * m..(t * n + i + 1) * m]);
+                dist::sample_discrete(&nvec, row, mask, rng, &mut a[at..at + d]);
+            }
+            ActionRows::Continuous(a) => dist::sample_gaussian(row, rng, &mut a[at..at + d]),
         }
+    }
+}
+
+/// Packs group g's unroll into rollouts over disjoint ranges of whole envs, each under
+/// [`PART_BYTES`].
+fn pack(g: &Group, actions: &ActionRows, t: usize, actor_id: u64, policy_version: u64) -> Vec<Rollout> {
+    let total = g.obs.bytes().len()
+        + actions.bytes().len()
+        + g.rewards.len() * 7
+        + g.params.len() * 4
+        + g.masks.len()
+        + g.states.len() * 4
+        + g.initial_state.len() * 4
+        + g.truncation_obs.len()
+        + g.truncation_states.len() * 4;
+    let envs = g.n / g.a;
+    let parts = total.div_ceil(PART_BYTES).clamp(1, envs);
+    let per = envs.div_ceil(parts) * g.a;
+    (0..g.n)
+        .step_by(per)
+        .map(|c0| pack_columns(g, actions, t, actor_id, policy_version, c0, (c0 + per).min(g.n)))
+        .collect()
+}
+
+fn pack_columns(
+    g: &Group,
+    actions: &ActionRows,
+    t: usize,
+    actor_id: u64,
+    policy_version: u64,
+    c0: usize,
+    c1: usize,
+) -> Rollout {
+    let (n, w) = (g.n, c1 - c0);
+    let obs_dims = &g.spec.observation.shape;
+    let with = |lead: &[usize], tail: &[usize]| -> Vec<usize> { lead.iter().chain(tail).copied().collect() };
+    // Columns c0..c1 of `[rows, N, width bytes]`.
+    let cols = |data: &[u8], rows: usize, width: usize| -> Bytes {
+        if c0 == 0 && c1 == n {
+            return Bytes::copy_from_slice(data);
+        }
+        let mut out = Vec::with_capacity(rows * w * width);
+        for r in 0..rows {
+            out.extend_from_slice(&data[(r * n + c0) * width..(r * n + c1) * width]);
+        }
+        Bytes::from(out)
+    };
+    let ob = g.spec.observation.bytes();
+    let obs_dtype = match g.spec.observation.dtype {
+        ObsDType::F32 => DType::DtypeF32,
+        ObsDType::U8 => DType::DtypeU8,
+    };
+    let d = g.spec.action.dim();
+    let (act_dtype, act_size) = match g.spec.action {
+        ActionSpace::Box { .. } => (DType::DtypeF32, 4),
+        _ => (DType::DtypeI64, 8),
+    };
+    let p = g.spec.action.dist_params();
+    let m = g.mask_width();
+    let s = g.state_width();
+    let mut trunc_obs = Vec::new();
+    let mut trunc_states: Vec<f32> = Vec::new();
+    let mut k = 0;
+    for (j, &(_, col)) in g.truncations.iter().enumerate() {
+        if (c0..c1).contains(&col) {
+            trunc_obs.extend_from_slice(&g.truncation_obs[j * ob..(j + 1) * ob]);
+            if s > 0 {
+                trunc_states.extend_from_slice(&g.truncation_states[j * s..(j + 1) * s]);
+            }
+            k += 1;
+        }
+    }
+    let state_size = g.state.size()[1] as usize;
+    Rollout {
+        actor_id,
+        policy_version,
+        policy: g.spec.policy.clone(),
+        observations: Some(WireTensor::from_bytes(
+            obs_dtype,
+            &with(&[t + 1, w], obs_dims),
+            cols(g.obs.bytes(), t + 1, ob),
+        )),
+        actions: Some(WireTensor::from_bytes(
+            act_dtype,
+            &[t, w, d],
+            cols(actions.bytes(), t, d * act_size),
+        )),
+        rewards: Some(WireTensor::from_bytes(
+            DType::DtypeF32,
+            &[t, w],
+            cols(bytemuck::cast_slice(&g.rewards), t, 4),
+        )),
+        terminated: Some(WireTensor::from_bytes(
+            DType::DtypeU8,
+            &[t, w],
+            cols(&g.terminated, t, 1),
+        )),
+        truncated: Some(WireTensor::from_bytes(
+            DType::DtypeU8,
+            &[t, w],
+            cols(&g.truncated, t, 1),
+        )),
+        behaviour_params: Some(WireTensor::from_bytes(
+            DType::DtypeF32,
+            &[t, w, p],
+            cols(bytemuck::cast_slice(&g.params), t, p * 4),
+        )),
+        truncation_observations: Some(WireTensor::from_bytes(
+            obs_dtype,
+            &with(&[k], obs_dims),
+            Bytes::from(trunc_obs),
+        )),
+        action_masks: (m > 0)
+            .then(|| WireTensor::from_bytes(DType::DtypeU8, &[t, w, m], cols(&g.masks[..t * n * m], t, m))),
+        valid: g.valid[..t * n]
+            .contains(&0)
+            .then(|| WireTensor::from_bytes(DType::DtypeU8, &[t, w], cols(&g.valid[..t * n], t, 1))),
+        initial_state: (state_size > 0).then(|| {
+            WireTensor::from_bytes(
+                DType::DtypeF32,
+                &[w, state_size],
+                cols(bytemuck::cast_slice(&g.initial_state), 1, state_size * 4),
+            )
+        }),
+        states: (s > 0).then(|| {
+            WireTensor::from_bytes(
+                DType::DtypeF32,
+                &[t + 1, w, s],
+                cols(bytemuck::cast_slice(&g.states), t + 1, s * 4),
+            )
+        }),
+        truncation_states: (s > 0).then(|| {
+            WireTensor::from_bytes(
+                DType::DtypeF32,
+                &[k, s],
+                Bytes::copy_from_slice(bytemuck::cast_slice(&trunc_states)),
+            )
+        }),
     }
 }
 

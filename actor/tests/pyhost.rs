@@ -44,7 +44,7 @@ fn faulty(mode: &str, at: i64) -> EnvConfig {
 fn step_once(env: &mut dyn VecEnv, obs: &mut [f32]) -> Result<(), EnvError> {
     let n = env.num_envs();
     let (mut r, mut te, mut tr, mut fin, mut va) = (vec![0.0; n], vec![0; n], vec![0; n], Vec::new(), vec![1; n]);
-    env.step(
+    env.step_one(
         Action::Discrete(&vec![0; n]),
         StepOut {
             obs: ObsBuf::F32(obs),
@@ -54,6 +54,8 @@ fn step_once(env: &mut dyn VecEnv, obs: &mut [f32]) -> Result<(), EnvError> {
             masks: None,
             final_obs: &mut fin,
             valid: &mut va,
+            states: None,
+            final_states: None,
         },
     )
 }
@@ -64,13 +66,13 @@ fn cartpole_unroll(cfg: &EnvConfig) -> (proto::v1::Rollout, Vec<proto::v1::Episo
     let env = actor::envs::make(cfg, &seeds, &python_path()).unwrap();
     assert_eq!(env.spec(), &troupe::env::native_spec("CartPole-v1").unwrap());
     let spec = ModelSpec {
-        env: env.spec().clone(),
+        env: troupe::spaces::PolicySpec::single(env.spec()),
         model: ModelConfig::default(),
     };
     let net = Model::new(&spec, tch::Device::Cpu).unwrap();
-    let mut runner = EnvRunner::new(env, 200, 0, 3).unwrap();
+    let mut runner = EnvRunner::single(env, 200, 0, 3).unwrap();
     let mut stats = Vec::new();
-    let r = runner.unroll(&net, 1, 1, &mut |e| stats.push(e)).unwrap().remove(0);
+    let r = runner.unroll_one(&net, 1, 1, &mut |e| stats.push(e)).unwrap().remove(0);
     (r, stats)
 }
 
@@ -140,7 +142,7 @@ fn a_python_exception_bad_shape_dtype_or_nan_is_a_clear_error() {
     for (mode, field, problem) in cases {
         let mut env = actor::envs::make(&faulty(mode, 3), &seeds, &python_path()).unwrap();
         let mut obs = vec![0f32; 8];
-        env.reset(ObsBuf::F32(&mut obs), None).unwrap();
+        env.reset_one(ObsBuf::F32(&mut obs), None).unwrap();
         step_once(env.as_mut(), &mut obs).unwrap();
         step_once(env.as_mut(), &mut obs).unwrap();
         let e = step_once(env.as_mut(), &mut obs).unwrap_err();
@@ -158,17 +160,17 @@ fn the_runner_goes_on_with_a_rebuilt_env() {
     let cfg = faulty("raise", 40);
     let env = actor::envs::make(&cfg, &seeds, &python_path()).unwrap();
     let spec = ModelSpec {
-        env: env.spec().clone(),
+        env: troupe::spaces::PolicySpec::single(env.spec()),
         model: ModelConfig::default(),
     };
     let net = Model::new(&spec, tch::Device::Cpu).unwrap();
-    let mut runner = EnvRunner::new(env, 32, 0, 1).unwrap();
-    runner.unroll(&net, 1, 1, &mut |_| {}).unwrap();
-    let e = runner.unroll(&net, 1, 1, &mut |_| {}).unwrap_err();
+    let mut runner = EnvRunner::single(env, 32, 0, 1).unwrap();
+    runner.unroll_one(&net, 1, 1, &mut |_| {}).unwrap();
+    let e = runner.unroll_one(&net, 1, 1, &mut |_| {}).unwrap_err();
     assert_eq!(e.field, "exception");
     runner.replace_env(actor::envs::make(&cfg, &seeds, &python_path()).unwrap());
     for _ in 0..1 {
-        let parts = runner.unroll(&net, 1, 1, &mut |_| {}).unwrap();
+        let parts = runner.unroll_one(&net, 1, 1, &mut |_| {}).unwrap();
         assert_eq!(parts.len(), 1);
     }
 }
@@ -205,13 +207,13 @@ fn wrappers_from_the_config_are_applied() {
         kwargs,
     }];
     let mut env = actor::envs::make(&cfg, &[5], &python_path()).unwrap();
-    assert!(env.spec().action.is_continuous());
+    assert!(env.spec().agents[0].action.is_continuous());
     let mut obs = vec![0f32; 3];
-    env.reset(ObsBuf::F32(&mut obs), None).unwrap();
+    env.reset_one(ObsBuf::F32(&mut obs), None).unwrap();
     let (mut r, mut te, mut tr, mut fin, mut va) = (vec![0.0; 1], vec![0; 1], vec![0; 1], Vec::new(), vec![1; 1]);
     let mut truncated_at = None;
     for t in 1..=7 {
-        env.step(
+        env.step_one(
             Action::Continuous(&[0.5]),
             StepOut {
                 obs: ObsBuf::F32(&mut obs),
@@ -221,6 +223,8 @@ fn wrappers_from_the_config_are_applied() {
                 masks: None,
                 final_obs: &mut fin,
                 valid: &mut va,
+                states: None,
+                final_states: None,
             },
         )
         .unwrap();

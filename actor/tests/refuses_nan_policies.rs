@@ -9,7 +9,7 @@ use troupe::model::{Model, ModelSpec};
 
 fn spec() -> ModelSpec {
     ModelSpec {
-        env: troupe::env::native_spec("CartPole-v1").unwrap(),
+        env: troupe::spaces::PolicySpec::single(&troupe::env::native_spec("CartPole-v1").unwrap()),
         model: ModelConfig::default(),
     }
 }

@@ -1,15 +1,26 @@
 //! The coordinator: owns the run config, policy versions (in Redis), actor registration and the
 //! run's progress.
 //!
-//! - [`store`]: Redis keys and the retention rule.
-//! - [`service`]: the gRPC service.
-//! - [`distribution`]: policy-distribution latency from the actors' heartbeats.
+//! - [`service`]: the gRPC service, which hands each call to the piece owning its state:
+//! - [`actors`]: the actor registry and liveness;
+//! - [`run_policies`]: the env's spaces and the run's policies (the config's mapping applied);
+//! - [`policies`]: one policy's versions (minting, retention, the in-memory copies), its
+//!   learner [`lease`] and address, and its recent returns;
+//! - [`stats`]: the run's totals and the team's returns;
+//! - [`recovery`]: Redis losing its data, and writing it back;
+//! - [`store`]: Redis keys and the retention rule;
+//! - [`distribution`]: policy-distribution latency from the actors' heartbeats;
 //! - [`report`]: summary.json and the learning curve (used by `troupe-watch`).
 
+pub mod actors;
 pub mod distribution;
 pub mod lease;
+pub mod policies;
+pub mod recovery;
 pub mod report;
+pub mod run_policies;
 pub mod service;
+pub mod stats;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -139,4 +150,27 @@ pub async fn run(
     }
     tracing::info!("drained");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every Coordinator RPC in the protocol has roles: a new one cannot be silently refused
+    /// when tokens are on (the table is hand-written; this keeps it true to the generated list).
+    #[test]
+    fn every_coordinator_method_has_roles() {
+        let ours: Vec<&str> = proto::methods::GRPC_METHODS
+            .iter()
+            .copied()
+            .filter(|m| m.starts_with("troupe.v1.Coordinator/"))
+            .collect();
+        assert!(ours.len() >= 10, "{ours:?}");
+        for m in ours {
+            let roles = super::method_roles(&format!("/{m}")).unwrap_or_else(|| panic!("{m}: no roles"));
+            assert!(
+                roles.contains(&troupe::security::Role::Admin),
+                "{m}: admin may call every method"
+            );
+        }
+        assert!(super::method_roles("/troupe.v1.Coordinator/NoSuchMethod").is_none());
+    }
 }

@@ -14,6 +14,15 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(EXIT_USAGE);
         }
     };
+    // A native env's agents are known now: the config's mapping of them to policies must fit.
+    if config.env.backend == troupe::config::EnvBackend::Native {
+        if let Some(spec) = troupe::env::native_spec(&config.env.id) {
+            if let Err(e) = troupe::policy_map::policy_specs(&config, &spec) {
+                eprintln!("coordinator: {e}");
+                std::process::exit(EXIT_USAGE);
+            }
+        }
+    }
     let security = match troupe::security::Security::load(&args.tls, &args.auth) {
         Ok(s) => s,
         Err(e) => {

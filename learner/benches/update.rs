@@ -12,7 +12,7 @@ use learner::algorithms::TrainBatch;
 use learner::trainer::Trainer;
 use tch::{Device, Kind, Tensor};
 use troupe::model::ModelSpec;
-use troupe::spaces::{ActionSpace, EnvSpec, ObsDType, ObservationSpace};
+use troupe::spaces::{ActionSpace, EnvSpec, ObsDType, ObservationSpace, PolicySpec};
 use troupe::RunConfig;
 
 fn config(name: &str) -> RunConfig {
@@ -50,6 +50,9 @@ fn batch(spec: &ModelSpec, t: i64, b: i64) -> TrainBatch {
         state0: Tensor::zeros([b, 0], (Kind::Float, Device::Cpu)),
         truncation_obs,
         truncation_at: vec![],
+        agents: Tensor::zeros([b], (Kind::Int64, Device::Cpu)),
+        states: None,
+        truncation_states: None,
     }
 }
 
@@ -89,14 +92,13 @@ fn main() {
     if tch::Cuda::is_available() {
         devices.push(Device::Cuda(0));
     }
-    let minatar = EnvSpec {
-        id: "MinAtar/Breakout-v1".into(),
-        observation: ObservationSpace::u8(&[10, 10, 4]),
-        action: ActionSpace::Discrete { n: 3 },
-        action_mask: false,
-        num_agents: 1,
-    };
-    let cartpole = troupe::env::native_spec("CartPole-v1").expect("native CartPole");
+    let minatar = PolicySpec::single(&EnvSpec::single(
+        "MinAtar/Breakout-v1",
+        ObservationSpace::u8(&[10, 10, 4]),
+        ActionSpace::Discrete { n: 3 },
+        false,
+    ));
+    let cartpole = PolicySpec::single(&troupe::env::native_spec("CartPole-v1").expect("native CartPole"));
     let mut out = serde_json::Map::new();
     for (name, env) in [
         ("cartpole", &cartpole),

@@ -77,6 +77,12 @@ pub struct Columns {
     pub truncations: Vec<(usize, usize)>,
     /// `[K, obs bytes]`.
     pub truncation_observations: Vec<u8>,
+    /// Each column's agent: its index among the policy's agents.
+    pub agent_index: Vec<i64>,
+    /// T + 1 rows of the env's state (f32), with a centralized critic.
+    pub states: Option<Rows>,
+    /// `[K, state bytes]`, with a centralized critic.
+    pub truncation_states: Vec<u8>,
 }
 
 impl Columns {
@@ -92,8 +98,12 @@ impl Columns {
             Some(&self.params),
             self.masks.as_ref(),
             self.state.as_ref(),
+            self.states.as_ref(),
         ];
-        rows.iter().flatten().map(|r| r.data.len()).sum::<usize>() + self.truncation_observations.len()
+        rows.iter().flatten().map(|r| r.data.len()).sum::<usize>()
+            + self.truncation_observations.len()
+            + self.truncation_states.len()
+            + self.agent_index.len() * 8
     }
 
     /// Splits into columns `..at` and `at..`.
@@ -117,17 +127,23 @@ impl Columns {
         let (par_l, par_r) = split(&self.params);
         let (mask_l, mask_r) = split_opt(&self.masks);
         let (state_l, state_r) = split_opt(&self.state);
+        let (states_l, states_r) = split_opt(&self.states);
         let ob = self.observations.width;
+        let sb = self.states.as_ref().map_or(0, |r| r.width);
         let (mut tr_l, mut tr_r) = (Vec::new(), Vec::new());
         let (mut tro_l, mut tro_r) = (Vec::new(), Vec::new());
+        let (mut trs_l, mut trs_r) = (Vec::new(), Vec::new());
         for (k, &(step, col)) in self.truncations.iter().enumerate() {
             let row = &self.truncation_observations[k * ob..(k + 1) * ob];
+            let srow = &self.truncation_states[k * sb..(k + 1) * sb];
             if col < at {
                 tr_l.push((step, col));
                 tro_l.extend_from_slice(row);
+                trs_l.extend_from_slice(srow);
             } else {
                 tr_r.push((step, col - at));
                 tro_r.extend_from_slice(row);
+                trs_r.extend_from_slice(srow);
             }
         }
         let left = Columns {
@@ -145,6 +161,9 @@ impl Columns {
             state: state_l,
             truncations: tr_l,
             truncation_observations: tro_l,
+            agent_index: self.agent_index[..at].to_vec(),
+            states: states_l,
+            truncation_states: trs_l,
         };
         let right = Columns {
             t: self.t,
@@ -161,6 +180,9 @@ impl Columns {
             state: state_r,
             truncations: tr_r,
             truncation_observations: tro_r,
+            agent_index: self.agent_index[at..].to_vec(),
+            states: states_r,
+            truncation_states: trs_r,
         };
         (left, right)
     }
@@ -268,7 +290,9 @@ pub fn assemble(parts: &[Columns]) -> Batch {
     };
     let mut truncations = Vec::new();
     let mut truncation_observations = Vec::new();
+    let mut truncation_states = Vec::new();
     let mut truncation_index = Vec::new();
+    let mut agent_index = Vec::with_capacity(b);
     let mut versions = Vec::with_capacity(b);
     let mut offset = 0;
     for p in parts {
@@ -277,6 +301,8 @@ pub fn assemble(parts: &[Columns]) -> Batch {
             truncation_index.push((step * b + offset + col) as i64);
         }
         truncation_observations.extend_from_slice(&p.truncation_observations);
+        truncation_states.extend_from_slice(&p.truncation_states);
+        agent_index.extend_from_slice(&p.agent_index);
         versions.extend(std::iter::repeat_n(p.policy_version, p.n));
         offset += p.n;
     }
@@ -295,6 +321,9 @@ pub fn assemble(parts: &[Columns]) -> Batch {
         state: side_opt(|c| c.state.as_ref()),
         truncations,
         truncation_observations,
+        agent_index,
+        states: side_opt(|c| c.states.as_ref()),
+        truncation_states,
     };
     Batch {
         cols,
@@ -348,6 +377,9 @@ pub(crate) mod tests {
             state: Some(Rows::new(1, 4, f32s(&state))),
             truncations: truncs.to_vec(),
             truncation_observations: f32s(&tro),
+            agent_index: (0..n as i64).collect(),
+            states: None,
+            truncation_states: Vec::new(),
         }
     }
 

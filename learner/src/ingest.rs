@@ -32,17 +32,20 @@ use troupe::Error;
 
 use crate::batch::{Columns, Rows};
 use proto::v1::DType;
-use troupe::spaces::{ActionSpace, EnvSpec, ObsDType};
+use troupe::spaces::{ActionSpace, ObsDType, PolicySpec};
 
-/// What a rollout must look like: the run's env spec and sizes.
+/// What a rollout must look like: the policy's spaces and sizes.
 #[derive(Debug, Clone)]
 pub struct RolloutSpec {
     pub unroll_length: usize,
-    pub env: EnvSpec,
+    pub env: PolicySpec,
     /// Floats of recurrent state per column (0 without an LSTM core).
     pub state_size: usize,
-    /// Largest N accepted in one rollout: the run's `actor.num_envs` times agents per env.
+    /// Largest N accepted in one rollout: the run's `actor.num_envs` times the policy's agents
+    /// per env.
     pub max_envs: usize,
+    /// The policy this learner trains is the run's first (its rollouts may say "").
+    pub first_policy: bool,
 }
 
 impl RolloutSpec {
@@ -63,16 +66,19 @@ pub enum RejectKind {
     OutOfRange,
     Missing,
     DType,
+    /// A rollout of another policy than this learner's.
+    WrongPolicy,
 }
 
 impl RejectKind {
-    pub const ALL: [RejectKind; 6] = [
+    pub const ALL: [RejectKind; 7] = [
         RejectKind::UnknownVersion,
         RejectKind::NotFinite,
         RejectKind::Shape,
         RejectKind::OutOfRange,
         RejectKind::Missing,
         RejectKind::DType,
+        RejectKind::WrongPolicy,
     ];
 
     pub fn label(self) -> &'static str {
@@ -83,6 +89,7 @@ impl RejectKind {
             RejectKind::OutOfRange => "out_of_range",
             RejectKind::Missing => "missing",
             RejectKind::DType => "dtype",
+            RejectKind::WrongPolicy => "wrong_policy",
         }
     }
 }
@@ -128,6 +135,15 @@ fn shape_error(message: String) -> RolloutError {
 /// Checks a rollout and decodes it (one copy of each array). `latest_version` is the newest
 /// policy version there is.
 pub fn validate(r: &Rollout, spec: &RolloutSpec, latest_version: u64) -> Result<Columns, RolloutError> {
+    if r.policy != spec.env.policy && !(r.policy.is_empty() && spec.first_policy) {
+        return Err(RolloutError {
+            kind: RejectKind::WrongPolicy,
+            message: format!(
+                "policy: expected {:?}, the policy this learner trains, got {:?}",
+                spec.env.policy, r.policy
+            ),
+        });
+    }
     if r.policy_version == 0 || r.policy_version > latest_version {
         return Err(RolloutError {
             kind: RejectKind::UnknownVersion,
@@ -158,6 +174,12 @@ pub fn validate(r: &Rollout, spec: &RolloutSpec, latest_version: u64) -> Result<
             dims.join(", "),
             spec.max_envs,
             obs.shape
+        )));
+    }
+    let a = spec.env.agents_per_env();
+    if !n.is_multiple_of(a) {
+        return Err(shape_error(format!(
+            "observations: expected whole envs, N a multiple of the policy's {a} agents per env, got N = {n}"
         )));
     }
     let with_obs =
@@ -249,6 +271,26 @@ pub fn validate(r: &Rollout, spec: &RolloutSpec, latest_version: u64) -> Result<
         .filter(|(_, &x)| x == 1)
         .map(|(i, _)| (i / n, i % n))
         .collect();
+    let (states, truncation_states) = match &spec.env.state {
+        Some(space) => {
+            let s = space.size();
+            let v = TensorView::new::<f32>("states", r.states.as_ref())?;
+            v.expect_shape(&[Some(t + 1), Some(n), Some(s)])?;
+            v.check_finite_f32()?;
+            let tv = TensorView::new::<f32>("truncation_states", r.truncation_states.as_ref())?;
+            tv.expect_shape(&[Some(k), Some(s)])?;
+            tv.check_finite_f32()?;
+            (Some(Rows::new(t + 1, s * 4, v.bytes().to_vec())), tv.bytes().to_vec())
+        }
+        None => {
+            if r.states.is_some() || r.truncation_states.is_some() {
+                return Err(shape_error(
+                    "states: expected none, the policy has no centralized critic".into(),
+                ));
+            }
+            (None, Vec::new())
+        }
+    };
     let ob = spec.env.observation.bytes();
     Ok(Columns {
         t,
@@ -265,6 +307,9 @@ pub fn validate(r: &Rollout, spec: &RolloutSpec, latest_version: u64) -> Result<
         state,
         truncations,
         truncation_observations: trunc_obs.bytes().to_vec(),
+        agent_index: (0..n).map(|c| (c % a) as i64).collect(),
+        states,
+        truncation_states,
     })
 }
 
@@ -537,20 +582,20 @@ const ACK_BUFFER: usize = 8;
 mod tests {
     use super::*;
     use proto::v1::Tensor;
-    use troupe::spaces::ObservationSpace;
+    use troupe::spaces::{EnvSpec, ObservationSpace};
 
     fn spec() -> RolloutSpec {
         RolloutSpec {
             unroll_length: 3,
-            env: EnvSpec {
-                id: "Test-v0".into(),
-                observation: ObservationSpace::f32(&[2]),
-                action: ActionSpace::Discrete { n: 2 },
-                action_mask: false,
-                num_agents: 1,
-            },
+            env: PolicySpec::single(&EnvSpec::single(
+                "Test-v0",
+                ObservationSpace::f32(&[2]),
+                ActionSpace::Discrete { n: 2 },
+                false,
+            )),
             state_size: 0,
             max_envs: 64,
+            first_policy: true,
         }
     }
 
@@ -571,6 +616,9 @@ mod tests {
             action_masks: None,
             initial_state: None,
             valid: None,
+            policy: "default".into(),
+            states: None,
+            truncation_states: None,
         }
     }
 

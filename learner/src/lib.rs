@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use troupe::model::ModelSpec;
 use troupe::process::{grpc_channel, write_ready_file, Backoff, GrpcChannel};
 use troupe::security::Security;
-use troupe::spaces::EnvSpec;
+use troupe::spaces::{EnvSpec, PolicySpec};
 use troupe::telemetry::names;
 use troupe::RunConfig;
 
@@ -72,6 +72,10 @@ pub struct Args {
     /// one. A persistent volume in Kubernetes and compose.
     #[arg(long, env = "TROUPE_CHECKPOINT_DIR")]
     pub checkpoint_dir: Option<PathBuf>,
+    /// The policy this learner trains (default: the run's only one). A multi-policy run has one
+    /// learner process per policy, each with its own lease, versions and checkpoints.
+    #[arg(long, env = "TROUPE_POLICY")]
+    pub policy: Option<String>,
     /// Names this learner's slot for the lease (default: the host name). A learner with the
     /// same id takes over at once; another id waits until the holder's lease runs out.
     #[arg(long, env = "TROUPE_LEARNER_ID")]
@@ -115,7 +119,9 @@ pub enum Ended {
 /// What registration gave us.
 struct Registered {
     config: RunConfig,
-    spec: EnvSpec,
+    spec: PolicySpec,
+    /// The policy is the run's first (rollouts that name no policy are its).
+    first_policy: bool,
     latest: u64,
     epoch: u64,
     lease_s: f64,
@@ -126,6 +132,7 @@ struct Registered {
 /// the lease and `on_fenced` is `exit`.
 async fn register(
     client: &mut CoordinatorClient<GrpcChannel>,
+    policy: Option<&str>,
     advertise: &str,
     learner_id: &str,
     checkpoint_version: u64,
@@ -138,15 +145,18 @@ async fn register(
             advertise_address: advertise.to_string(),
             learner_id: learner_id.to_string(),
             checkpoint_version,
+            policy: policy.unwrap_or_default().to_string(),
         };
         match client.register_learner(req).await {
             Ok(r) => {
                 let r = r.into_inner();
                 let config = RunConfig::from_toml(&r.run_config_toml)?;
                 let json = r.spec.map(|s| s.json).unwrap_or_default();
-                let spec: EnvSpec = serde_json::from_str(&json).context("coordinator sent a malformed env spec")?;
-                spec.validate()?;
+                let env: EnvSpec = serde_json::from_str(&json).context("coordinator sent a malformed env spec")?;
+                env.validate()?;
+                let (spec, first_policy) = own_policy(&config, &env, policy)?;
                 return Ok(Ok(Some(Registered {
+                    first_policy,
                     config,
                     spec,
                     latest: r.latest_version,
@@ -177,6 +187,25 @@ async fn register(
             }
         }
     }
+}
+
+/// The spec of the policy this learner trains: `--policy`, or the run's only policy.
+fn own_policy(config: &RunConfig, env: &EnvSpec, policy: Option<&str>) -> anyhow::Result<(PolicySpec, bool)> {
+    let policies = troupe::policy_map::policy_specs(config, env)?;
+    let spec = match policy {
+        Some(name) => troupe::policy_map::find(&policies, name)?.clone(),
+        None if policies.len() == 1 => policies[0].clone(),
+        None => {
+            let names: Vec<&str> = policies.iter().map(|p| p.policy.as_str()).collect();
+            anyhow::bail!(
+                "--policy: the run has {} policies {names:?}: start one learner per policy, each with --policy NAME",
+                names.len()
+            )
+        }
+    };
+    spec.validate()?;
+    let first = policies[0].policy == spec.policy;
+    Ok((spec, first))
 }
 
 /// What ended the model thread, from its join result.
@@ -252,6 +281,7 @@ pub async fn run(
     let checkpoint_version = resume.as_ref().map_or(0, |r| r.version);
     let registered = register(
         &mut client,
+        args.policy.as_deref(),
         &advertise,
         &learner_id,
         checkpoint_version,
@@ -262,6 +292,7 @@ pub async fn run(
     let Registered {
         config,
         spec: env_spec,
+        first_policy,
         latest,
         epoch,
         lease_s,
@@ -273,7 +304,16 @@ pub async fn run(
     if let Some(c) = checkpointer.as_mut() {
         c.keep(config.learner.keep_checkpoints);
     }
-    tracing::info!(advertise = %advertise, learner_id = %learner_id, epoch, latest_version = latest, env = %env_spec.id, "registered with the coordinator");
+    tracing::info!(advertise = %advertise, learner_id = %learner_id, policy = %env_spec.policy, epoch, latest_version = latest, env = %env_spec.id, "registered with the coordinator");
+    // A checkpoint of another policy (a shared directory) is not ours to resume from.
+    let resume = resume.filter(|r| match troupe::model::spec_of_blob(&r.policy) {
+        Ok(s) if s.env.policy == env_spec.policy => true,
+        Ok(s) => {
+            tracing::warn!(path = %r.path.display(), checkpoint_policy = %s.env.policy, policy = %env_spec.policy, "skipping a checkpoint of another policy");
+            false
+        }
+        Err(_) => true,
+    });
     // Everything below stops on a signal or when another learner fences this one.
     let fenced = CancellationToken::new();
     let stop = shutdown.child_token();
@@ -300,7 +340,7 @@ pub async fn run(
             );
         }
         None if latest > 0 => {
-            let (meta, blob) = troupe::client::fetch_policy(&mut client, latest)
+            let (meta, blob) = troupe::client::fetch_policy_of(&mut client, &env_spec.policy, latest)
                 .await
                 .context("fetching the latest policy to resume from")?;
             trainer.load(meta.version, meta.learner_step, meta.frames, &blob)?;
@@ -340,6 +380,7 @@ pub async fn run(
     let publisher = tokio::spawn(
         publisher::Publisher {
             channel: coordinator.clone(),
+            policy: env_spec.policy.clone(),
             snapshots: snap_rx,
             published: latest,
             epoch,
@@ -351,6 +392,7 @@ pub async fn run(
     );
     tokio::spawn(publisher::keep_lease(
         coordinator.clone(),
+        env_spec.policy.clone(),
         epoch,
         lease_s,
         fenced.clone(),
@@ -381,7 +423,8 @@ pub async fn run(
     let service = ingest::LearnerService {
         spec: Arc::new(ingest::RolloutSpec {
             unroll_length: config.actor.unroll_length,
-            max_envs: config.actor.num_envs * env_spec.num_agents,
+            max_envs: config.actor.num_envs * env_spec.agents_per_env(),
+            first_policy,
             env: env_spec,
             state_size,
         }),
@@ -487,4 +530,21 @@ pub async fn run(
     } else {
         Ended::Shutdown
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every Learner RPC in the protocol has roles (see the coordinator's twin of this test).
+    #[test]
+    fn every_learner_method_has_roles() {
+        let ours: Vec<&str> = proto::methods::GRPC_METHODS
+            .iter()
+            .copied()
+            .filter(|m| m.starts_with("troupe.v1.Learner/"))
+            .collect();
+        assert!(!ours.is_empty());
+        for m in ours {
+            assert!(super::method_roles(&format!("/{m}")).is_some(), "{m}: no roles");
+        }
+    }
 }

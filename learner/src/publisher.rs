@@ -17,8 +17,9 @@ use troupe::telemetry::names;
 use crate::trainer::Snapshot;
 
 /// Chunks of a snapshot: metadata and the epoch first, then the blob in order.
-pub fn chunks(s: &Snapshot, epoch: u64) -> Vec<PolicyChunk> {
+pub fn chunks(s: &Snapshot, epoch: u64, policy: &str) -> Vec<PolicyChunk> {
     let meta = PolicyMeta {
+        policy: policy.to_string(),
         version: s.version,
         learner_step: s.learner_step,
         frames: s.frames,
@@ -46,6 +47,8 @@ pub fn chunks(s: &Snapshot, epoch: u64) -> Vec<PolicyChunk> {
 /// What the publisher shares with the rest of the learner.
 pub struct Publisher {
     pub channel: GrpcChannel,
+    /// The policy whose versions these are.
+    pub policy: String,
     pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
     /// The newest version already stored.
     pub published: u64,
@@ -63,6 +66,7 @@ impl Publisher {
     pub async fn run(self) {
         let Publisher {
             channel,
+            policy,
             mut snapshots,
             mut published,
             epoch,
@@ -93,7 +97,7 @@ impl Publisher {
             let mut attempts = 0;
             loop {
                 attempts += 1;
-                let mut req = tonic::Request::new(tokio_stream::iter(chunks(&snap, epoch)));
+                let mut req = tonic::Request::new(tokio_stream::iter(chunks(&snap, epoch, &policy)));
                 req.set_timeout(Duration::from_secs(10));
                 match client.publish_policy(req).await {
                     Ok(resp) => {
@@ -160,6 +164,7 @@ impl Publisher {
 /// unreachable coordinator is retried (publishes would find out if the lease ran out meanwhile).
 pub async fn keep_lease(
     channel: GrpcChannel,
+    policy: String,
     epoch: u64,
     lease_s: f64,
     fenced: CancellationToken,
@@ -173,7 +178,10 @@ pub async fn keep_lease(
             _ = stop.cancelled() => return,
             _ = fenced.cancelled() => return,
         }
-        let mut req = tonic::Request::new(proto::v1::RenewLearnerLeaseRequest { epoch });
+        let mut req = tonic::Request::new(proto::v1::RenewLearnerLeaseRequest {
+            epoch,
+            policy: policy.clone(),
+        });
         req.set_timeout(every);
         match client.renew_learner_lease(req).await {
             Ok(_) => {}

@@ -684,7 +684,7 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
     use troupe::config::ModelConfig;
-    use troupe::spaces::{ActionSpace, EnvSpec, ObservationSpace};
+    use troupe::spaces::{ActionSpace, EnvSpec, ObservationSpace, PolicySpec};
 
     /// The tests seed torch's global RNG before building a model: one at a time, or a test
     /// running beside another gets other initial weights.
@@ -692,13 +692,12 @@ mod tests {
 
     fn spec() -> ModelSpec {
         ModelSpec {
-            env: EnvSpec {
-                id: "Test-v0".into(),
-                observation: ObservationSpace::f32(&[4]),
-                action: ActionSpace::Discrete { n: 3 },
-                action_mask: false,
-                num_agents: 1,
-            },
+            env: PolicySpec::single(&EnvSpec::single(
+                "Test-v0",
+                ObservationSpace::f32(&[4]),
+                ActionSpace::Discrete { n: 3 },
+                false,
+            )),
             model: ModelConfig {
                 hidden_sizes: vec![16],
                 ..ModelConfig::default()
@@ -753,6 +752,9 @@ mod tests {
             state: None,
             truncations: vec![],
             truncation_observations: vec![],
+            agent_index: vec![0; n],
+            states: None,
+            truncation_states: vec![],
         }])
     }
 

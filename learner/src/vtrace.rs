@@ -32,6 +32,9 @@ pub struct VTraceInput<'a> {
     pub rho_bar: f64,
     pub c_bar: f64,
     pub pg_rho_bar: f64,
+    /// Where false, the step passes the trajectory through: its importance weights are 1
+    /// whatever the clips (see [`vtrace_from_flags`]). `None`: every step is present.
+    pub present: Option<&'a Tensor>,
 }
 
 pub struct VTraceOutput {
@@ -44,8 +47,13 @@ pub struct VTraceOutput {
 pub fn vtrace(x: &VTraceInput<'_>) -> VTraceOutput {
     tch::no_grad(|| {
         let rhos = x.log_rhos.exp();
-        let clipped_rhos = rhos.clamp_max(x.rho_bar);
-        let cs = rhos.clamp_max(x.c_bar);
+        let (clipped_rhos, cs) = match x.present {
+            Some(p) => (
+                rhos.clamp_max(x.rho_bar).where_self(p, &rhos.ones_like()),
+                rhos.clamp_max(x.c_bar).where_self(p, &rhos.ones_like()),
+            ),
+            None => (rhos.clamp_max(x.rho_bar), rhos.clamp_max(x.c_bar)),
+        };
         let deltas = &clipped_rhos * (x.rewards + x.discounts * x.next_values - x.values);
         let steps = deltas.size()[0];
         let trace = x.trace_discounts * &cs;
@@ -82,10 +90,19 @@ pub struct Ends<'a> {
     pub truncated: &'a Tensor,
     /// Value of the last observation at truncated steps (anything elsewhere), [T, B].
     pub truncation_values: &'a Tensor,
+    /// 0 where the column took no step (an absent agent, or an env's reset step), [T, B].
+    pub valid: &'a Tensor,
 }
 
 /// V-trace from the values of all T + 1 observations ([T + 1, B], the last row is the bootstrap)
 /// and the episode-end flags: builds `V_next`, the discounts and the trace discounts.
+///
+/// A step the column took no part in (`valid` 0: its agent was absent, or the env only reset)
+/// passes the trajectory through: its value is that of the column's next present step, its
+/// importance weights are 1 and it is not discounted (time, for an agent, is its own steps), so
+/// its target is its reward plus the next present step's, and a present step before it
+/// bootstraps from that next present step. Where an agent's episode ended, the flags cut the
+/// trace as usual, so the absent steps after an agent finished never reach its episode.
 pub fn vtrace_from_flags(
     log_rhos: &Tensor,
     rewards: &Tensor,
@@ -95,15 +112,27 @@ pub fn vtrace_from_flags(
 ) -> VTraceOutput {
     tch::no_grad(|| {
         let steps = rewards.size()[0];
+        let present = ends.valid.gt(0.5);
+        // Values carried back over absent steps: row s is V(x_s) where present, else row s + 1's.
+        let mut carried = vec![values_all.get(steps)];
+        for s in (0..steps).rev() {
+            let next = carried.last().expect("one row").shallow_clone();
+            carried.push(values_all.get(s).where_self(&present.get(s), &next));
+        }
+        carried.reverse();
+        let values_all = Tensor::stack(&carried, 0);
         let values = values_all.narrow(0, 0, steps);
         let following = values_all.narrow(0, 1, steps);
         // Truncated: the value of the episode's last observation. Terminated: multiplied by 0.
         let next_values = ends.truncation_values.where_self(&ends.truncated.gt(0.5), &following);
-        let discounts = (1.0 - ends.terminated) * p.discount;
+        let gamma = Tensor::full_like(ends.valid, p.discount).where_self(&present, &ends.valid.ones_like());
+        let discounts = (1.0 - ends.terminated) * &gamma;
         let done = (ends.terminated + ends.truncated).clamp_max(1.0);
-        let trace_discounts = (1.0 - done) * p.discount;
+        let trace_discounts = (1.0 - done) * &gamma;
+        let log_rhos = log_rhos.where_self(&present, &log_rhos.zeros_like());
         vtrace(&VTraceInput {
-            log_rhos,
+            present: Some(&present),
+            log_rhos: &log_rhos,
             rewards,
             values: &values,
             next_values: &next_values,
@@ -260,6 +289,7 @@ mod tests {
                         terminated: &flags(&c.terminated),
                         truncated: &flags(&c.truncated),
                         truncation_values: &tensor(&c.truncation_values),
+                        valid: &flags(&c.terminated).ones_like(),
                     },
                     &VTraceParams {
                         discount: c.gamma,
@@ -296,6 +326,7 @@ mod tests {
                 terminated: &zeros,
                 truncated: &zeros,
                 truncation_values: &zeros,
+                valid: &zeros.ones_like(),
             },
             &VTraceParams {
                 discount: gamma,
@@ -312,6 +343,109 @@ mod tests {
             }
             want += gamma.powi((t - s) as i32) * 10.0;
             assert!((vs[s] as f64 - want).abs() < 1e-4, "{s}: {} vs {want}", vs[s]);
+        }
+    }
+
+    /// A multi-agent unroll: agents finish at different times (then sit out, absent, until
+    /// the env's episode ends and they start again) and skip turns mid-episode. Each column's
+    /// targets at its present steps equal the paper's formula on that agent's own trajectory:
+    /// its present steps alone, in order, bootstrapping from the unroll's last observation.
+    #[test]
+    fn absent_steps_leave_each_agents_trajectory_whole() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let (t, b) = (24usize, 6usize);
+        for &(rho_bar, c_bar, pg_rho_bar) in &[(1.0, 1.0, 1.0), (1.5, 0.8, 1.2)] {
+            for _ in 0..6 {
+                let mut c = random_case(&mut rng, t, b);
+                // Absent runs: after an agent's episode ends (until a random reset), and single
+                // skipped turns; no reward on an absent step (the agent got none).
+                let mut valid = vec![vec![true; b]; t];
+                for j in 0..b {
+                    let mut s = 0;
+                    while s < t {
+                        if rng.random_bool(0.12) && s > 0 {
+                            valid[s][j] = false; // not its turn
+                        }
+                        if valid[s][j] && (c.terminated[s][j] || c.truncated[s][j]) && rng.random_bool(0.6) {
+                            let gap = rng.random_range(1..5);
+                            for k in s + 1..(s + 1 + gap).min(t) {
+                                valid[k][j] = false;
+                            }
+                            s += gap;
+                        }
+                        s += 1;
+                    }
+                }
+                for s in 0..t {
+                    for j in 0..b {
+                        if !valid[s][j] {
+                            c.rewards[s][j] = 0.0;
+                            c.terminated[s][j] = false;
+                            c.truncated[s][j] = false;
+                        }
+                    }
+                }
+                let valid_rows: Vec<Vec<f64>> = valid
+                    .iter()
+                    .map(|r| r.iter().map(|&v| v as u8 as f64).collect())
+                    .collect();
+                let out = vtrace_from_flags(
+                    &tensor(&c.log_rhos),
+                    &tensor(&c.rewards),
+                    &tensor(&c.values),
+                    &Ends {
+                        terminated: &flags(&c.terminated),
+                        truncated: &flags(&c.truncated),
+                        truncation_values: &tensor(&c.truncation_values),
+                        valid: &tensor(&valid_rows),
+                    },
+                    &VTraceParams {
+                        discount: c.gamma,
+                        rho_bar,
+                        c_bar,
+                        pg_rho_bar,
+                    },
+                );
+                let got_vs = Vec::<f32>::try_from(out.vs.flatten(0, -1)).unwrap();
+                let got_pg = Vec::<f32>::try_from(out.pg_advantages.flatten(0, -1)).unwrap();
+                for j in 0..b {
+                    let steps: Vec<usize> = (0..t).filter(|&s| valid[s][j]).collect();
+                    if steps.is_empty() {
+                        continue;
+                    }
+                    let col =
+                        |rows: &[Vec<f64>]| -> Vec<Vec<f64>> { steps.iter().map(|&s| vec![rows[s][j]]).collect() };
+                    let colb =
+                        |rows: &[Vec<bool>]| -> Vec<Vec<bool>> { steps.iter().map(|&s| vec![rows[s][j]]).collect() };
+                    let mut values = col(&c.values);
+                    values.push(vec![c.values[t][j]]);
+                    let own = Case {
+                        t: steps.len(),
+                        b: 1,
+                        gamma: c.gamma,
+                        log_rhos: col(&c.log_rhos),
+                        rewards: col(&c.rewards),
+                        values,
+                        terminated: colb(&c.terminated),
+                        truncated: colb(&c.truncated),
+                        truncation_values: col(&c.truncation_values),
+                    };
+                    let (want_vs, want_pg) = reference(&own, rho_bar, c_bar, pg_rho_bar);
+                    for (k, &s) in steps.iter().enumerate() {
+                        let (gv, gp) = (got_vs[s * b + j] as f64, got_pg[s * b + j] as f64);
+                        assert!(
+                            (gv - want_vs[k][0]).abs() < 1e-4,
+                            "vs[{s}][{j}]: {gv} vs {}",
+                            want_vs[k][0]
+                        );
+                        assert!(
+                            (gp - want_pg[k][0]).abs() < 1e-4,
+                            "pg[{s}][{j}]: {gp} vs {}",
+                            want_pg[k][0]
+                        );
+                    }
+                }
+            }
         }
     }
 }

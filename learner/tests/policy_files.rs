@@ -7,7 +7,7 @@
 use tch::{Device, Kind, Tensor};
 use troupe::config::{ModelConfig, TorsoKind};
 use troupe::model::{Model, ModelSpec};
-use troupe::spaces::{ActionSpace, EnvSpec, ObsDType, ObservationSpace};
+use troupe::spaces::{ActionSpace, EnvSpec, ObsDType, ObservationSpace, PolicySpec};
 
 fn to_nested(t: &Tensor) -> serde_json::Value {
     let size = t.size();
@@ -77,13 +77,7 @@ fn load_policy_rebuilds_every_model_with_the_same_outputs() {
                     ..ModelConfig::default()
                 };
                 let spec = ModelSpec {
-                    env: EnvSpec {
-                        id: "Test-v0".into(),
-                        observation: observation.clone(),
-                        action: action.clone(),
-                        action_mask: false,
-                        num_agents: 1,
-                    },
+                    env: PolicySpec::single(&EnvSpec::single("Test-v0", observation.clone(), action.clone(), false)),
                     model,
                 };
                 tch::manual_seed(checked);

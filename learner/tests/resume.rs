@@ -28,21 +28,22 @@ fn batches(config: &RunConfig) -> (ModelSpec, Vec<Batch>) {
     let seeds: Vec<u64> = (0..config.actor.num_envs as u64).collect();
     let env = actor::envs::make(&config.env, &seeds, &[]).unwrap();
     let spec = ModelSpec {
-        env: env.spec().clone(),
+        env: troupe::spaces::PolicySpec::single(env.spec()),
         model: config.model.clone(),
     };
     let acting = Model::new(&spec, Device::Cpu).unwrap();
-    let mut runner = EnvRunner::new(env, config.actor.unroll_length, acting.state_size(), 5).unwrap();
+    let mut runner = EnvRunner::single(env, config.actor.unroll_length, acting.state_size(), 5).unwrap();
     let rollout_spec = RolloutSpec {
         unroll_length: config.actor.unroll_length,
         env: spec.env.clone(),
         state_size: 0,
         max_envs: config.actor.num_envs,
+        first_policy: true,
     };
     let mut batcher = Batcher::new(config.learner.batch_size);
     let mut out = Vec::new();
     while out.len() < UPDATES {
-        for r in runner.unroll(&acting, 1, 1, &mut |_| {}).unwrap() {
+        for r in runner.unroll_one(&acting, 1, 1, &mut |_| {}).unwrap() {
             batcher.push(validate(&r, &rollout_spec, 1).unwrap());
         }
         while let Some(b) = batcher.next_batch() {

@@ -31,6 +31,7 @@ async fn coordinator_recovers_from_redis_and_the_cluster_carries_on() -> anyhow:
             .pin_policy(proto::v1::PinPolicyRequest {
                 version: v,
                 pinned: true,
+                ..Default::default()
             })
             .await
         {
@@ -43,6 +44,12 @@ async fn coordinator_recovers_from_redis_and_the_cluster_carries_on() -> anyhow:
         }
     })
     .await?;
+    // Fetches are served from the coordinator's memory: the pin shows there, not only in Redis.
+    let (pinned_meta, _) = troupe::client::fetch_policy(&mut cluster.client().await?, pinned).await?;
+    assert!(
+        pinned_meta.pinned,
+        "GetPolicy of pinned version {pinned}: {pinned_meta:?}"
+    );
 
     let mut client = cluster.client().await?;
     let (old_meta, _) = troupe::client::fetch_policy(&mut client, 0).await?;

@@ -49,7 +49,7 @@ async fn slow_watchers_always_get_the_latest_and_retention_waits_for_actors() ->
         let mut client = cluster.client_as(troupe::security::Role::Evaluator).await?;
         tasks.spawn(async move {
             let mut stream = client
-                .watch_policies(WatchPoliciesRequest {})
+                .watch_policies(WatchPoliciesRequest::default())
                 .await
                 .expect("watch")
                 .into_inner();

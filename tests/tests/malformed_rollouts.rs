@@ -22,6 +22,7 @@ fn rollout(t: usize, n: usize, version: u64) -> Rollout {
         action_masks: None,
         initial_state: None,
         valid: None,
+        ..Default::default()
     }
 }
 

@@ -121,6 +121,7 @@ async fn tls_and_tokens_refuse_strangers_and_wrong_roles() -> anyhow::Result<()>
             advertise_address: "https://127.0.0.1:1".into(),
             learner_id: "intruder".into(),
             checkpoint_version: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -136,6 +137,7 @@ async fn tls_and_tokens_refuse_strangers_and_wrong_roles() -> anyhow::Result<()>
         .pin_policy(proto::v1::PinPolicyRequest {
             version: before,
             pinned: true,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -322,6 +324,7 @@ async fn the_learner_lease_fences_a_second_learner_and_versions_are_minted() -> 
             advertise_address: "https://127.0.0.1:1".into(),
             learner_id: "second-learner".into(),
             checkpoint_version: 0,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -365,12 +368,16 @@ async fn the_learner_lease_fences_a_second_learner_and_versions_are_minted() -> 
             advertise_address: cluster.learner_addr.clone(),
             learner_id: hostname,
             checkpoint_version: 0,
+            ..Default::default()
         })
         .await?
         .into_inner();
     assert_eq!(taken.epoch, current + 1);
     let err = as_learner
-        .renew_learner_lease(RenewLearnerLeaseRequest { epoch: current })
+        .renew_learner_lease(RenewLearnerLeaseRequest {
+            epoch: current,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");

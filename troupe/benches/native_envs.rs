@@ -8,15 +8,16 @@ use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use troupe::env::{make_native, Action, NATIVE_IDS};
+use troupe::env::{make_native, Action, CLASSIC_CONTROL_IDS};
 use troupe::spaces::ActionSpace;
 
 fn main() {
     let seconds: f64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(2.0);
     let mut out = serde_json::Map::new();
-    for &id in NATIVE_IDS {
+    for &id in CLASSIC_CONTROL_IDS {
         let mut env = make_native(id, 1).expect("native id");
-        let spec = env.spec();
+        let env_spec = env.spec();
+        let spec = &env_spec.agents[0];
         let mut obs = vec![0f32; spec.observation.size()];
         let mut rng = StdRng::seed_from_u64(2);
         // Pre-drawn actions, so the loop measures the env, not the RNG.

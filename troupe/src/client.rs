@@ -7,14 +7,27 @@ use bytes::BytesMut;
 use proto::v1::coordinator_client::CoordinatorClient;
 use proto::v1::{GetPolicyRequest, PolicyMeta};
 
-/// Fetches one policy version (0 = latest) and its metadata; a fetch that takes over 30 s is
-/// abandoned.
+/// Fetches one version (0 = latest) of the run's first policy, and its metadata.
 pub async fn fetch_policy(
     client: &mut CoordinatorClient<GrpcChannel>,
     version: u64,
 ) -> Result<(PolicyMeta, bytes::Bytes), tonic::Status> {
+    fetch_policy_of(client, "", version).await
+}
+
+/// Fetches one version (0 = latest) of `policy` ("" for the run's first) and its metadata; a
+/// fetch that takes over 30 s is abandoned.
+pub async fn fetch_policy_of(
+    client: &mut CoordinatorClient<GrpcChannel>,
+    policy: &str,
+    version: u64,
+) -> Result<(PolicyMeta, bytes::Bytes), tonic::Status> {
     let work = async {
-        let mut stream = client.get_policy(GetPolicyRequest { version }).await?.into_inner();
+        let req = GetPolicyRequest {
+            version,
+            policy: policy.to_string(),
+        };
+        let mut stream = client.get_policy(req).await?.into_inner();
         let mut blob = BytesMut::new();
         let mut meta: Option<PolicyMeta> = None;
         while let Some(chunk) = stream.message().await? {

@@ -27,6 +27,56 @@ pub struct RunConfig {
     /// APPO's settings; only with `learner.algorithm = "appo"`.
     pub appo: Option<AppoConfig>,
     pub coordinator: CoordinatorConfig,
+    /// How a multi-agent env's agents map to policies, and what reward they train on.
+    pub policies: PoliciesConfig,
+}
+
+/// How agents map to policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyMapping {
+    /// One policy, `default`, for every agent (with the agent-id input when there are several).
+    Shared,
+    /// One policy per agent, named by the agent's id.
+    PerAgent,
+    /// `policies.map`: each agent's policy, by name, among `policies.names` (teams).
+    Map,
+}
+
+/// The reward each agent trains on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RewardMode {
+    /// Its own reward.
+    Agent,
+    /// The team reward: the sum of every agent's reward at that step.
+    Team,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoliciesConfig {
+    pub mapping: PolicyMapping,
+    /// With `mapping = "map"`: the policies of the run.
+    pub names: Vec<String>,
+    /// With `mapping = "map"`: agent id to policy name, for every agent of the env.
+    pub map: std::collections::BTreeMap<String, String>,
+    /// Feed the model a one-hot of the column's agent (default: when a policy acts for more
+    /// than one agent).
+    pub agent_id_input: Option<bool>,
+    pub reward: RewardMode,
+}
+
+impl Default for PoliciesConfig {
+    fn default() -> Self {
+        PoliciesConfig {
+            mapping: PolicyMapping::Shared,
+            names: Vec::new(),
+            map: Default::default(),
+            agent_id_input: None,
+            reward: RewardMode::Agent,
+        }
+    }
 }
 
 /// Where an environment's code runs.
@@ -42,6 +92,10 @@ pub enum EnvBackend {
     /// `envpool.make_gymnasium(id, num_envs=N, seed=..., **kwargs)`: one C++ pool of N envs.
     /// EnvPool resets one step after an episode ends; those steps are marked and left out.
     Envpool,
+    /// A PettingZoo env from `module:function` (e.g. `mpe2.simple_spread_v3:parallel_env`)
+    /// called with `kwargs`: a parallel env, or a turn-based AEC env through PettingZoo's own
+    /// conversion to the parallel API.
+    Pettingzoo,
 }
 
 /// A Gymnasium wrapper applied to a hosted env: `gymnasium.wrappers.<name>(env, **kwargs)`, or
@@ -72,6 +126,10 @@ pub struct EnvConfig {
     pub imports: Vec<String>,
     /// Directories added to Python's `sys.path` (for a factory's module).
     pub python_path: Vec<String>,
+    /// Python-hosted multi-agent envs: an episode that ends at this step is reported as
+    /// truncated rather than terminated (lbforaging reports its 50-step limit as `done`; EPyMARL
+    /// reads it as a time limit).
+    pub time_limit: Option<u32>,
     /// Lowest and highest episode return the env can give, for the actors' return histogram
     /// buckets (e.g. [0, 500] for CartPole, [-500, 0] for Acrobot). Without it, buckets span
     /// +-10^5 on a log scale. (The learning curve follows the returns themselves.)
@@ -131,6 +189,10 @@ pub struct ModelConfig {
     pub normalize_observations: bool,
     /// The clip for normalised observations.
     pub observation_clip: f64,
+    /// A centralized critic (MAPPO's, with V-trace): the value function reads the env's global
+    /// state (and the agent one-hot) instead of the agent's own observation. Needs an env with
+    /// a state and separate torsos.
+    pub central_critic: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -307,6 +369,7 @@ impl Default for EnvConfig {
             factory: String::new(),
             imports: Vec::new(),
             python_path: Vec::new(),
+            time_limit: None,
             return_range: None,
         }
     }
@@ -329,6 +392,7 @@ impl Default for ModelConfig {
             init_log_std: 0.0,
             normalize_observations: false,
             observation_clip: 10.0,
+            central_critic: false,
         }
     }
 }
@@ -426,6 +490,7 @@ impl Default for RunConfig {
             impala: None,
             appo: None,
             coordinator: CoordinatorConfig::default(),
+            policies: PoliciesConfig::default(),
         }
     }
 }
@@ -591,6 +656,14 @@ impl RunConfig {
         )?;
         check_open_range("learner.stream_idle_timeout_s", l.stream_idle_timeout_s, 0.0, 86400.0)?;
         check_range("learner.keep_checkpoints", l.keep_checkpoints as f64, 1.0, 1000.0)?;
+        self.policies.validate()?;
+        if self.model.central_critic && self.model.share_torso {
+            return bad(
+                "model.central_critic",
+                "separate torsos (model.share_torso = false): the critic reads the state, the policy the observation",
+                "true",
+            );
+        }
         check_open_range("learner.checkpoint_every_s", l.checkpoint_every_s, 0.0, 86400.0)?;
         Ok(())
     }
@@ -617,14 +690,14 @@ impl EnvConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let ids = crate::env::NATIVE_IDS;
         match self.backend {
-            EnvBackend::Native if !ids.contains(&self.id.as_str()) => {
+            EnvBackend::Native if !crate::env::is_native(&self.id) => {
                 return bad(
                     "env.id",
                     &format!("a native env, one of {ids:?} (or set env.backend = \"gymnasium\" for a Gymnasium id)"),
                     &self.id,
                 );
             }
-            EnvBackend::Factory => {
+            EnvBackend::Factory | EnvBackend::Pettingzoo => {
                 let ok = self
                     .factory
                     .split_once(':')
@@ -654,8 +727,21 @@ impl EnvConfig {
                 &format!("{} wrappers", self.wrappers.len()),
             );
         }
-        if self.backend != EnvBackend::Factory && !self.factory.is_empty() {
-            return bad("env.factory", "empty unless env.backend = \"factory\"", &self.factory);
+        if !matches!(self.backend, EnvBackend::Factory | EnvBackend::Pettingzoo) && !self.factory.is_empty() {
+            return bad(
+                "env.factory",
+                "empty unless env.backend = \"factory\" or \"pettingzoo\"",
+                &self.factory,
+            );
+        }
+        if let Some(t) = self.time_limit {
+            if t == 0 || matches!(self.backend, EnvBackend::Native | EnvBackend::Envpool) {
+                return bad(
+                    "env.time_limit",
+                    "a step count >= 1, for a gymnasium or pettingzoo env (native envs know their limits)",
+                    &t.to_string(),
+                );
+            }
         }
         if self.backend == EnvBackend::Native {
             let python_only = [
@@ -669,6 +755,68 @@ impl EnvConfig {
                     "nothing for a native env (it applies to Python-hosted envs)",
                     "a value",
                 );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A policy name: also a Redis key part, a metric label and a file name.
+pub fn valid_policy_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+impl PoliciesConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.mapping {
+            PolicyMapping::Map => {
+                if self.names.is_empty() {
+                    return bad("policies.names", "1 or more policy names with mapping = \"map\"", "[]");
+                }
+                for (i, n) in self.names.iter().enumerate() {
+                    if !valid_policy_name(n) {
+                        return bad(
+                            &format!("policies.names[{i}]"),
+                            "1 to 64 letters, digits, '-' and '_'",
+                            &format!("{n:?}"),
+                        );
+                    }
+                    if self.names[..i].contains(n) {
+                        return bad(
+                            &format!("policies.names[{i}]"),
+                            "names that appear once",
+                            &format!("{n:?} twice"),
+                        );
+                    }
+                }
+                if self.map.is_empty() {
+                    return bad("policies.map", "an agent-to-policy table with mapping = \"map\"", "{}");
+                }
+                for (agent, policy) in &self.map {
+                    if !self.names.contains(policy) {
+                        return bad(
+                            &format!("policies.map.{agent}"),
+                            &format!("one of the policies in policies.names {:?}", self.names),
+                            &format!("{policy:?}"),
+                        );
+                    }
+                }
+                if let Some(unused) = self.names.iter().find(|n| !self.map.values().any(|p| p == *n)) {
+                    return bad(
+                        "policies.names",
+                        "policies that policies.map gives at least one agent",
+                        &format!("{unused:?} with no agent"),
+                    );
+                }
+            }
+            _ => {
+                if !self.names.is_empty() || !self.map.is_empty() {
+                    return bad(
+                        "policies.map",
+                        "no policies.names or policies.map unless policies.mapping = \"map\"",
+                        "a value",
+                    );
+                }
             }
         }
         Ok(())

@@ -10,6 +10,7 @@ pub mod health;
 #[cfg(feature = "torch")]
 pub mod model;
 pub mod policy_file;
+pub mod policy_map;
 pub mod process;
 pub mod security;
 pub mod spaces;

@@ -6,8 +6,10 @@
 //! back when it steps the env). A legal-action mask has one u8 per choice: `n` for Discrete,
 //! `sum(nvec)` for MultiDiscrete, 1 = legal.
 //!
-//! The spec is written with several agents in mind (PettingZoo's parallel API): `num_agents`
-//! columns per environment, each with the same observation and action space.
+//! An [`EnvSpec`] follows PettingZoo's parallel API: a fixed list of agents, each with its own
+//! spaces, and an optional global state. A single-agent env has one agent. A [`PolicySpec`] is
+//! what one policy sees: the agents mapped to it (whose spaces must agree), so a rollout of that
+//! policy has one column per env and agent, all of the same spaces.
 
 use serde::{Deserialize, Serialize};
 
@@ -118,24 +120,60 @@ impl ActionSpace {
     }
 }
 
-/// Everything a learner and an actor must agree on about an environment.
+/// One agent of an environment (an entry of PettingZoo's `possible_agents`) and its spaces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    pub id: String,
+    pub observation: ObservationSpace,
+    pub action: ActionSpace,
+    /// The env supplies a legal-action mask for this agent at every step.
+    #[serde(default)]
+    pub action_mask: bool,
+}
+
+/// Everything the actors and learners must agree on about an environment: its agents, in a
+/// fixed order (one for a single-agent env), and the global state a centralized critic reads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnvSpec {
     /// The env id of the run config.
     pub id: String,
-    pub observation: ObservationSpace,
-    pub action: ActionSpace,
-    /// The env supplies a legal-action mask at every step.
+    pub agents: Vec<AgentSpec>,
+    /// The env's global state (PettingZoo's `state()`), when it has one.
     #[serde(default)]
-    pub action_mask: bool,
-    /// Agents per environment (columns of a rollout per env); 1 for single-agent envs.
-    #[serde(default = "one")]
-    pub num_agents: usize,
+    pub state: Option<ObservationSpace>,
 }
 
-fn one() -> usize {
-    1
+/// The id of a single-agent env's one agent.
+pub const SINGLE_AGENT: &str = "agent_0";
+
+/// Most agents in one environment.
+pub const MAX_AGENTS: usize = 256;
+
+/// What one policy is trained on: the spaces of the agents mapped to it (which must agree),
+/// and so of every column of its rollouts. Each env gives `agents.len()` columns, in this order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    /// The env id of the run config.
+    pub id: String,
+    /// The policy's name (`default` for a single-agent run).
+    pub policy: String,
+    /// The env's agents this policy acts for.
+    pub agents: Vec<String>,
+    pub observation: ObservationSpace,
+    pub action: ActionSpace,
+    #[serde(default)]
+    pub action_mask: bool,
+    /// The model also sees a one-hot of the column's agent (its index in `agents`), so one
+    /// shared policy can act differently for each agent (EPyMARL's agent-id input).
+    #[serde(default)]
+    pub agent_id_input: bool,
+    /// With a centralized critic: the env's global state, which rollouts then carry and the
+    /// value function reads (with the agent one-hot) instead of the agent's observation.
+    #[serde(default)]
+    pub state: Option<ObservationSpace>,
 }
 
 /// A space Troupe cannot handle. The message names the environment and the space.
@@ -155,7 +193,100 @@ pub const MAX_OBS_ELEMENTS: usize = 1 << 22;
 /// a spec comes from a peer, and its sizes become the model's head.
 pub const MAX_CHOICES: usize = 1 << 16;
 
+fn check_observation(env: &str, what: &'static str, o: &ObservationSpace) -> Result<(), SpaceError> {
+    if o.shape.is_empty() || o.shape.contains(&0) || o.size() > MAX_OBS_ELEMENTS {
+        return Err(SpaceError {
+            env: env.to_string(),
+            what,
+            problem: format!(
+                "Box shape {:?}: expected 1 or more non-zero dimensions and at most {MAX_OBS_ELEMENTS} elements",
+                o.shape
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn check_action(env: &str, action: &ActionSpace, action_mask: bool) -> Result<(), SpaceError> {
+    let err = |what, problem: String| {
+        Err(SpaceError {
+            env: env.to_string(),
+            what,
+            problem,
+        })
+    };
+    match action {
+        ActionSpace::Discrete { n } if *n < 1 || *n > MAX_CHOICES => {
+            return err(
+                "action space",
+                format!("Discrete({n}): expected 1 <= n <= {MAX_CHOICES}"),
+            );
+        }
+        ActionSpace::MultiDiscrete { nvec }
+            if nvec.is_empty() || nvec.len() > MAX_CHOICES || nvec.iter().any(|&k| k == 0 || k > MAX_CHOICES) =>
+        {
+            return err(
+                "action space",
+                format!("MultiDiscrete({nvec:?}): expected 1 to {MAX_CHOICES} counts, each in 1..={MAX_CHOICES}"),
+            );
+        }
+        ActionSpace::Box { low, high } => {
+            if low.is_empty() || low.len() != high.len() || low.len() > MAX_CHOICES {
+                return err(
+                    "action space",
+                    format!(
+                        "Box with {} lows and {} highs: expected a 1-D Box of equal lengths in 1..={MAX_CHOICES}",
+                        low.len(),
+                        high.len()
+                    ),
+                );
+            }
+            if low
+                .iter()
+                .zip(high)
+                .any(|(l, h)| !(l.is_finite() && h.is_finite() && l < h))
+            {
+                return err(
+                    "action space",
+                    format!("Box(low={low:?}, high={high:?}): expected finite bounds with low < high"),
+                );
+            }
+        }
+        _ => {}
+    }
+    if action_mask && action.is_continuous() {
+        return err(
+            "action mask",
+            "a legal-action mask needs a Discrete or MultiDiscrete action space".into(),
+        );
+    }
+    Ok(())
+}
+
 impl EnvSpec {
+    /// A single-agent env: one agent, [`SINGLE_AGENT`], and no global state.
+    pub fn single(id: &str, observation: ObservationSpace, action: ActionSpace, action_mask: bool) -> EnvSpec {
+        EnvSpec {
+            id: id.to_string(),
+            agents: vec![AgentSpec {
+                id: SINGLE_AGENT.to_string(),
+                observation,
+                action,
+                action_mask,
+            }],
+            state: None,
+        }
+    }
+
+    pub fn num_agents(&self) -> usize {
+        self.agents.len()
+    }
+
+    /// The agent of this id and its index.
+    pub fn agent(&self, id: &str) -> Option<(usize, &AgentSpec)> {
+        self.agents.iter().enumerate().find(|(_, a)| a.id == id)
+    }
+
     /// Checks that Troupe can train on these spaces.
     pub fn validate(&self) -> Result<(), SpaceError> {
         let err = |what, problem: String| {
@@ -165,80 +296,146 @@ impl EnvSpec {
                 problem,
             })
         };
-        let o = &self.observation;
-        if o.shape.is_empty() || o.shape.contains(&0) || o.size() > MAX_OBS_ELEMENTS {
+        if self.agents.is_empty() || self.agents.len() > MAX_AGENTS {
             return err(
-                "observation space",
+                "agents",
+                format!("{} agents: expected 1 to {MAX_AGENTS}", self.agents.len()),
+            );
+        }
+        for (i, a) in self.agents.iter().enumerate() {
+            if a.id.is_empty() || a.id.len() > 128 {
+                return err(
+                    "agents",
+                    format!("agents[{i}].id {:?}: expected 1 to 128 characters", a.id),
+                );
+            }
+            if self.agents[..i].iter().any(|b| b.id == a.id) {
+                return err("agents", format!("agents[{i}].id {:?}: appears twice", a.id));
+            }
+            check_observation(&self.id, "observation space", &a.observation)?;
+            check_action(&self.id, &a.action, a.action_mask)?;
+        }
+        if let Some(state) = &self.state {
+            check_observation(&self.id, "state space", state)?;
+        }
+        Ok(())
+    }
+
+    /// The first difference from `other`, naming the field (for peers that disagree).
+    pub fn difference(&self, other: &EnvSpec) -> Option<String> {
+        if self.id != other.id {
+            return Some(format!("id: {:?} against {:?}", self.id, other.id));
+        }
+        if self.agents.len() != other.agents.len() {
+            let ids = |s: &EnvSpec| s.agents.iter().map(|a| a.id.clone()).collect::<Vec<_>>();
+            return Some(format!("agents: {:?} against {:?}", ids(self), ids(other)));
+        }
+        for (i, (a, b)) in self.agents.iter().zip(&other.agents).enumerate() {
+            if a.id != b.id {
+                return Some(format!("agents[{i}].id: {:?} against {:?}", a.id, b.id));
+            }
+            if a.observation != b.observation {
+                return Some(format!(
+                    "agents[{i}] ({}).observation: {} against {}",
+                    a.id,
+                    json(&a.observation),
+                    json(&b.observation)
+                ));
+            }
+            if a.action != b.action {
+                return Some(format!(
+                    "agents[{i}] ({}).action: {} against {}",
+                    a.id,
+                    json(&a.action),
+                    json(&b.action)
+                ));
+            }
+            if a.action_mask != b.action_mask {
+                return Some(format!(
+                    "agents[{i}] ({}).action_mask: {} against {}",
+                    a.id, a.action_mask, b.action_mask
+                ));
+            }
+        }
+        if self.state != other.state {
+            return Some(format!("state: {} against {}", json(&self.state), json(&other.state)));
+        }
+        None
+    }
+}
+
+/// A spec part as compact JSON, for messages.
+fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+impl PolicySpec {
+    /// The policy of a single-agent run: named `default`, acting for the env's one agent.
+    pub fn single(env: &EnvSpec) -> PolicySpec {
+        let a = &env.agents[0];
+        PolicySpec {
+            id: env.id.clone(),
+            policy: DEFAULT_POLICY.to_string(),
+            agents: vec![a.id.clone()],
+            observation: a.observation.clone(),
+            action: a.action.clone(),
+            action_mask: a.action_mask,
+            agent_id_input: false,
+            state: None,
+        }
+    }
+
+    /// Columns each env gives this policy.
+    pub fn agents_per_env(&self) -> usize {
+        self.agents.len()
+    }
+
+    /// Width of the agent one-hot the model reads (0 without the agent-id input).
+    pub fn agent_id_width(&self) -> usize {
+        if self.agent_id_input {
+            self.agents.len()
+        } else {
+            0
+        }
+    }
+
+    /// Checks that Troupe can train on these spaces.
+    pub fn validate(&self) -> Result<(), SpaceError> {
+        let err = |what, problem: String| {
+            Err(SpaceError {
+                env: self.id.clone(),
+                what,
+                problem,
+            })
+        };
+        if self.agents.is_empty() || self.agents.len() > MAX_AGENTS {
+            return err(
+                "agents",
                 format!(
-                    "Box shape {:?}: expected 1 or more non-zero dimensions and at most {MAX_OBS_ELEMENTS} elements",
-                    o.shape
+                    "policy {}: {} agents, expected 1 to {MAX_AGENTS}",
+                    self.policy,
+                    self.agents.len()
                 ),
             );
         }
-        match &self.action {
-            ActionSpace::Discrete { n } if *n < 1 || *n > MAX_CHOICES => {
-                return err(
-                    "action space",
-                    format!("Discrete({n}): expected 1 <= n <= {MAX_CHOICES}"),
-                );
-            }
-            ActionSpace::MultiDiscrete { nvec }
-                if nvec.is_empty() || nvec.len() > MAX_CHOICES || nvec.iter().any(|&k| k == 0 || k > MAX_CHOICES) =>
-            {
-                return err(
-                    "action space",
-                    format!("MultiDiscrete({nvec:?}): expected 1 to {MAX_CHOICES} counts, each in 1..={MAX_CHOICES}"),
-                );
-            }
-            ActionSpace::Box { low, high } => {
-                if low.is_empty() || low.len() != high.len() || low.len() > MAX_CHOICES {
-                    return err(
-                        "action space",
-                        format!(
-                            "Box with {} lows and {} highs: expected a 1-D Box of equal lengths in 1..={MAX_CHOICES}",
-                            low.len(),
-                            high.len()
-                        ),
-                    );
-                }
-                if low
-                    .iter()
-                    .zip(high)
-                    .any(|(l, h)| !(l.is_finite() && h.is_finite() && l < h))
-                {
-                    return err(
-                        "action space",
-                        format!("Box(low={low:?}, high={high:?}): expected finite bounds with low < high"),
-                    );
-                }
-            }
-            _ => {}
-        }
-        if self.action_mask && self.action.is_continuous() {
-            return err(
-                "action mask",
-                "a legal-action mask needs a Discrete or MultiDiscrete action space".into(),
-            );
-        }
-        if self.num_agents < 1 {
-            return err("agents", "expected num_agents >= 1".into());
+        check_observation(&self.id, "observation space", &self.observation)?;
+        check_action(&self.id, &self.action, self.action_mask)?;
+        if let Some(state) = &self.state {
+            check_observation(&self.id, "state space", state)?;
         }
         Ok(())
     }
 }
+
+/// The name of a single-agent run's policy, and of the one shared policy of a multi-agent run.
+pub const DEFAULT_POLICY: &str = "default";
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn spec(action: ActionSpace) -> EnvSpec {
-        EnvSpec {
-            id: "Test-v0".into(),
-            observation: ObservationSpace::f32(&[4]),
-            action,
-            action_mask: false,
-            num_agents: 1,
-        }
+        EnvSpec::single("Test-v0", ObservationSpace::f32(&[4]), action, false)
     }
 
     #[test]
@@ -268,7 +465,7 @@ mod tests {
             .to_string();
         assert!(e.contains("expected 1 <= n <= 65536"), "{e}");
         let mut huge = spec(ActionSpace::Discrete { n: 2 });
-        huge.observation.shape = vec![1 << 32, 1 << 32];
+        huge.agents[0].observation.shape = vec![1 << 32, 1 << 32];
         assert!(huge.validate().unwrap_err().to_string().contains("at most"));
         let e = spec(ActionSpace::Box {
             low: vec![0.0],
@@ -279,7 +476,7 @@ mod tests {
         .to_string();
         assert!(e.contains("Test-v0") && e.contains("expected finite bounds"), "{e}");
         let mut s = spec(ActionSpace::Discrete { n: 2 });
-        s.observation.shape = vec![];
+        s.agents[0].observation.shape = vec![];
         let e = s.validate().unwrap_err().to_string();
         assert!(e.contains("unsupported observation space: Box shape []"), "{e}");
     }

@@ -57,6 +57,7 @@ pub mod names {
     pub const COORD_FRAMES: &str = "troupe_coordinator_frames_total";
     pub const COORD_EPISODES: &str = "troupe_coordinator_episodes_total";
     pub const COORD_MEAN_RETURN_100: &str = "troupe_coordinator_mean_return_100";
+    pub const COORD_POLICY_MEAN_RETURN_100: &str = "troupe_coordinator_policy_mean_return_100";
     pub const COORD_WATCHERS: &str = "troupe_coordinator_policy_watchers";
     pub const COORD_REDIS_ERRORS: &str = "troupe_coordinator_redis_errors_total";
     pub const COORD_REDIS_UP: &str = "troupe_coordinator_redis_up";
@@ -194,16 +195,27 @@ fn describe_all() {
         Unit::Count,
         "failed attempts to publish a policy version"
     );
-    describe_gauge!(COORD_POLICY_VERSION, "latest stored policy version");
-    describe_counter!(COORD_POLICIES_PUBLISHED, Unit::Count, "policy versions stored");
-    describe_gauge!(COORD_POLICIES_STORED, "policy versions currently kept in Redis");
+    describe_gauge!(COORD_POLICY_VERSION, "latest stored policy version, by policy");
+    describe_counter!(
+        COORD_POLICIES_PUBLISHED,
+        Unit::Count,
+        "policy versions stored, by policy"
+    );
+    describe_gauge!(
+        COORD_POLICIES_STORED,
+        "policy versions currently kept in Redis, by policy"
+    );
     describe_gauge!(COORD_ACTORS, "actors that sent a heartbeat within the timeout");
     describe_counter!(COORD_REGISTRATIONS, Unit::Count, "registrations, by role");
     describe_counter!(COORD_FRAMES, Unit::Count, "environment steps reported by all actors");
     describe_counter!(COORD_EPISODES, Unit::Count, "episodes reported by all actors");
     describe_gauge!(
         COORD_MEAN_RETURN_100,
-        "mean return of the last 100 episodes over all actors"
+        "mean return of the last 100 episodes over all actors (the team's: every agent's rewards summed)"
+    );
+    describe_gauge!(
+        COORD_POLICY_MEAN_RETURN_100,
+        "mean return of the last 100 episodes of each policy's agents (multi-policy runs), by policy"
     );
     describe_gauge!(COORD_WATCHERS, "open policy-version watch streams");
     describe_counter!(COORD_REDIS_ERRORS, Unit::Count, "failed Redis commands");
@@ -216,7 +228,7 @@ fn describe_all() {
         Unit::Seconds,
         "time from storing a policy version to the last live actor acting with it (or a newer one)"
     );
-    describe_gauge!(COORD_LEARNER_EPOCH, "the newest learner lease epoch granted");
+    describe_gauge!(COORD_LEARNER_EPOCH, "the newest learner lease epoch granted, by policy");
     describe_counter!(
         COORD_POLICY_FETCHES,
         Unit::Count,

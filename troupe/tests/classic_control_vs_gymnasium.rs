@@ -319,10 +319,12 @@ fn compare<E: Replay>(id: &str, mut env: E) {
 }
 
 fn check_spec(id: &str, env: &impl Env, reference: &Reference) {
-    let spec = env.spec();
-    assert_eq!(spec.id, id);
+    let env_spec = env.spec();
+    assert_eq!(env_spec.id, id);
+    assert_eq!(env_spec.num_agents(), 1);
+    assert!(env_spec.state.is_none());
+    let spec = &env_spec.agents[0];
     assert!(!spec.action_mask);
-    assert_eq!(spec.num_agents, 1);
     match &reference.observation_space {
         Space::Box { shape, dtype, .. } => {
             assert_eq!(&spec.observation.shape, shape, "{id}: observation shape");
@@ -366,7 +368,7 @@ fn check_spec(id: &str, env: &impl Env, reference: &Reference) {
 
 fn check_transitions(id: &str, env: &mut impl Replay, reference: &Reference) -> MaxDiff {
     let mut diff = MaxDiff::default();
-    let mut obs = vec![0f32; env.spec().observation.size()];
+    let mut obs = vec![0f32; env.spec().agents[0].observation.size()];
     let (mut terminated, mut truncated, mut truncation_compared) = (0, 0, 0);
     for (i, t) in reference.transitions.iter().enumerate() {
         let context = || {
@@ -494,7 +496,7 @@ fn columns(rows: &[Vec<f64>]) -> Vec<(f64, f64, f64, bool)> {
 fn check_resets(id: &str, env: &mut impl Replay, reference: &Reference) {
     let n = reference.resets.len();
     assert!(n >= 1000, "{id}: only {n} reference resets");
-    let mut obs = vec![0f32; env.spec().observation.size()];
+    let mut obs = vec![0f32; env.spec().agents[0].observation.size()];
     let (mut states, mut observations) = (Vec::new(), Vec::new());
     for _ in 0..n {
         env.reset(&mut obs);

@@ -11,7 +11,7 @@ fn model_for(spec: &EnvSpec, lstm: usize) -> Model {
     };
     Model::new(
         &ModelSpec {
-            env: spec.clone(),
+            env: PolicySpec::single(spec),
             model,
         },
         tch::Device::Cpu,
@@ -24,9 +24,9 @@ fn unroll_has_the_protocol_shapes_and_consistent_episode_ends() {
     let env = NativeVecEnv::new("CartPole-v1", &[1, 2, 3]).unwrap();
     let spec = env.spec().clone();
     let net = model_for(&spec, 0);
-    let mut runner = EnvRunner::new(Box::new(env), 64, 0, 5).unwrap();
+    let mut runner = EnvRunner::single(Box::new(env), 64, 0, 5).unwrap();
     let mut episodes = Vec::new();
-    let parts = runner.unroll(&net, 7, 3, &mut |e| episodes.push(e)).unwrap();
+    let parts = runner.unroll_one(&net, 7, 3, &mut |e| episodes.push(e)).unwrap();
     assert_eq!(parts.len(), 1);
     let r = &parts[0];
     assert_eq!((r.actor_id, r.policy_version), (7, 3));
@@ -61,7 +61,7 @@ fn unroll_has_the_protocol_shapes_and_consistent_episode_ends() {
     }
     // The next unroll starts where this one ended.
     let last_row: Vec<f32> = o[64 * 3 * 4..].to_vec();
-    let r2 = runner.unroll(&net, 7, 3, &mut |_| {}).unwrap().remove(0);
+    let r2 = runner.unroll_one(&net, 7, 3, &mut |_| {}).unwrap().remove(0);
     let o2 = TensorView::new::<f32>("observations", r2.observations.as_ref())
         .unwrap()
         .to_finite_f32()
@@ -74,8 +74,8 @@ fn continuous_actions_travel_as_f32_with_gaussian_params() {
     let env = NativeVecEnv::new("Pendulum-v1", &[1, 2]).unwrap();
     let spec = env.spec().clone();
     let net = model_for(&spec, 0);
-    let mut runner = EnvRunner::new(Box::new(env), 10, 0, 1).unwrap();
-    let r = runner.unroll(&net, 1, 1, &mut |_| {}).unwrap().remove(0);
+    let mut runner = EnvRunner::single(Box::new(env), 10, 0, 1).unwrap();
+    let r = runner.unroll_one(&net, 1, 1, &mut |_| {}).unwrap().remove(0);
     TensorView::new::<f32>("actions", r.actions.as_ref())
         .unwrap()
         .expect_shape(&[Some(10), Some(2), Some(1)])
@@ -95,15 +95,15 @@ fn recurrent_state_is_sent_and_reset_at_episode_ends() {
     let net = model_for(&spec, 8);
     let s = net.state_size();
     assert_eq!(s, 2 * 2 * 8);
-    let mut runner = EnvRunner::new(Box::new(env), 16, s, 2).unwrap();
-    let r1 = runner.unroll(&net, 1, 1, &mut |_| {}).unwrap().remove(0);
+    let mut runner = EnvRunner::single(Box::new(env), 16, s, 2).unwrap();
+    let r1 = runner.unroll_one(&net, 1, 1, &mut |_| {}).unwrap().remove(0);
     let st1 = TensorView::new::<f32>("initial_state", r1.initial_state.as_ref()).unwrap();
     st1.expect_shape(&[Some(4), Some(s)]).unwrap();
     assert!(
         st1.to_finite_f32().unwrap().iter().all(|&x| x == 0.0),
         "a fresh run starts from zeros"
     );
-    let r2 = runner.unroll(&net, 1, 1, &mut |_| {}).unwrap().remove(0);
+    let r2 = runner.unroll_one(&net, 1, 1, &mut |_| {}).unwrap().remove(0);
     let st2 = TensorView::new::<f32>("initial_state", r2.initial_state.as_ref())
         .unwrap()
         .to_finite_f32()
@@ -152,6 +152,7 @@ fn wide_pixel_unrolls_are_split_by_columns_under_the_cap() {
     // 64 columns of 4x84x84 u8 frames over 32 steps is ~58 MB: several parts.
     struct Frames {
         spec: EnvSpec,
+        groups: troupe::env::Groups,
         n: usize,
     }
     impl VecEnv for Frames {
@@ -161,29 +162,35 @@ fn wide_pixel_unrolls_are_split_by_columns_under_the_cap() {
         fn num_envs(&self) -> usize {
             self.n
         }
-        fn reset(&mut self, obs: ObsBuf<'_>, _: Option<&mut [u8]>) -> Result<(), EnvError> {
-            if let ObsBuf::U8(b) = obs {
+        fn set_groups(&mut self, groups: troupe::env::Groups) {
+            self.groups = groups;
+        }
+        fn groups(&self) -> &troupe::env::Groups {
+            &self.groups
+        }
+        fn reset(&mut self, outs: &mut [troupe::env::ResetOut<'_>]) -> Result<(), EnvError> {
+            if let ObsBuf::U8(b) = &mut outs[0].obs {
                 b.fill(7);
             }
             Ok(())
         }
-        fn step(&mut self, _: Action<'_>, out: StepOut<'_>) -> Result<(), EnvError> {
-            if let ObsBuf::U8(b) = out.obs {
+        fn step(&mut self, _: &[Action<'_>], outs: &mut [StepOut<'_>], _: &mut [u8]) -> Result<(), EnvError> {
+            if let ObsBuf::U8(b) = &mut outs[0].obs {
                 for (i, row) in b.chunks_mut(4 * 84 * 84).enumerate() {
                     row.fill(i as u8);
                 }
             }
-            out.rewards.fill(1.0);
+            outs[0].rewards.fill(1.0);
             Ok(())
         }
     }
-    let spec = EnvSpec {
-        id: "Frames-v0".into(),
-        observation: troupe::spaces::ObservationSpace::u8(&[4, 84, 84]),
-        action: ActionSpace::Discrete { n: 3 },
-        action_mask: false,
-        num_agents: 1,
-    };
+    let env_spec = EnvSpec::single(
+        "Frames-v0",
+        troupe::spaces::ObservationSpace::u8(&[4, 84, 84]),
+        ActionSpace::Discrete { n: 3 },
+        false,
+    );
+    let spec = PolicySpec::single(&env_spec);
     let mut model = ModelConfig {
         torso: troupe::config::TorsoKind::NatureCnn,
         ..ModelConfig::default()
@@ -197,8 +204,13 @@ fn wide_pixel_unrolls_are_split_by_columns_under_the_cap() {
         tch::Device::Cpu,
     )
     .unwrap();
-    let mut runner = EnvRunner::new(Box::new(Frames { spec, n: 64 }), 32, 0, 1).unwrap();
-    let parts = runner.unroll(&net, 1, 1, &mut |_| {}).unwrap();
+    let frames = Frames {
+        groups: troupe::env::one_group(&env_spec),
+        spec: env_spec,
+        n: 64,
+    };
+    let mut runner = EnvRunner::single(Box::new(frames), 32, 0, 1).unwrap();
+    let parts = runner.unroll_one(&net, 1, 1, &mut |_| {}).unwrap();
     assert!(parts.len() >= 7, "{}", parts.len());
     let mut cols = 0;
     for p in &parts {
@@ -219,7 +231,7 @@ fn wide_pixel_unrolls_are_split_by_columns_under_the_cap() {
 #[test]
 fn an_unroll_too_large_for_one_column_is_refused_at_start() {
     let env = NativeVecEnv::new("CartPole-v1", &[1]).unwrap();
-    let err = EnvRunner::new(Box::new(env), 1_000_000, 0, 1)
+    let err = EnvRunner::single(Box::new(env), 1_000_000, 0, 1)
         .err()
         .unwrap()
         .to_string();

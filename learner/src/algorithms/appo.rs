@@ -98,7 +98,7 @@ mod tests {
     use tch::{Device, Kind};
     use troupe::config::ModelConfig;
     use troupe::model::ModelSpec;
-    use troupe::spaces::{ActionSpace, EnvSpec, ObservationSpace};
+    use troupe::spaces::{ActionSpace, EnvSpec, ObservationSpace, PolicySpec};
 
     const T: usize = 6;
     const B: usize = 4;
@@ -176,6 +176,9 @@ mod tests {
             state0: Tensor::zeros([B as i64, 0], (Kind::Float, Device::Cpu)),
             truncation_obs: Tensor::from_slice(&trunc_obs).view([1, OBS as i64]),
             truncation_at: vec![(3, 2)],
+            agents: Tensor::zeros([B as i64], (Kind::Int64, Device::Cpu)),
+            states: None,
+            truncation_states: None,
         }
     }
 
@@ -350,13 +353,12 @@ mod tests {
 
     fn check(action: ActionSpace, masked: bool) {
         let spec = ModelSpec {
-            env: EnvSpec {
-                id: "Test-v0".into(),
-                observation: ObservationSpace::f32(&[OBS]),
+            env: PolicySpec::single(&EnvSpec::single(
+                "Test-v0",
+                ObservationSpace::f32(&[OBS]),
                 action,
-                action_mask: masked,
-                num_agents: 1,
-            },
+                masked,
+            )),
             model: ModelConfig {
                 hidden_sizes: vec![16],
                 init_log_std: -0.3,

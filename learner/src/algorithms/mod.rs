@@ -86,6 +86,12 @@ pub struct TrainBatch {
     pub truncation_obs: Tensor,
     /// (t, b) of each truncated step, in the order of `truncation_obs`.
     pub truncation_at: Vec<(i64, i64)>,
+    /// Each column's agent (its index among the policy's agents), i64 `[B]`.
+    pub agents: Tensor,
+    /// The env's state at every observation, `[T + 1, B, S]`, with a centralized critic.
+    pub states: Option<Tensor>,
+    /// The state at each truncated step, `[K, S]`, with a centralized critic.
+    pub truncation_states: Option<Tensor>,
 }
 
 impl TrainBatch {
@@ -130,6 +136,20 @@ impl TrainBatch {
             },
             truncation_obs: of(&c.truncation_observations, &with_obs(&[k]), obs_kind),
             truncation_at: batch.truncation_index.iter().map(|&i| (i / b, i % b)).collect(),
+            agents: Tensor::from_slice(&c.agent_index),
+            states: spec.env.state.as_ref().map(|space| {
+                let s = space.size() as i64;
+                of(
+                    &c.states.as_ref().expect("validated: states with a critic").data,
+                    &[t + 1, b, s],
+                    Kind::Float,
+                )
+            }),
+            truncation_states: spec
+                .env
+                .state
+                .as_ref()
+                .map(|space| of(&c.truncation_states, &[k, space.size() as i64], Kind::Float)),
         }
     }
 
@@ -148,6 +168,9 @@ impl TrainBatch {
             state0: self.state0.to_device(dev),
             truncation_obs: self.truncation_obs.to_device(dev),
             truncation_at: self.truncation_at.clone(),
+            agents: self.agents.to_device(dev),
+            states: self.states.as_ref().map(|x| x.to_device(dev)),
+            truncation_states: self.truncation_states.as_ref().map(|x| x.to_device(dev)),
         }
     }
 
@@ -169,6 +192,7 @@ impl TrainBatch {
         order.sort_by_key(|&i| at[i]);
         let keep: Vec<i64> = order.iter().map(|&i| keep[i]).collect();
         let at: Vec<(i64, i64)> = order.iter().map(|&i| at[i]).collect();
+        let keep = Tensor::from_slice(&keep).to_device(dev);
         TrainBatch {
             t: self.t,
             b: cols.len() as i64,
@@ -181,10 +205,11 @@ impl TrainBatch {
             behaviour: pick(&self.behaviour, 1),
             masks: self.masks.as_ref().map(|m| pick(m, 1)),
             state0: pick(&self.state0, 0),
-            truncation_obs: self
-                .truncation_obs
-                .index_select(0, &Tensor::from_slice(&keep).to_device(dev)),
+            truncation_obs: self.truncation_obs.index_select(0, &keep),
             truncation_at: at,
+            agents: pick(&self.agents, 0),
+            states: self.states.as_ref().map(|x| pick(x, 1)),
+            truncation_states: self.truncation_states.as_ref().map(|x| x.index_select(0, &keep)),
         }
     }
 
@@ -201,11 +226,35 @@ impl TrainBatch {
             &self.behaviour,
             &self.state0,
             &self.truncation_obs,
+            &self.agents,
         ]
         .iter()
         .map(|x| size(x))
         .sum::<usize>()
             + self.masks.as_ref().map(size).unwrap_or(0)
+            + self.states.as_ref().map(size).unwrap_or(0)
+            + self.truncation_states.as_ref().map(size).unwrap_or(0)
+    }
+
+    /// The model's input over the batch's `[T + 1, B]` observations (see [`Model::input`]).
+    pub fn input(&self, model: &Model) -> Tensor {
+        if !model.is_packed() {
+            return model.prepare(&self.obs);
+        }
+        let agents = self.agents.unsqueeze(0).expand([self.t + 1, self.b], false);
+        model.input(&self.obs, Some(&agents), self.states.as_ref())
+    }
+
+    /// The model's input for the truncated episodes' last observations, `[K, ...]`.
+    pub fn truncation_input(&self, model: &Model) -> Tensor {
+        if !model.is_packed() {
+            return model.prepare(&self.truncation_obs);
+        }
+        let cols: Vec<i64> = self.truncation_at.iter().map(|&(_, c)| c).collect();
+        let agents = self
+            .agents
+            .index_select(0, &Tensor::from_slice(&cols).to_device(self.agents.device()));
+        model.input(&self.truncation_obs, Some(&agents), self.truncation_states.as_ref())
     }
 
     /// Mean of `x` `[T, B]` over the valid steps.
@@ -239,7 +288,7 @@ impl Forward {
         let spec = model.spec();
         let (t, n) = (b.t, b.b);
         let dev = model.device();
-        let obs = model.prepare(&b.obs);
+        let obs = b.input(model);
         // An episode starts at step t + 1 where one ended at step t, or where step t was only a
         // reset.
         let invalid: Tensor = 1.0 - &b.valid;
@@ -266,7 +315,7 @@ impl Forward {
             } else {
                 Tensor::zeros([k, 0], (Kind::Float, dev))
             };
-            let tobs = model.prepare(&b.truncation_obs);
+            let tobs = b.truncation_input(model);
             let v = tch::no_grad(|| model.denormalize_values(&model.step(&tobs, &tstate.detach()).value));
             Tensor::zeros([t * n], (Kind::Float, dev))
                 .index_put(&[Some(index)], &v, false)
@@ -281,6 +330,7 @@ impl Forward {
                 terminated: &b.terminated,
                 truncated: &b.truncated,
                 truncation_values: &truncation_values,
+                valid: &b.valid,
             },
             p,
         );

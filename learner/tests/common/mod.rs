@@ -36,12 +36,23 @@ pub fn train(config: &RunConfig, updates: u64, seed: i64, lag: usize, target: f6
         .map(|i| i + 1000 * seed as u64)
         .collect();
     let env = actor::envs::make(&config.env, &seeds, &python_path()).unwrap();
+    // One policy (shared by every agent of a multi-agent env).
+    let policies = troupe::policy_map::policy_specs(config, env.spec()).unwrap();
+    assert_eq!(policies.len(), 1, "in-process training runs one policy");
     let spec = ModelSpec {
-        env: env.spec().clone(),
+        env: policies[0].clone(),
         model: config.model.clone(),
     };
     let mut acting = Model::new(&spec, Device::Cpu).unwrap();
-    let mut runner = EnvRunner::new(env, config.actor.unroll_length, acting.state_size(), seed as u64).unwrap();
+    let mut runner = EnvRunner::new(
+        env,
+        &policies,
+        config.policies.reward,
+        config.actor.unroll_length,
+        &[acting.state_size()],
+        seed as u64,
+    )
+    .unwrap();
     let mut trainer = Trainer::new(config, &spec, Device::Cpu).unwrap();
     let snap = trainer.snapshot().expect("finite weights");
     acting.load_safetensors(&snap.blob).unwrap();
@@ -52,7 +63,8 @@ pub fn train(config: &RunConfig, updates: u64, seed: i64, lag: usize, target: f6
         unroll_length: config.actor.unroll_length,
         env: spec.env.clone(),
         state_size: acting.state_size(),
-        max_envs: config.actor.num_envs,
+        max_envs: config.actor.num_envs * spec.env.agents_per_env(),
+        first_policy: true,
     };
     let mut batcher = Batcher::new(config.learner.batch_size);
     let mut returns = std::collections::VecDeque::new();
@@ -62,7 +74,7 @@ pub fn train(config: &RunConfig, updates: u64, seed: i64, lag: usize, target: f6
     let mut episodes = 0u64;
     while trainer.updates < updates && solved_at.is_none() {
         let parts = runner
-            .unroll(&acting, 1, version, &mut |e| {
+            .unroll_one(&acting, 1, version, &mut |e| {
                 episodes += 1;
                 if first_returns.len() < 100 {
                     first_returns.push(e.episode_return as f64);

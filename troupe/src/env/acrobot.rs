@@ -149,13 +149,12 @@ fn wrap(mut x: f64, min: f64, max: f64) -> f64 {
 
 impl Env for Acrobot {
     fn spec(&self) -> EnvSpec {
-        EnvSpec {
-            id: "Acrobot-v1".into(),
-            observation: ObservationSpace::f32(&[Self::OBSERVATION_SIZE]),
-            action: ActionSpace::Discrete { n: Self::NUM_ACTIONS },
-            action_mask: false,
-            num_agents: 1,
-        }
+        EnvSpec::single(
+            "Acrobot-v1",
+            ObservationSpace::f32(&[Self::OBSERVATION_SIZE]),
+            ActionSpace::Discrete { n: Self::NUM_ACTIONS },
+            false,
+        )
     }
 
     fn reset(&mut self, obs: &mut [f32]) {

@@ -60,13 +60,12 @@ impl CartPole {
 
 impl Env for CartPole {
     fn spec(&self) -> EnvSpec {
-        EnvSpec {
-            id: "CartPole-v1".into(),
-            observation: ObservationSpace::f32(&[Self::OBSERVATION_SIZE]),
-            action: ActionSpace::Discrete { n: Self::NUM_ACTIONS },
-            action_mask: false,
-            num_agents: 1,
-        }
+        EnvSpec::single(
+            "CartPole-v1",
+            ObservationSpace::f32(&[Self::OBSERVATION_SIZE]),
+            ActionSpace::Discrete { n: Self::NUM_ACTIONS },
+            false,
+        )
     }
 
     fn reset(&mut self, obs: &mut [f32]) {

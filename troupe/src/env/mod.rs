@@ -1,17 +1,23 @@
 //! Environments.
 //!
-//! Two levels:
+//! Three levels:
 //! - [`Env`]: one native (Rust) single-agent episode, f32 observations, the classic-control
 //!   envs with Gymnasium's dynamics. The caller resets it when an episode ends.
-//! - [`VecEnv`]: N columns stepped together, with **same-step autoreset** (when column i ends,
-//!   the observation written for it is already the first of its next episode, and the ended
-//!   episode's last observation goes to `final_obs`). The actor only sees this level; native
+//! - [`MultiAgentEnv`]: one native episode of several agents, PettingZoo's parallel API: every
+//!   live agent acts at each step, each gets its own observation, reward and flags, and an agent
+//!   that finished takes no more steps until the episode ends. Level-Based Foraging
+//!   ([`Foraging`]) is one. A single-agent [`Env`] is the case of one agent.
+//! - [`VecEnv`]: N environments stepped together, their agents' columns split into groups (one
+//!   per policy), with **same-step autoreset** (when an env's episode ends, the observations
+//!   written for its columns are already the first of its next episode, and the ended
+//!   episode's last observations go to `final_obs`). The actor only sees this level; native
 //!   envs ([`NativeVecEnv`]) and Python-hosted ones (in the actor crate) both implement it.
 //!
-//! Env ids are Gymnasium's.
+//! Env ids are Gymnasium's (and lbforaging's).
 
 mod acrobot;
 mod cartpole;
+pub mod foraging;
 mod mountain_car;
 mod mountain_car_continuous;
 mod pendulum;
@@ -19,10 +25,11 @@ mod vec;
 
 pub use acrobot::Acrobot;
 pub use cartpole::CartPole;
+pub use foraging::Foraging;
 pub use mountain_car::MountainCar;
 pub use mountain_car_continuous::MountainCarContinuous;
 pub use pendulum::Pendulum;
-pub use vec::{EnvError, NativeVecEnv, ObsBuf, StepOut, VecEnv};
+pub use vec::{one_group, EnvError, Groups, NativeVecEnv, ObsBuf, ResetOut, StepOut, VecEnv};
 
 use crate::spaces::EnvSpec;
 
@@ -54,8 +61,71 @@ pub trait Env: Send {
     fn step(&mut self, action: Action<'_>, obs: &mut [f32]) -> Step;
 }
 
-/// The native environments, by Gymnasium id.
-pub const NATIVE_IDS: &[&str] = &[
+/// What one step gave one agent.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct AgentStep {
+    pub reward: f32,
+    pub terminated: bool,
+    pub truncated: bool,
+}
+
+/// A native environment of several agents (PettingZoo's parallel API), f32 observations.
+/// Agents are indexed in the order of [`EnvSpec::agents`].
+pub trait MultiAgentEnv: Send {
+    fn spec(&self) -> EnvSpec;
+    /// Starts a new episode: every agent is live.
+    fn reset(&mut self);
+    /// Applies one action per agent (those of agents that are not live are ignored) and writes
+    /// what each agent got.
+    fn step(&mut self, actions: &[Action<'_>], steps: &mut [AgentStep]);
+    /// Agent `agent`'s current observation.
+    fn observe(&self, agent: usize, out: &mut [f32]);
+    /// The global state, when the spec has one.
+    fn state(&self, out: &mut [f32]);
+    /// The agent still acts in this episode (it has not terminated or been truncated).
+    fn is_live(&self, agent: usize) -> bool;
+}
+
+/// A single-agent [`Env`] as a [`MultiAgentEnv`] of one agent.
+struct SingleAgent {
+    env: Box<dyn Env>,
+    obs: Vec<f32>,
+    live: bool,
+}
+
+impl MultiAgentEnv for SingleAgent {
+    fn spec(&self) -> EnvSpec {
+        self.env.spec()
+    }
+
+    fn reset(&mut self) {
+        self.env.reset(&mut self.obs);
+        self.live = true;
+    }
+
+    fn step(&mut self, actions: &[Action<'_>], steps: &mut [AgentStep]) {
+        let s = self.env.step(actions[0], &mut self.obs);
+        self.live = !(s.terminated || s.truncated);
+        steps[0] = AgentStep {
+            reward: s.reward,
+            terminated: s.terminated,
+            truncated: s.truncated,
+        };
+    }
+
+    fn observe(&self, _agent: usize, out: &mut [f32]) {
+        out.copy_from_slice(&self.obs);
+    }
+
+    fn state(&self, _out: &mut [f32]) {}
+
+    fn is_live(&self, _agent: usize) -> bool {
+        self.live
+    }
+}
+
+/// The native single-agent environments, by Gymnasium id.
+pub const CLASSIC_CONTROL_IDS: &[&str] = &[
     "CartPole-v1",
     "Acrobot-v1",
     "MountainCar-v0",
@@ -63,7 +133,22 @@ pub const NATIVE_IDS: &[&str] = &[
     "Pendulum-v1",
 ];
 
-/// Builds a native environment with its own seed; `None` for an id that is not native.
+/// The native environments, for messages: the classic-control ids and lbforaging's pattern.
+pub const NATIVE_IDS: &[&str] = &[
+    "CartPole-v1",
+    "Acrobot-v1",
+    "MountainCar-v0",
+    "MountainCarContinuous-v0",
+    "Pendulum-v1",
+    "Foraging[-2s]-<S>x<S>-<P>p-<F>f[-coop]-v3",
+];
+
+/// `id` names a native environment.
+pub fn is_native(id: &str) -> bool {
+    CLASSIC_CONTROL_IDS.contains(&id) || foraging::ForagingConfig::from_id(id).is_some()
+}
+
+/// Builds a native single-agent environment with its own seed; `None` for an id that is not one.
 pub fn make_native(id: &str, seed: u64) -> Option<Box<dyn Env>> {
     Some(match id {
         "CartPole-v1" => Box::new(CartPole::new(seed)),
@@ -75,7 +160,16 @@ pub fn make_native(id: &str, seed: u64) -> Option<Box<dyn Env>> {
     })
 }
 
+/// Builds any native environment, single- or multi-agent, as a [`MultiAgentEnv`].
+pub fn make_native_multi(id: &str, seed: u64) -> Option<Box<dyn MultiAgentEnv>> {
+    if let Some(env) = make_native(id, seed) {
+        let obs = vec![0.0; env.spec().agents[0].observation.size()];
+        return Some(Box::new(SingleAgent { env, obs, live: false }));
+    }
+    Foraging::new(id, seed).map(|e| Box::new(e) as Box<dyn MultiAgentEnv>)
+}
+
 /// The spaces of a native environment, without keeping one.
 pub fn native_spec(id: &str) -> Option<EnvSpec> {
-    make_native(id, 0).map(|e| e.spec())
+    make_native_multi(id, 0).map(|e| e.spec())
 }

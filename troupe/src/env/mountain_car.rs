@@ -76,13 +76,12 @@ impl MountainCar {
 
 impl Env for MountainCar {
     fn spec(&self) -> EnvSpec {
-        EnvSpec {
-            id: "MountainCar-v0".into(),
-            observation: ObservationSpace::f32(&[Self::OBSERVATION_SIZE]),
-            action: ActionSpace::Discrete { n: Self::NUM_ACTIONS },
-            action_mask: false,
-            num_agents: 1,
-        }
+        EnvSpec::single(
+            "MountainCar-v0",
+            ObservationSpace::f32(&[Self::OBSERVATION_SIZE]),
+            ActionSpace::Discrete { n: Self::NUM_ACTIONS },
+            false,
+        )
     }
 
     fn reset(&mut self, obs: &mut [f32]) {

@@ -201,16 +201,15 @@ impl MountainCarContinuous {
 
 impl Env for MountainCarContinuous {
     fn spec(&self) -> EnvSpec {
-        EnvSpec {
-            id: "MountainCarContinuous-v0".into(),
-            observation: ObservationSpace::f32(&[Self::OBSERVATION_SIZE]),
-            action: ActionSpace::Box {
+        EnvSpec::single(
+            "MountainCarContinuous-v0",
+            ObservationSpace::f32(&[Self::OBSERVATION_SIZE]),
+            ActionSpace::Box {
                 low: vec![MIN_ACTION as f32],
                 high: vec![MAX_ACTION as f32],
             },
-            action_mask: false,
-            num_agents: 1,
-        }
+            false,
+        )
     }
 
     fn reset(&mut self, obs: &mut [f32]) {

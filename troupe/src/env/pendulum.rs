@@ -93,16 +93,15 @@ fn angle_normalize(theta: f64) -> f64 {
 
 impl Env for Pendulum {
     fn spec(&self) -> EnvSpec {
-        EnvSpec {
-            id: "Pendulum-v1".into(),
-            observation: ObservationSpace::f32(&[Self::OBSERVATION_SIZE]),
-            action: ActionSpace::Box {
+        EnvSpec::single(
+            "Pendulum-v1",
+            ObservationSpace::f32(&[Self::OBSERVATION_SIZE]),
+            ActionSpace::Box {
                 low: vec![-MAX_TORQUE],
                 high: vec![MAX_TORQUE],
             },
-            action_mask: false,
-            num_agents: 1,
-        }
+            false,
+        )
     }
 
     fn reset(&mut self, obs: &mut [f32]) {

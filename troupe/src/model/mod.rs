@@ -42,7 +42,7 @@ use tch::nn::{self, Module, RNN};
 use tch::{Device, Kind, Tensor};
 
 use crate::config::ModelConfig;
-use crate::spaces::{ActionSpace, EnvSpec, ObsDType};
+use crate::spaces::{ActionSpace, ObsDType, ObservationSpace, PolicySpec};
 use normalize::{ObsNorm, ValueNorm, ValueStats};
 use torso::Torso;
 
@@ -57,10 +57,10 @@ pub enum WeightsError {
     Missing(String),
 }
 
-/// A model as a policy file describes it: the env's spaces and the model config.
+/// A model as a policy file describes it: the policy's spaces and the model config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
-    pub env: EnvSpec,
+    pub env: PolicySpec,
     pub model: ModelConfig,
 }
 
@@ -79,9 +79,17 @@ struct Encoder {
 }
 
 impl Encoder {
-    fn new(path: nn::Path<'_>, spec: &ModelSpec) -> Result<(Encoder, i64), ModelError> {
+    /// An encoder of `input` (the observation, or the state for a centralized critic, which
+    /// always gets an MLP) with the agent one-hot beside it.
+    fn new(
+        path: nn::Path<'_>,
+        spec: &ModelSpec,
+        input: &ObservationSpace,
+        mlp: bool,
+    ) -> Result<(Encoder, i64), ModelError> {
+        let extra = spec.env.agent_id_width() as i64;
         let (torso, features) =
-            Torso::new(&path / "torso", &spec.env.observation, &spec.model).map_err(|problem| ModelError {
+            Torso::new(&path / "torso", input, extra, &spec.model, mlp).map_err(|problem| ModelError {
                 env: spec.env.id.clone(),
                 problem,
             })?;
@@ -99,10 +107,10 @@ impl Encoder {
         ))
     }
 
-    /// `x`: float `[M, obs...]`; `state`: `[M, 2 * lstm]` when there is a core.
-    /// Returns features `[M, F]` and the new state.
-    fn step(&self, x: &Tensor, state: Option<&Tensor>) -> (Tensor, Option<Tensor>) {
-        let h = self.torso.forward(x);
+    /// `x`: float `[M, obs...]`, `extra`: the agent one-hot `[M, A]`; `state`: `[M, 2 * lstm]`
+    /// when there is a core. Returns features `[M, F]` and the new state.
+    fn step(&self, x: &Tensor, extra: Option<&Tensor>, state: Option<&Tensor>) -> (Tensor, Option<Tensor>) {
+        let h = self.torso.forward(x, extra);
         match &self.core {
             None => (h, None),
             Some(core) => {
@@ -150,16 +158,24 @@ impl Model {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let shared = spec.model.share_torso;
+        let obs = &spec.env.observation;
         let (policy_encoder, features) = if shared {
-            Encoder::new(&root / "encoder", spec)?
+            Encoder::new(&root / "encoder", spec, obs, false)?
         } else {
-            Encoder::new(&root / "policy" / "encoder", spec)?
+            Encoder::new(&root / "policy" / "encoder", spec, obs, false)?
         };
-        let value_encoder = if shared {
-            None
-        } else {
-            Some(Encoder::new(&root / "value" / "encoder", spec)?.0)
+        let value_encoder = match (&spec.env.state, shared) {
+            (_, true) => None,
+            // A centralized critic: an MLP over the env's state (with the agent one-hot).
+            (Some(state), false) => Some(Encoder::new(&root / "value" / "encoder", spec, state, true)?.0),
+            (None, false) => Some(Encoder::new(&root / "value" / "encoder", spec, obs, false)?.0),
         };
+        if spec.env.state.is_some() && shared {
+            return Err(ModelError {
+                env: spec.env.id.clone(),
+                problem: "a centralized critic needs separate torsos (model.share_torso = false)".into(),
+            });
+        }
         let action = &spec.env.action;
         let head_width = match action {
             ActionSpace::Box { low, .. } => low.len(),
@@ -262,8 +278,8 @@ impl Model {
         Tensor::zeros([m, self.state_size() as i64], (Kind::Float, self.device()))
     }
 
-    /// Observations as they arrive (f32 or u8, `[M, obs...]`, any device) to the model's float
-    /// input on its device.
+    /// Observations as they arrive (f32 or u8, `[..., obs...]`, any device) as floats on the
+    /// model's device.
     pub fn prepare(&self, obs: &Tensor) -> Tensor {
         let x = obs.to_device(self.device());
         match self.spec.env.observation.dtype {
@@ -272,10 +288,62 @@ impl Model {
         }
     }
 
-    /// One step for `M` columns: `obs` float `[M, obs...]` (see [`Model::prepare`]), `state`
-    /// `[M, state_size]` (ignored without a core).
-    pub fn step(&self, obs: &Tensor, state: &Tensor) -> StepOutput {
-        let obs = &self.normalize_obs(obs);
+    /// The model reads more than the observation: the agent one-hot, or a critic's state.
+    pub fn is_packed(&self) -> bool {
+        self.spec.env.agent_id_width() > 0 || self.spec.env.state.is_some()
+    }
+
+    /// The model's input for `L` leading dims of columns (`[L..., obs...]` observations as they
+    /// arrive): [`Model::prepare`] alone for a plain policy; for a multi-agent one, each row's
+    /// flattened observation, the one-hot of its agent (`agents`: i64 `[L...]`, indices into
+    /// the policy's agents) and the env state (`states`: f32 `[L..., S]`, with a centralized
+    /// critic), side by side in `[L..., O + A + S]`.
+    pub fn input(&self, obs: &Tensor, agents: Option<&Tensor>, states: Option<&Tensor>) -> Tensor {
+        let x = self.prepare(obs);
+        if !self.is_packed() {
+            return x;
+        }
+        let lead = obs.dim() - self.spec.env.observation.shape.len();
+        let mut parts = vec![x.flatten(lead as i64, -1)];
+        let a = self.spec.env.agent_id_width() as i64;
+        if a > 0 {
+            let ids = agents.expect("a model with the agent-id input needs agent indices");
+            parts.push(ids.to_device(self.device()).one_hot(a).to_kind(Kind::Float));
+        }
+        if self.spec.env.state.is_some() {
+            let s = states.expect("a centralized critic needs the env states");
+            parts.push(s.to_device(self.device()).to_kind(Kind::Float));
+        }
+        Tensor::cat(&parts, -1)
+    }
+
+    /// Splits an [`Model::input`] of `[M, ...]` into the observation `[M, obs...]`, the agent
+    /// one-hot and the critic's state.
+    fn unpack(&self, x: &Tensor) -> (Tensor, Option<Tensor>, Option<Tensor>) {
+        if !self.is_packed() {
+            return (x.shallow_clone(), None, None);
+        }
+        let o = self.spec.env.observation.size() as i64;
+        let a = self.spec.env.agent_id_width() as i64;
+        let m = x.size()[0];
+        let mut shape = vec![m];
+        shape.extend(self.spec.env.observation.shape.iter().map(|&d| d as i64));
+        let obs = x.narrow(-1, 0, o).reshape(shape.as_slice());
+        let ids = (a > 0).then(|| x.narrow(-1, o, a));
+        let state = self
+            .spec
+            .env
+            .state
+            .as_ref()
+            .map(|s| x.narrow(-1, o + a, s.size() as i64));
+        (obs, ids, state)
+    }
+
+    /// One step for `M` columns: `x` the model's input `[M, ...]` (see [`Model::input`]),
+    /// `state` `[M, state_size]` (ignored without a core).
+    pub fn step(&self, x: &Tensor, state: &Tensor) -> StepOutput {
+        let (obs, ids, critic_state) = self.unpack(x);
+        let obs = &self.normalize_obs(&obs);
         let m = obs.size()[0];
         let lstm = self.spec.model.lstm_size as i64;
         let recurrent = lstm > 0;
@@ -287,9 +355,9 @@ impl Model {
         } else {
             (None, None)
         };
-        let (pf, p_next) = self.policy_encoder.step(obs, p_state.as_ref());
+        let (pf, p_next) = self.policy_encoder.step(obs, ids.as_ref(), p_state.as_ref());
         let (vf, v_next) = match &self.value_encoder {
-            Some(enc) => enc.step(obs, v_state.as_ref()),
+            Some(enc) => enc.step(critic_state.as_ref().unwrap_or(obs), ids.as_ref(), v_state.as_ref()),
             None => (pf.shallow_clone(), None),
         };
         let params = self.params(&pf);
@@ -304,14 +372,15 @@ impl Model {
 
     /// What an actor needs: distribution parameters and the next state. Skips the value head
     /// (and a separate value torso) unless a value core's state must advance.
-    pub fn act(&self, obs: &Tensor, state: &Tensor) -> (Tensor, Tensor) {
+    pub fn act(&self, x: &Tensor, state: &Tensor) -> (Tensor, Tensor) {
         let recurrent = self.spec.model.lstm_size > 0;
         if recurrent && self.value_encoder.is_some() {
-            let out = self.step(obs, state);
+            let out = self.step(x, state);
             return (out.params, out.state);
         }
-        let obs = &self.normalize_obs(obs);
-        let (pf, next) = self.policy_encoder.step(obs, recurrent.then_some(state));
+        let (obs, ids, _) = self.unpack(x);
+        let obs = &self.normalize_obs(&obs);
+        let (pf, next) = self.policy_encoder.step(obs, ids.as_ref(), recurrent.then_some(state));
         let m = obs.size()[0];
         let next = next.unwrap_or_else(|| Tensor::zeros([m, 0], (Kind::Float, self.device())));
         (self.params(&pf), next)
@@ -336,7 +405,7 @@ impl Model {
         }
     }
 
-    /// Replays `T + 1` steps of `B` columns: `obs` float `[T + 1, B, obs...]`, `state0`
+    /// Replays `T + 1` steps of `B` columns: `obs` the input `[T + 1, B, ...]`, `state0`
     /// `[B, state_size]` (the state before step 0), `starts` `[T + 1, B]` (1 where an episode
     /// starts at that step, so the state is zeroed before it; row 0 is ignored, the actor has
     /// already reset `state0`). Returns params `[T + 1, B, P]`, values `[T + 1, B]` and the

@@ -1,16 +1,10 @@
 use super::*;
 use crate::config::{ModelConfig, TorsoKind};
-use crate::spaces::{ActionSpace, EnvSpec, ObservationSpace};
+use crate::spaces::{ActionSpace, EnvSpec, ObservationSpace, PolicySpec};
 
 fn spec(obs: ObservationSpace, action: ActionSpace, model: ModelConfig) -> ModelSpec {
     ModelSpec {
-        env: EnvSpec {
-            id: "Test-v0".into(),
-            observation: obs,
-            action,
-            action_mask: false,
-            num_agents: 1,
-        },
+        env: PolicySpec::single(&EnvSpec::single("Test-v0", obs, action, false)),
         model,
     }
 }
@@ -309,4 +303,51 @@ fn observation_statistics_merge_exactly_and_travel_in_the_file() {
     plain.load_safetensors(&blob).unwrap();
     let p2 = tch::no_grad(|| plain.act(&x, &state).0);
     assert!(!p2.allclose(&p0, 1e-3, 1e-3, false));
+}
+
+/// A shared multi-agent policy reads the agent one-hot; a centralized critic reads the env
+/// state (with the one-hot) and not the agent's observation. Both survive a policy file.
+#[test]
+fn agent_ids_and_a_central_critic_enter_the_model() {
+    let mut env = PolicySpec::single(&EnvSpec::single(
+        "Team-v0",
+        ObservationSpace::f32(&[3]),
+        ActionSpace::Discrete { n: 4 },
+        false,
+    ));
+    env.agents = vec!["a".into(), "b".into()];
+    env.agent_id_input = true;
+    env.state = Some(ObservationSpace::f32(&[5]));
+    let model = ModelConfig {
+        hidden_sizes: vec![16],
+        ..ModelConfig::default()
+    };
+    let net = Model::new(&ModelSpec { env, model }, Device::Cpu).unwrap();
+    assert!(net.is_packed());
+    let obs = Tensor::from_slice(&[0.5f32, -1.0, 2.0, 0.5, -1.0, 2.0]).view([2, 3]);
+    let agents = Tensor::from_slice(&[0i64, 1]);
+    let states = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 1.0, 2.0, 3.0, 4.0, 5.0]).view([2, 5]);
+    let x = net.input(&obs, Some(&agents), Some(&states));
+    assert_eq!(x.size(), vec![2, 3 + 2 + 5]);
+    let out = tch::no_grad(|| net.step(&x, &net.initial_state(2)));
+    // Same observation and state, different agents: different actions and values.
+    assert!(!out.params.get(0).equal(&out.params.get(1)));
+    assert!(!out.value.get(0).equal(&out.value.get(1)));
+    // The critic ignores the observation; the policy does not.
+    let other_obs = Tensor::from_slice(&[9.0f32, 9.0, 9.0, 9.0, 9.0, 9.0]).view([2, 3]);
+    let y = net.input(&other_obs, Some(&agents), Some(&states));
+    let out2 = tch::no_grad(|| net.step(&y, &net.initial_state(2)));
+    assert!(out2.value.equal(&out.value));
+    assert!(!out2.params.equal(&out.params));
+    let z = net.input(&obs, Some(&agents), Some(&(&states * 2.0)));
+    let out3 = tch::no_grad(|| net.step(&z, &net.initial_state(2)));
+    assert!(!out3.value.equal(&out.value));
+    assert!(out3.params.equal(&out.params));
+    // A policy file round trip rebuilds the same model.
+    let blob = net.to_safetensors();
+    let spec = spec_of_blob(&blob).unwrap();
+    let mut back = Model::new(&spec, Device::Cpu).unwrap();
+    back.load_safetensors(&blob).unwrap();
+    let out4 = tch::no_grad(|| back.step(&x, &back.initial_state(2)));
+    assert!(out4.params.equal(&out.params) && out4.value.equal(&out.value));
 }

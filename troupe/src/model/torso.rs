@@ -46,12 +46,21 @@ fn conv_out(size: i64, kernel: i64, stride: i64) -> i64 {
 }
 
 impl Torso {
-    /// Builds the torso for `obs`; returns it and its feature width.
-    pub(super) fn new(path: nn::Path<'_>, obs: &ObservationSpace, m: &ModelConfig) -> Result<(Torso, i64), String> {
-        match m.torso {
+    /// Builds the torso for `obs`, with `extra` more input floats per column (the agent
+    /// one-hot: into the first layer of an MLP, beside the conv features into the dense layer of
+    /// a conv torso); returns it and its feature width. `mlp` builds an MLP whatever the config.
+    pub(super) fn new(
+        path: nn::Path<'_>,
+        obs: &ObservationSpace,
+        extra: i64,
+        m: &ModelConfig,
+        mlp: bool,
+    ) -> Result<(Torso, i64), String> {
+        let kind = if mlp { TorsoKind::Mlp } else { m.torso };
+        match kind {
             TorsoKind::Mlp => {
                 let lp = &path / "layers";
-                let mut width = obs.size() as i64;
+                let mut width = obs.size() as i64 + extra;
                 let mut layers = Vec::new();
                 for (i, &h) in m.hidden_sizes.iter().enumerate() {
                     layers.push(nn::linear(&lp / i, width, h as i64, Default::default()));
@@ -96,7 +105,12 @@ impl Torso {
                     h = conv_out(h, k, s);
                     w = conv_out(w, k, s);
                 }
-                let dense = nn::linear(&path / "dense", c * h * w, dense_size as i64, Default::default());
+                let dense = nn::linear(
+                    &path / "dense",
+                    c * h * w + extra,
+                    dense_size as i64,
+                    Default::default(),
+                );
                 Ok((
                     Torso::Conv {
                         convs,
@@ -134,7 +148,12 @@ impl Torso {
                     h = (h + 1) / 2;
                     w = (w + 1) / 2;
                 }
-                let dense = nn::linear(&path / "dense", c * h * w, m.dense_size as i64, Default::default());
+                let dense = nn::linear(
+                    &path / "dense",
+                    c * h * w + extra,
+                    m.dense_size as i64,
+                    Default::default(),
+                );
                 Ok((
                     Torso::Impala {
                         stages,
@@ -147,11 +166,15 @@ impl Torso {
         }
     }
 
-    /// `x`: float `[M, obs...]` to features `[M, F]`.
-    pub(super) fn forward(&self, x: &Tensor) -> Tensor {
+    /// `x`: float `[M, obs...]` (and `extra` `[M, E]`) to features `[M, F]`.
+    pub(super) fn forward(&self, x: &Tensor, extra: Option<&Tensor>) -> Tensor {
+        let with_extra = |h: Tensor| match extra {
+            Some(e) => Tensor::cat(&[&h, e], -1),
+            None => h,
+        };
         match self {
             Torso::Mlp { layers, activation } => {
-                let mut h = x.flatten(1, -1);
+                let mut h = with_extra(x.flatten(1, -1));
                 for l in layers {
                     h = l.forward(&h);
                     h = match activation {
@@ -170,7 +193,7 @@ impl Torso {
                 for c in convs {
                     h = c.forward(&h).relu();
                 }
-                dense.forward(&h.flatten(1, -1)).relu()
+                dense.forward(&with_extra(h.flatten(1, -1))).relu()
             }
             Torso::Impala {
                 stages,
@@ -185,7 +208,7 @@ impl Torso {
                         h += r;
                     }
                 }
-                dense.forward(&h.relu().flatten(1, -1)).relu()
+                dense.forward(&with_extra(h.relu().flatten(1, -1))).relu()
             }
         }
     }
