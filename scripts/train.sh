@@ -116,21 +116,30 @@ PIDS+=($!)
 wait_ready "$RUN/coordinator.json" $! coordinator
 COORD="$SCHEME://$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["grpc"])' "$RUN/coordinator.json")"
 
-"$TROUPE_BIN/learner" --coordinator "$COORD" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --seed "$SEED" \
-  --ready-file "$RUN/learner.json" "${LEARNER_SECURITY[@]}" > "$OUT/logs/learner.log" 2>&1 &
-WORKERS+=($!)
-LEARNER_PID=$!
-
-# Actors register without the learner; with a Python-hosted env the learner waits for the
-# first actor to report the env's spaces.
+# Actors register without a learner; they wait for each policy's first version.
 for i in $(seq 1 "$ACTORS"); do
   "$TROUPE_BIN/actor" --coordinator "$COORD" --metrics-listen 127.0.0.1:0 --health-listen 127.0.0.1:0 "${ACTOR_SECURITY[@]}" \
     > "$OUT/logs/actor-$i.log" 2>&1 &
   WORKERS+=($!)
 done
-wait_ready "$RUN/learner.json" $LEARNER_PID learner
+
+# One learner per policy (one, `default`, for a single-agent run). The coordinator knows the
+# policies once it knows the env's agents: at once for a native env, after the first actor's
+# report for a Python-hosted one.
+POLICIES=$("$TROUPE_BIN/troupe-watch" --coordinator "$COORD" "${WATCH_SECURITY[@]}" --list-policies --budget-s 120) \
+  || { echo "train.sh: the run's policies did not become known; see $OUT/logs/actor-1.log" >&2; tail -5 "$OUT/logs/actor-1.log" >&2; exit 1; }
+LEARNERS=()
+for p in $POLICIES; do
+  "$TROUPE_BIN/learner" --coordinator "$COORD" --policy "$p" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --seed "$SEED" \
+    --ready-file "$RUN/learner-$p.json" "${LEARNER_SECURITY[@]}" > "$OUT/logs/learner-$p.log" 2>&1 &
+  WORKERS+=($!)
+  LEARNERS+=("$p:$!")
+done
+for entry in "${LEARNERS[@]}"; do
+  wait_ready "$RUN/learner-${entry%%:*}.json" "${entry##*:}" "learner-${entry%%:*}"
+done
 if [ "$INSECURE" = 1 ]; then SECURITY_NOTE="plain gRPC, no tokens (--insecure)"; else SECURITY_NOTE="TLS and tokens"; fi
-troupe_log "cluster up: coordinator $COORD, learner $SCHEME://$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["grpc"])' "$RUN/learner.json"), $ACTORS actors, $SECURITY_NOTE; logs in $OUT/logs"
+troupe_log "cluster up: coordinator $COORD, learners for policies [$(echo $POLICIES)], $ACTORS actors, $SECURITY_NOTE; logs in $OUT/logs"
 
 status=0
 # In the background, with `wait`: bash runs a trap only once the foreground command ends, so a

@@ -5,11 +5,25 @@ use std::path::Path;
 use serde::Serialize;
 
 /// One observation of the run's progress.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Point {
     pub wall_s: f64,
     pub frames: u64,
+    /// The team's: every agent's rewards summed per episode.
     pub mean_return_100: f64,
+    /// Each policy's (the summed rewards of its agents), in multi-policy runs.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub policies: std::collections::BTreeMap<String, f64>,
+}
+
+/// One policy of a multi-policy run, as the summary reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicySummary {
+    pub policy: String,
+    pub agents: Vec<String>,
+    pub mean_return_100: Option<f64>,
+    pub policy_version: u64,
+    pub policy_path: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -36,6 +50,8 @@ pub struct Summary {
     pub frames_per_s: f64,
     pub policy_version: u64,
     pub policy_path: Option<String>,
+    /// Every policy of the run (one, `default`, for a single-agent run).
+    pub policies: Vec<PolicySummary>,
     pub curve: Vec<Point>,
 }
 
@@ -72,8 +88,21 @@ pub fn plot_curve(points: &[Point], target: f64, path: &Path) -> anyhow::Result<
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], RED));
     chart
         .draw_series(LineSeries::new(pts, BLUE.stroke_width(2)))?
-        .label("mean return (100)")
+        .label("mean return (100), team")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLUE));
+    // Each policy's returns, in multi-policy runs.
+    let names: std::collections::BTreeSet<&String> = points.iter().flat_map(|p| p.policies.keys()).collect();
+    for (i, name) in names.into_iter().enumerate() {
+        let color = Palette99::pick(i + 2).to_rgba();
+        let series: Vec<(f64, f64)> = points
+            .iter()
+            .filter_map(|p| p.policies.get(name).filter(|v| v.is_finite()).map(|&v| (p.frames as f64, v)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(series, color.stroke_width(1)))?
+            .label(format!("policy {name}"))
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], color));
+    }
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
@@ -96,6 +125,9 @@ mod tests {
                 wall_s: i as f64,
                 frames: i * 1000,
                 mean_return_100: if i == 0 { f64::NAN } else { (i * 10) as f64 },
+                policies: [("red".to_string(), i as f64), ("blue".to_string(), -(i as f64))]
+                    .into_iter()
+                    .collect(),
             })
             .collect();
         plot_curve(&pts, 475.0, &path).unwrap();
@@ -107,7 +139,7 @@ mod tests {
             .iter()
             .map(|p| Point {
                 mean_return_100: -500.0 + p.mean_return_100,
-                ..*p
+                ..p.clone()
             })
             .collect();
         plot_curve(&neg, -100.0, &path).unwrap();

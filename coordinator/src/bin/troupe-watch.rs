@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use coordinator::report::{plot_curve, Point, Summary};
+use coordinator::report::{plot_curve, Point, PolicySummary, Summary};
 use proto::v1::coordinator_client::CoordinatorClient;
 use proto::v1::StatusRequest;
 
@@ -41,6 +41,11 @@ struct Args {
     /// Print plain lines instead of one updating line.
     #[arg(long)]
     plain: bool,
+    /// Wait until the run's policies are known (a Python-hosted env's once an actor reported
+    /// its spaces), print their names one per line, and exit: `scripts/train.sh` starts one
+    /// learner per policy from this.
+    #[arg(long)]
+    list_policies: bool,
     #[command(flatten)]
     tls: troupe::security::TlsArgs,
     /// --token-file: an evaluator's or the admin's token (Status needs one of them).
@@ -89,6 +94,26 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     };
+    if args.list_policies {
+        let deadline = Instant::now() + Duration::from_secs_f64(args.budget_s);
+        loop {
+            let mut req = tonic::Request::new(StatusRequest {});
+            req.set_timeout(Duration::from_secs(5));
+            if let Ok(s) = client.status(req).await {
+                let s = s.into_inner();
+                if !s.policy_status.is_empty() {
+                    for p in s.policy_status {
+                        println!("{}", p.policy);
+                    }
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("the run's policies were not known within {} s", args.budget_s);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let Some(target) = args.target_return.or(config.target_return) else {
         anyhow::bail!("no target: the run config has no target_return and --target-return was not given");
     };
@@ -128,18 +153,32 @@ async fn main() -> anyhow::Result<()> {
                     rate = (s.frames.saturating_sub(last.1)) as f64 / dt;
                     last = (now, s.frames);
                 }
+                let per_policy: std::collections::BTreeMap<String, f64> = if s.policy_status.len() > 1 {
+                    s.policy_status.iter().map(|p| (p.policy.clone(), p.mean_return_100)).collect()
+                } else {
+                    Default::default()
+                };
+                let versions: Vec<String> = if s.policy_status.len() > 1 {
+                    s.policy_status
+                        .iter()
+                        .map(|p| format!("{} v{} {:.2}", p.policy, p.latest_version, p.mean_return_100))
+                        .collect()
+                } else {
+                    vec![format!("policy v{}", s.latest_version)]
+                };
                 curve.push(Point {
                     wall_s: elapsed,
                     frames: s.frames,
                     mean_return_100: s.mean_return_100,
+                    policies: per_policy,
                 });
                 let msg = format!(
-                    "{} | frames {:>9} | {:>7.0} frames/s | mean return(100) {:>6.1} / {target} | policy v{} | actors {}",
+                    "{} | frames {:>9} | {:>7.0} frames/s | mean return(100) {:>6.2} / {target} | {} | actors {}",
                     config.env.id,
                     s.frames,
                     rate,
                     s.mean_return_100,
-                    s.latest_version,
+                    versions.join(", "),
                     s.actors.len()
                 );
                 if args.plain {
@@ -167,21 +206,47 @@ async fn main() -> anyhow::Result<()> {
     bar.finish();
 
     let wall_s = start.elapsed().as_secs_f64();
-    let mut policy_path = None;
-    let mut policy_version = 0;
-    match troupe::client::fetch_policy(&mut client, 0).await {
-        Ok((meta, blob)) => {
-            let p = args.out.join("policy.safetensors");
-            std::fs::write(&p, &blob)?;
-            policy_version = meta.version;
-            policy_path = Some(p.display().to_string());
+    let s = latest.unwrap_or_default();
+    // Every policy's latest version: `policy.safetensors` for a run of one policy, else
+    // `policy-NAME.safetensors` each (and `policy.safetensors` is the first's).
+    let mut policies = Vec::new();
+    let several = s.policy_status.len() > 1;
+    for (i, p) in s.policy_status.iter().enumerate() {
+        let mut entry = PolicySummary {
+            policy: p.policy.clone(),
+            agents: p.agents.clone(),
+            mean_return_100: p.mean_return_100.is_finite().then_some(p.mean_return_100),
+            policy_version: 0,
+            policy_path: None,
+        };
+        match troupe::client::fetch_policy_of(&mut client, &p.policy, 0).await {
+            Ok((meta, blob)) => {
+                let file = if several {
+                    format!("policy-{}.safetensors", p.policy)
+                } else {
+                    "policy.safetensors".to_string()
+                };
+                let path = args.out.join(file);
+                std::fs::write(&path, &blob)?;
+                if several && i == 0 {
+                    std::fs::write(args.out.join("policy.safetensors"), &blob)?;
+                }
+                entry.policy_version = meta.version;
+                entry.policy_path = Some(path.display().to_string());
+            }
+            Err(status) => eprintln!(
+                "troupe-watch: could not fetch policy {}: {}",
+                p.policy,
+                status.message()
+            ),
         }
-        Err(status) => eprintln!("troupe-watch: could not fetch the policy: {}", status.message()),
+        policies.push(entry);
     }
+    let policy_version = policies.first().map_or(0, |p| p.policy_version);
+    let policy_path = policies.first().and_then(|p| p.policy_path.clone());
     if let Err(e) = plot_curve(&curve, target, &args.out.join("learning_curve.png")) {
         eprintln!("troupe-watch: could not plot the learning curve: {e:#}");
     }
-    let s = latest.unwrap_or_default();
     let summary = Summary {
         env: config.env.id.clone(),
         algorithm: config.learner.algorithm.name().to_string(),
@@ -199,6 +264,7 @@ async fn main() -> anyhow::Result<()> {
         frames_per_s: s.frames as f64 / wall_s.max(1e-9),
         policy_version,
         policy_path,
+        policies,
         curve,
     };
     std::fs::write(args.out.join("summary.json"), serde_json::to_vec_pretty(&summary)?)?;
