@@ -285,3 +285,127 @@ fn envpool_reset_steps_are_marked_invalid() {
     }
     assert!(invalid >= 20);
 }
+
+/// Runs `cfg` (a multi-agent env) with `config_toml`'s policies for `t` steps of `envs` envs,
+/// each policy with an untrained model; returns the env spec, the rollouts and the episodes.
+fn multi_agent_unroll(
+    cfg: EnvConfig,
+    config_toml: &str,
+    envs: u64,
+    t: usize,
+) -> (
+    troupe::spaces::EnvSpec,
+    Vec<proto::v1::Rollout>,
+    Vec<proto::v1::EpisodeStat>,
+) {
+    let mut run = troupe::RunConfig::from_toml(config_toml).unwrap();
+    run.env = cfg;
+    let seeds: Vec<u64> = (0..envs).collect();
+    let env = actor::envs::make(&run.env, &seeds, &python_path()).unwrap();
+    let spec = env.spec().clone();
+    let policies = troupe::policy_map::policy_specs(&run, &spec).unwrap();
+    let nets: Vec<Model> = policies
+        .iter()
+        .map(|p| {
+            Model::new(
+                &ModelSpec {
+                    env: p.clone(),
+                    model: run.model.clone(),
+                },
+                tch::Device::Cpu,
+            )
+            .unwrap()
+        })
+        .collect();
+    let refs: Vec<&Model> = nets.iter().collect();
+    let mut runner = EnvRunner::new(env, &policies, run.policies.reward, t, &vec![0; nets.len()], 3).unwrap();
+    let mut stats = Vec::new();
+    let versions = vec![1; nets.len()];
+    let rollouts = runner.unroll(&refs, 1, &versions, &mut |e| stats.push(e)).unwrap();
+    (spec, rollouts, stats)
+}
+
+/// lbforaging through Gymnasium (Tuple spaces): two agents, per-agent spaces, the state as both
+/// observations, its 50-step limit read as truncation with `env.time_limit`, one shared policy
+/// with a centralized critic: the rollout carries both agents' columns and the env states.
+#[test]
+fn lbforaging_runs_as_a_multi_agent_env() {
+    let mut cfg = gymnasium("Foraging-8x8-2p-2f-coop-v3");
+    cfg.imports = vec!["lbforaging".into()];
+    cfg.time_limit = Some(50);
+    let (spec, rollouts, stats) = multi_agent_unroll(cfg, "[model]\ncentral_critic = true", 3, 60);
+    assert_eq!(spec.agents.len(), 2);
+    assert_eq!(spec.agents[1].id, "agent_1");
+    assert_eq!(spec.agents[0].observation.shape, vec![12]);
+    assert_eq!(spec.state.as_ref().unwrap().shape, vec![24]);
+    assert_eq!(rollouts.len(), 1);
+    let r = &rollouts[0];
+    assert_eq!(r.policy, "default");
+    TensorView::new::<f32>("observations", r.observations.as_ref())
+        .unwrap()
+        .expect_shape(&[Some(61), Some(6), Some(12)])
+        .unwrap();
+    TensorView::new::<f32>("states", r.states.as_ref())
+        .unwrap()
+        .expect_shape(&[Some(61), Some(6), Some(24)])
+        .unwrap();
+    let trunc = TensorView::new::<u8>("truncated", r.truncated.as_ref())
+        .unwrap()
+        .to_vec::<u8>();
+    let truncated = trunc.iter().filter(|&&x| x == 1).count();
+    // A random policy rarely collects both items in 50 steps: most episodes hit the limit, both
+    // agents' columns truncated together, each with its last observation and state.
+    assert!(truncated >= 2 && truncated % 2 == 0, "{truncated}");
+    let k = TensorView::new::<f32>("truncation_states", r.truncation_states.as_ref()).unwrap();
+    assert_eq!(k.shape, vec![truncated, 24]);
+    assert!(!stats.is_empty() && stats.iter().all(|e| e.policy.is_empty() && e.length <= 50));
+}
+
+/// MPE's simple_spread through PettingZoo's parallel API, one policy per agent: three
+/// rollouts, each of one agent's columns; 25-step episodes end truncated; the team return is
+/// the sum of the agents' rewards, and each policy's return is reported too.
+#[test]
+fn simple_spread_runs_with_a_policy_per_agent() {
+    let mut kwargs = toml::Table::new();
+    kwargs.insert("N".into(), 3.into());
+    kwargs.insert("local_ratio".into(), 0.5.into());
+    kwargs.insert("max_cycles".into(), 25.into());
+    let cfg = EnvConfig {
+        id: "simple_spread_v3".into(),
+        backend: EnvBackend::Pettingzoo,
+        factory: "mpe2.simple_spread_v3:parallel_env".into(),
+        kwargs,
+        ..EnvConfig::default()
+    };
+    let (spec, rollouts, stats) = multi_agent_unroll(cfg, "[policies]\nmapping = \"per_agent\"", 2, 50);
+    assert_eq!(
+        spec.agents.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        ["agent_0", "agent_1", "agent_2"]
+    );
+    assert_eq!(rollouts.len(), 3);
+    for (r, a) in rollouts.iter().zip(&spec.agents) {
+        assert_eq!(r.policy, a.id);
+        let trunc = TensorView::new::<u8>("truncated", r.truncated.as_ref())
+            .unwrap()
+            .to_vec::<u8>();
+        // Steps 25 and 50 of both envs.
+        assert_eq!(trunc.iter().filter(|&&x| x == 1).count(), 4, "{}", a.id);
+    }
+    let team: Vec<f32> = stats
+        .iter()
+        .filter(|e| e.policy.is_empty())
+        .map(|e| e.episode_return)
+        .collect();
+    assert_eq!(team.len(), 4);
+    for (i, t) in team.iter().enumerate() {
+        let parts: f32 = stats
+            .iter()
+            .filter(|e| !e.policy.is_empty())
+            .skip(i * 3)
+            .take(3)
+            .map(|e| e.episode_return)
+            .sum();
+        assert!((t - parts).abs() < 1e-3, "team {t} against the policies' {parts}");
+        assert!(*t < 0.0, "simple_spread's rewards are negative distances: {t}");
+    }
+}

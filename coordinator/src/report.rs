@@ -96,7 +96,12 @@ pub fn plot_curve(points: &[Point], target: f64, path: &Path) -> anyhow::Result<
         let color = Palette99::pick(i + 2).to_rgba();
         let series: Vec<(f64, f64)> = points
             .iter()
-            .filter_map(|p| p.policies.get(name).filter(|v| v.is_finite()).map(|&v| (p.frames as f64, v)))
+            .filter_map(|p| {
+                p.policies
+                    .get(name)
+                    .filter(|v| v.is_finite())
+                    .map(|&v| (p.frames as f64, v))
+            })
             .collect();
         chart
             .draw_series(LineSeries::new(series, color.stroke_width(1)))?

@@ -515,6 +515,36 @@ impl Cluster {
         Ok(())
     }
 
+    /// Starts a learner for `policy` beside the first (multi-policy runs), and waits until it
+    /// serves. Its process is named `learner-POLICY`.
+    pub async fn start_policy_learner(&mut self, policy: &str, extra: &[&str]) -> anyhow::Result<Proc> {
+        let ready = self.dir.path().join(format!("learner-{policy}.json"));
+        let _ = std::fs::remove_file(&ready);
+        let any = format!("{}:0", self.learner_ip);
+        let coordinator = self.coordinator_addr_from(None);
+        let mut cmd = Command::new(bin("learner"));
+        cmd.args([
+            "--coordinator",
+            &coordinator,
+            "--policy",
+            policy,
+            "--listen",
+            &any,
+            "--metrics-listen",
+            &any,
+            "--device",
+            "cpu",
+            "--ready-file",
+        ])
+        .arg(&ready)
+        .args(self.secrets.iter().flat_map(|s| s.server_flags(Role::Learner)))
+        .args(extra);
+        let mut p = Proc::spawn(&format!("learner-{policy}"), self.dir.path(), cmd)?;
+        p.ready = Some(ready);
+        p.wait_ready(Duration::from_secs(60)).await?;
+        Ok(p)
+    }
+
     /// Waits until the learner serves (it writes its ready file after registering).
     pub async fn wait_learner(&mut self) -> anyhow::Result<()> {
         let p = self.learner.as_mut().context("no learner spawned")?;

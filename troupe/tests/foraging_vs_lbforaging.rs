@@ -66,7 +66,14 @@ fn record(id: &str, episodes: usize, seed: u64) -> Recording {
         .arg("-W")
         .arg("ignore")
         .arg(&script)
-        .args(["--env", id, "--episodes", &episodes.to_string(), "--seed", &seed.to_string()])
+        .args([
+            "--env",
+            id,
+            "--episodes",
+            &episodes.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ])
         .arg("--out")
         .arg(&out)
         .status()

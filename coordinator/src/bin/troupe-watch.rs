@@ -154,7 +154,10 @@ async fn main() -> anyhow::Result<()> {
                     last = (now, s.frames);
                 }
                 let per_policy: std::collections::BTreeMap<String, f64> = if s.policy_status.len() > 1 {
-                    s.policy_status.iter().map(|p| (p.policy.clone(), p.mean_return_100)).collect()
+                    s.policy_status
+                        .iter()
+                        .map(|p| (p.policy.clone(), p.mean_return_100))
+                        .collect()
                 } else {
                     Default::default()
                 };

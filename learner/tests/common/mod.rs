@@ -109,7 +109,7 @@ pub fn train(config: &RunConfig, updates: u64, seed: i64, lag: usize, target: f6
             }
             if trainer.updates.is_multiple_of(250) {
                 eprintln!(
-                    "updates {} mean return {mean:.1} entropy {:.3}",
+                    "updates {} mean return {mean:.2} entropy {:.3}",
                     trainer.updates,
                     stats.term("entropy").unwrap_or(f64::NAN)
                 );

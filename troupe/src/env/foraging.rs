@@ -528,8 +528,8 @@ impl MultiAgentEnv for Foraging {
     }
 
     fn is_live(&self, _agent: usize) -> bool {
-        // Every player acts until the episode ends.
-        true
+        // Every player acts until the episode ends, for all of them at once.
+        !(self.terminated() || self.truncated())
     }
 }
 

@@ -289,3 +289,50 @@ impl VecEnv for NativeVecEnv {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// LBF through the vec layer: two agents' columns in one group, every episode ends at the
+    /// latest at the 50-step limit (both columns truncated, the env reported ended, reset).
+    #[test]
+    fn multi_agent_envs_end_and_reset_in_groups() {
+        let id = "Foraging-8x8-2p-2f-coop-v3";
+        let mut env = NativeVecEnv::new(id, &[1, 2, 3]).unwrap();
+        assert_eq!(env.spec().agents.len(), 2);
+        let o = env.spec().agents[0].observation.size();
+        let n = 3 * 2;
+        let mut obs = vec![0f32; n * o];
+        env.reset_one(ObsBuf::F32(&mut obs), None).unwrap();
+        let (mut ends, mut truncations) = (0, 0);
+        for _ in 0..120 {
+            let (mut r, mut te, mut tr, mut fin, mut va) =
+                (vec![0.0; n], vec![0; n], vec![0; n], Vec::new(), vec![1; n]);
+            let mut ended = vec![0; 3];
+            env.step(
+                &[Action::Discrete(&[0; 6])],
+                &mut [StepOut {
+                    obs: ObsBuf::F32(&mut obs),
+                    rewards: &mut r,
+                    terminated: &mut te,
+                    truncated: &mut tr,
+                    masks: None,
+                    final_obs: &mut fin,
+                    valid: &mut va,
+                    states: None,
+                    final_states: None,
+                }],
+                &mut ended,
+            )
+            .unwrap();
+            assert!(va.iter().all(|&v| v == 1), "both agents act until the episode ends");
+            ends += ended.iter().filter(|&&e| e == 1).count();
+            truncations += tr.iter().filter(|&&t| t == 1).count();
+            assert_eq!(fin.len(), tr.iter().filter(|&&t| t == 1).count() * o * 4);
+        }
+        // Standing still collects nothing: every env is truncated at steps 50 and 100.
+        assert_eq!(ends, 3 * 2);
+        assert_eq!(truncations, 3 * 2 * 2);
+    }
+}
