@@ -4,7 +4,9 @@
   random actions, reset on episode end), for each of Troupe's native ids;
 - gymnasium_sync_vector: steps/s of Gymnasium's own SyncVectorEnv over N CartPole-v1 envs
   (what the actor's Python host replaces);
-- envpool: the same ids through EnvPool, one env and N envs batched, where it is installed.
+- envpool: the same ids through EnvPool, one env and N envs batched, where it is installed;
+- lbforaging: env steps/s of the lbforaging package (Level-Based Foraging), every agent
+  acting, against Troupe's native LBF (cargo bench -p troupe --bench native_envs).
 
     python scripts/bench_envs.py [SECONDS] [NUM_ENVS]
 """
@@ -34,6 +36,25 @@ def single(env_id, seconds):
         for a in actions:
             _, _, term, trunc, _ = env.step(a)
             if term or trunc:
+                env.reset()
+        steps += len(actions)
+    return steps / (time.perf_counter() - start)
+
+
+def lbf(env_id, seconds):
+    """lbforaging's env steps/s (every agent acting) in a plain Python loop."""
+    import lbforaging  # noqa: F401 - registers the Foraging ids
+
+    env = gym.make(env_id).unwrapped
+    env.reset(seed=1)
+    n = len(env.players)
+    rng = np.random.default_rng(2)
+    actions = [tuple(int(a) for a in rng.integers(0, 6, n)) for _ in range(4096)]
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for a in actions:
+            _, _, done, _, _ = env.step(a)
+            if done:
                 env.reset()
         steps += len(actions)
     return steps / (time.perf_counter() - start)
@@ -95,6 +116,7 @@ def main():
                 "gymnasium": {i: single(i, seconds) for i in IDS},
                 "gymnasium_sync_vector": {"env": "CartPole-v1", "num_envs": n, "env_steps_per_s": sync_vector(seconds, n)},
                 "envpool": envpool_rates(seconds, n),
+                "lbforaging": {i: lbf(i, seconds) for i in ["Foraging-8x8-2p-2f-coop-v3", "Foraging-8x8-3p-3f-v3"]},
             }
         )
     )

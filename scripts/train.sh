@@ -48,7 +48,9 @@ stop_all() { # pids...
   for _ in $(seq 1 200); do
     alive=0
     for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    [ $alive = 0 ] && return
+    # `return 0`, not `return`: in a trap handler a bare return gives the status of the command
+    # before the trap (`exit 143`), and errexit would end the clean-up there.
+    if [ $alive = 0 ]; then return 0; fi
     sleep 0.05
   done
   for p in "$@"; do kill -KILL "$p" 2>/dev/null || true; done
@@ -58,9 +60,10 @@ cleanup() {
   # A second signal must not cut the clean-up short: it stops every process and deletes the
   # run's secrets whatever stopped the script.
   trap '' INT TERM HUP
-  [ -n "$WATCH_PID" ] && stop_all "$WATCH_PID"
-  [ ${#WORKERS[@]} -gt 0 ] && stop_all "${WORKERS[@]}"
-  [ ${#PIDS[@]} -gt 0 ] && stop_all "${PIDS[@]}"
+  set +e
+  if [ -n "$WATCH_PID" ]; then stop_all "$WATCH_PID"; fi
+  if [ ${#WORKERS[@]} -gt 0 ]; then stop_all "${WORKERS[@]}"; fi
+  if [ ${#PIDS[@]} -gt 0 ]; then stop_all "${PIDS[@]}"; fi
   rm -rf "$RUN"
 }
 trap cleanup EXIT

@@ -479,6 +479,8 @@ fn run_envs(env_loop: EnvLoop) -> anyhow::Result<()> {
         }
     }
     let frames_per_unroll = (reg.config.actor.unroll_length * envs.num_envs()) as u64;
+    // Per policy: since when its outbox has been full (its learner gone or far behind).
+    let mut stalled: Vec<Option<Instant>> = vec![None; names.len()];
     while !shutdown.is_cancelled() {
         // Switch weights between unrolls when a newer version has arrived.
         for (g, rx) in policy_rxs.iter_mut().enumerate() {
@@ -534,23 +536,96 @@ fn run_envs(env_loop: EnvLoop) -> anyhow::Result<()> {
                 .position(|n| *n == rollout.policy)
                 .expect("the runner's own policies");
             let outbox = &outbox_txs[g];
-            // Backpressure: wait for room in the bounded outbox, but never past shutdown.
             let start = Instant::now();
-            let sent = runtime.block_on(async {
-                tokio::select! {
-                    r = outbox.send(rollout) => r.is_ok(),
-                    _ = shutdown.cancelled() => false,
-                }
-            });
+            let sent = if names.len() == 1 {
+                // Backpressure: wait for room in the bounded outbox, but never past shutdown.
+                runtime.block_on(async {
+                    tokio::select! {
+                        r = outbox.send(rollout) => Sent::from(r.is_ok()),
+                        _ = shutdown.cancelled() => Sent::Stop,
+                    }
+                })
+            } else {
+                send_or_drop(outbox, rollout, &mut stalled[g], &runtime, &shutdown)
+            };
             metrics::histogram!(names::ACTOR_SEND_WAIT_SECONDS).record(start.elapsed().as_secs_f64());
             metrics::gauge!(names::ACTOR_OUTBOX_DEPTH).set((outbox.max_capacity() - outbox.capacity()) as f64);
-            if !sent {
-                return Ok(());
+            match sent {
+                Sent::Stop => return Ok(()),
+                Sent::Dropped => {
+                    metrics::counter!(names::ACTOR_ROLLOUTS_DROPPED).increment(1);
+                    continue;
+                }
+                Sent::Yes => metrics::counter!(names::ACTOR_ROLLOUTS_SENT).increment(1),
             }
-            metrics::counter!(names::ACTOR_ROLLOUTS_SENT).increment(1);
         }
     }
     Ok(())
+}
+
+/// What became of a rollout handed to its policy's outbox.
+enum Sent {
+    Yes,
+    /// Its policy's learner has been behind for long: dropped so the other policies go on.
+    Dropped,
+    /// Shutdown, or the sender is gone.
+    Stop,
+}
+
+impl From<bool> for Sent {
+    fn from(ok: bool) -> Sent {
+        if ok {
+            Sent::Yes
+        } else {
+            Sent::Stop
+        }
+    }
+}
+
+/// How long a multi-policy actor waits for room in one policy's outbox before it drops that
+/// rollout, and how long an outbox may stay full before its rollouts are dropped at once.
+const POLICY_SEND_WAIT: Duration = Duration::from_secs(2);
+const POLICY_STALL: Duration = Duration::from_secs(5);
+
+/// The outbox policy of a multi-policy actor: one policy's learner being slow or gone must not
+/// stop the others. A full outbox is waited on (backpressure, as with one policy) for up to
+/// [`POLICY_SEND_WAIT`]; once it has stayed full for [`POLICY_STALL`], that policy's rollouts
+/// are dropped at once (counted in `troupe_actor_rollouts_dropped_total`) until it has room.
+fn send_or_drop(
+    outbox: &mpsc::Sender<Rollout>,
+    rollout: Rollout,
+    stalled: &mut Option<Instant>,
+    runtime: &tokio::runtime::Handle,
+    shutdown: &CancellationToken,
+) -> Sent {
+    let rollout = match outbox.try_send(rollout) {
+        Ok(()) => {
+            *stalled = None;
+            return Sent::Yes;
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => return Sent::Stop,
+        Err(mpsc::error::TrySendError::Full(r)) => r,
+    };
+    let since = *stalled.get_or_insert_with(Instant::now);
+    if since.elapsed() >= POLICY_STALL {
+        return Sent::Dropped;
+    }
+    runtime.block_on(async {
+        tokio::select! {
+            r = tokio::time::timeout(POLICY_SEND_WAIT, outbox.send(rollout)) => match r {
+                Ok(Ok(())) => {
+                    *stalled = None;
+                    Sent::Yes
+                }
+                Ok(Err(_)) => Sent::Stop,
+                Err(_) => {
+                    tracing::warn!("a policy's learner is behind or gone: dropping its rollouts while its outbox stays full");
+                    Sent::Dropped
+                }
+            },
+            _ = shutdown.cancelled() => Sent::Stop,
+        }
+    })
 }
 
 /// Tells the coordinator the env's spaces (retrying while it is away). A spec that differs

@@ -58,6 +58,13 @@ def _check_id(env_id):
     known = sorted(gym.registry.keys())
     close = difflib.get_close_matches(env_id, known, n=5)
     hint = f"; close matches: {close}" if close else ""
+    # Packages that register hundreds of variants (lbforaging's Foraging-...) are summarised
+    # by family, so the other ids still fit in the message.
+    families = {}
+    for k in known:
+        families.setdefault(k.split("-")[0], []).append(k)
+    if len(known) > 120:
+        known = [k for fam, ids in families.items() for k in (ids if len(ids) <= 12 else [f"{fam}-... ({len(ids)} ids)"])]
     listed = known if len(known) <= 120 else known[:120] + [f"... and {len(known) - 120} more"]
     raise HostError("make", "env.id", f"unknown Gymnasium env id {env_id!r}{hint}; known ids: {listed}")
 

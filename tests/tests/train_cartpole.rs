@@ -78,8 +78,11 @@ async fn cartpole_is_solved_by_a_local_cluster() -> anyhow::Result<()> {
     let (_, header) = safetensors::SafeTensors::read_metadata(&blob)?;
     let meta = header.metadata().clone().unwrap_or_default();
     let spec: serde_json::Value = serde_json::from_str(&meta["spec"])?;
-    let env: troupe::spaces::EnvSpec = serde_json::from_value(spec["env"].clone())?;
-    assert_eq!(env, troupe::env::native_spec("CartPole-v1").unwrap());
+    let env: troupe::spaces::PolicySpec = serde_json::from_value(spec["env"].clone())?;
+    assert_eq!(
+        env,
+        troupe::spaces::PolicySpec::single(&troupe::env::native_spec("CartPole-v1").unwrap())
+    );
     assert_eq!(spec["model"]["hidden_sizes"], serde_json::json!([64, 64]));
 
     // A user can load it in PyTorch (strict names and shapes) and it plays Gymnasium's

@@ -48,6 +48,33 @@ fn main() {
             serde_json::json!(steps as f64 / start.elapsed().as_secs_f64()),
         );
     }
+    // Level-Based Foraging: env steps (every agent acting) of one env, random actions.
+    for id in ["Foraging-8x8-2p-2f-coop-v3", "Foraging-8x8-3p-3f-v3"] {
+        let mut env = troupe::env::make_native_multi(id, 1).expect("native LBF");
+        let agents = env.spec().agents.len();
+        let mut rng = StdRng::seed_from_u64(2);
+        let actions: Vec<i64> = (0..4096 * agents).map(|_| rng.random_range(0..6)).collect();
+        let mut steps_out = vec![troupe::env::AgentStep::default(); agents];
+        env.reset();
+        let start = Instant::now();
+        let mut steps = 0u64;
+        while start.elapsed().as_secs_f64() < seconds {
+            for i in 0..4096 {
+                let acts: Vec<Action<'_>> = (0..agents)
+                    .map(|k| Action::Discrete(std::slice::from_ref(&actions[i * agents + k])))
+                    .collect();
+                env.step(&acts, &mut steps_out);
+                if !env.is_live(0) {
+                    env.reset();
+                }
+            }
+            steps += 4096;
+        }
+        out.insert(
+            id.to_string(),
+            serde_json::json!(steps as f64 / start.elapsed().as_secs_f64()),
+        );
+    }
     println!(
         "{}",
         serde_json::json!({"bench": "native_envs", "env_steps_per_s": out})

@@ -18,6 +18,7 @@ pub mod names {
     pub const ACTOR_EPISODE_LENGTH: &str = "troupe_actor_episode_length";
     pub const ACTOR_POLICY_VERSION: &str = "troupe_actor_policy_version";
     pub const ACTOR_ROLLOUTS_SENT: &str = "troupe_actor_rollouts_sent_total";
+    pub const ACTOR_ROLLOUTS_DROPPED: &str = "troupe_actor_rollouts_dropped_total";
     pub const ACTOR_SEND_WAIT_SECONDS: &str = "troupe_actor_send_wait_seconds";
     pub const ACTOR_OUTBOX_DEPTH: &str = "troupe_actor_outbox_depth";
     pub const ACTOR_RECONNECTS: &str = "troupe_actor_reconnects_total";
@@ -95,6 +96,11 @@ fn describe_all() {
         ACTOR_ROLLOUTS_SENT,
         Unit::Count,
         "rollouts handed to the learner stream"
+    );
+    describe_counter!(
+        ACTOR_ROLLOUTS_DROPPED,
+        Unit::Count,
+        "rollouts a multi-policy actor dropped because their policy's outbox stayed full (that learner gone or far behind)"
     );
     describe_histogram!(
         ACTOR_SEND_WAIT_SECONDS,
