@@ -95,6 +95,8 @@ pub struct PolicyUpdate {
 /// weights stay.
 #[derive(Debug, Default)]
 pub struct ActingPolicy {
+    /// The policy's name (the `policy` label of its metrics).
+    pub policy: String,
     /// The version loaded (0 before the first).
     pub version: u64,
     /// The last version refused: not retried.
@@ -110,10 +112,10 @@ impl ActingPolicy {
         match net.load_safetensors(&u.blob) {
             Ok(()) => {
                 if self.version != 0 {
-                    metrics::counter!(names::ACTOR_POLICY_SWITCHES).increment(1);
+                    metrics::counter!(names::ACTOR_POLICY_SWITCHES, "policy" => self.policy.clone()).increment(1);
                 }
                 self.version = u.version;
-                metrics::gauge!(names::ACTOR_POLICY_VERSION).set(self.version as f64);
+                metrics::gauge!(names::ACTOR_POLICY_VERSION, "policy" => self.policy.clone()).set(self.version as f64);
                 true
             }
             Err(e) => {
@@ -465,7 +467,13 @@ fn run_envs(env_loop: EnvLoop) -> anyhow::Result<()> {
         &state_sizes,
         seed,
     )?;
-    let mut acting: Vec<ActingPolicy> = policies.iter().map(|_| ActingPolicy::default()).collect();
+    let mut acting: Vec<ActingPolicy> = names
+        .iter()
+        .map(|n| ActingPolicy {
+            policy: n.clone(),
+            ..ActingPolicy::default()
+        })
+        .collect();
     // Every policy's first version, before the first step.
     for rx in &mut policy_rxs {
         let first = runtime.block_on(async {
@@ -553,10 +561,10 @@ fn run_envs(env_loop: EnvLoop) -> anyhow::Result<()> {
             match sent {
                 Sent::Stop => return Ok(()),
                 Sent::Dropped => {
-                    metrics::counter!(names::ACTOR_ROLLOUTS_DROPPED).increment(1);
+                    metrics::counter!(names::ACTOR_ROLLOUTS_DROPPED, "policy" => names[g].clone()).increment(1);
                     continue;
                 }
-                Sent::Yes => metrics::counter!(names::ACTOR_ROLLOUTS_SENT).increment(1),
+                Sent::Yes => metrics::counter!(names::ACTOR_ROLLOUTS_SENT, "policy" => names[g].clone()).increment(1),
             }
         }
     }

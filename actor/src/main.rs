@@ -26,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
     };
     // Metrics start once the run config is known: the return histogram follows the env's range.
     let buckets = reg.config.env.return_buckets();
-    let metrics_addr = telemetry::start_metrics_with(args.metrics_listen, &buckets, shutdown.clone()).await?;
+    let metrics_addr = telemetry::start_metrics_with(args.metrics_listen, &buckets, &[], shutdown.clone()).await?;
     telemetry::set_build_info("actor");
     health.set(troupe::health::ServingStatus::Serving).await;
     if let Some(path) = &args.ready_file {

@@ -16,7 +16,12 @@ async fn main() -> anyhow::Result<()> {
     };
     security.log("learner");
     let shutdown = shutdown_token();
-    let metrics_addr = telemetry::start_metrics(args.metrics_listen, shutdown.clone()).await?;
+    let metrics_addr = telemetry::start_learner_metrics(
+        args.metrics_listen,
+        args.policy.as_deref().unwrap_or(troupe::spaces::DEFAULT_POLICY),
+        shutdown.clone(),
+    )
+    .await?;
     telemetry::set_build_info("learner");
     loop {
         // Health first: a learner standing by for the lease is live (not ready) to probes.

@@ -117,6 +117,18 @@ async fn every_process_serves_lint_clean_metrics() -> anyhow::Result<()> {
             assert!(metric(body, n).is_some(), "{name} exports {n}:\n{body}");
         }
         promtool_check(name, body);
+        // Per-policy series: every learner series names the policy it trains; the actor's
+        // version gauge names the policy it acts with.
+        let labelled: &[&str] = match name {
+            "learner" => &["troupe_"],
+            "actor" => &["troupe_actor_policy_version", "troupe_actor_rollouts_sent_total"],
+            _ => &[],
+        };
+        for line in body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+            if labelled.iter().any(|p| line.starts_with(p)) {
+                assert!(line.contains("policy=\"default\""), "{name}: no policy label: {line}");
+            }
+        }
     }
     Ok(())
 }

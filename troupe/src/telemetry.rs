@@ -310,8 +310,15 @@ pub fn set_build_info(process: &'static str) {
 /// Installs the global Prometheus recorder (before any metric is described or touched).
 /// `episode_returns` are the return histogram's buckets (the env's range; see
 /// `EnvConfig::return_buckets`).
-pub fn install_metrics(episode_returns: &[f64]) -> anyhow::Result<PrometheusHandle> {
-    let handle = PrometheusBuilder::new()
+pub fn install_metrics(
+    episode_returns: &[f64],
+    global_labels: &[(&'static str, String)],
+) -> anyhow::Result<PrometheusHandle> {
+    let mut builder = PrometheusBuilder::new();
+    for (key, value) in global_labels {
+        builder = builder.add_global_label(*key, value.clone());
+    }
+    let handle = builder
         .set_buckets_for_metric(
             Matcher::Full(names::LEARNER_UPDATE_SECONDS.to_string()),
             &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0],
@@ -408,16 +415,29 @@ pub fn init_tracing(json: bool) {
 /// Installs the recorder, binds `addr` and serves `/metrics` there until `shutdown`; returns the
 /// bound address (port 0 picks a free one).
 pub async fn start_metrics(addr: SocketAddr, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
-    start_metrics_with(addr, &crate::config::EnvConfig::default().return_buckets(), shutdown).await
+    start_metrics_with(addr, &crate::config::EnvConfig::default().return_buckets(), &[], shutdown).await
+}
+
+/// [`start_metrics`] for a learner: every series it exports carries `policy="NAME"`, the
+/// policy it trains (one learner process per policy, so the label's values are the run's
+/// policies: low cardinality).
+pub async fn start_learner_metrics(
+    addr: SocketAddr,
+    policy: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let buckets = crate::config::EnvConfig::default().return_buckets();
+    start_metrics_with(addr, &buckets, &[("policy", policy.to_string())], shutdown).await
 }
 
 /// [`start_metrics`] with the env's episode-return buckets (the actor, once it knows its env).
 pub async fn start_metrics_with(
     addr: SocketAddr,
     episode_returns: &[f64],
+    global_labels: &[(&'static str, String)],
     shutdown: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
-    let handle = install_metrics(episode_returns)?;
+    let handle = install_metrics(episode_returns, global_labels)?;
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(serve_metrics(listener, handle, shutdown));
