@@ -102,7 +102,16 @@ troupe_install_deploy_tools() {
   export NODE_PATH="$TROUPE_NODE_DIR/node_modules"
 }
 
+# TROUPE_PREBUILT=DIR: use the binaries already built in DIR and skip the build (the tests, which
+# run train.sh from inside `cargo test`, after cargo built everything).
 troupe_build() {
+  if [ -n "${TROUPE_PREBUILT:-}" ]; then
+    for b in coordinator learner actor troupe-watch; do
+      [ -x "$TROUPE_PREBUILT/$b" ] || { echo "TROUPE_PREBUILT: expected a folder with the built binaries, $TROUPE_PREBUILT/$b is missing" >&2; exit 64; }
+    done
+    TROUPE_BIN="$TROUPE_PREBUILT"
+    return 0
+  fi
   troupe_log "building (release; target dir $CARGO_TARGET_DIR)"
   (cd "$TROUPE_ROOT" && cargo build --release --workspace --bins "$@")
   TROUPE_BIN="$CARGO_TARGET_DIR/release"
