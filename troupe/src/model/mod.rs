@@ -164,11 +164,19 @@ impl Model {
         } else {
             Encoder::new(&root / "policy" / "encoder", spec, obs, false)?
         };
-        let value_encoder = match (&spec.env.state, shared) {
-            (_, true) => None,
+        // The value head reads the value encoder's features, which a centralized critic's MLP
+        // makes as wide as its last hidden layer, whatever the policy's torso gives.
+        let (value_encoder, value_features) = match (&spec.env.state, shared) {
+            (_, true) => (None, features),
             // A centralized critic: an MLP over the env's state (with the agent one-hot).
-            (Some(state), false) => Some(Encoder::new(&root / "value" / "encoder", spec, state, true)?.0),
-            (None, false) => Some(Encoder::new(&root / "value" / "encoder", spec, obs, false)?.0),
+            (Some(state), false) => {
+                let (enc, width) = Encoder::new(&root / "value" / "encoder", spec, state, true)?;
+                (Some(enc), width)
+            }
+            (None, false) => {
+                let (enc, width) = Encoder::new(&root / "value" / "encoder", spec, obs, false)?;
+                (Some(enc), width)
+            }
         };
         if spec.env.state.is_some() && shared {
             return Err(ModelError {
@@ -182,7 +190,7 @@ impl Model {
             _ => action.dist_params(),
         } as i64;
         let policy_head = nn::linear(&root / "policy" / "head", features, head_width, Default::default());
-        let value_head = nn::linear(&root / "value" / "head", features, 1, Default::default());
+        let value_head = nn::linear(&root / "value" / "head", value_features, 1, Default::default());
         let log_std = match action {
             ActionSpace::Box { low, .. } => {
                 Some((&root / "policy").var("log_std", &[low.len() as i64], nn::Init::Const(spec.model.init_log_std)))
