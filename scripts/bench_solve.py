@@ -1,10 +1,15 @@
 """Learning benchmarks through scripts/train.sh (real processes): CartPole-v1 over 5 seeds for
 APPO (configs/cartpole.toml) and IMPALA (configs/cartpole-impala.toml), then Acrobot-v1,
-Pendulum-v1 and MinAtar Breakout (threshold 10) once each, with their learning curves.
+Pendulum-v1 and MinAtar Breakout (threshold 10) once each, with their learning curves, and
+the multi-agent configs once each (`teams`): cooperative LBF native (configs/lbf-coop.toml) and
+from the lbforaging package (configs/lbf-coop-python.toml) to a team return of 0.9, MPE
+simple_spread (configs/simple-spread.toml) to its target, and LBF with one policy and learner
+per agent (configs/lbf-two-teams.toml).
 
-    python3 scripts/bench_solve.py OUTDIR [--seeds N] [--algorithms appo,impala] [--skip-others]
+    python3 scripts/bench_solve.py OUTDIR [--seeds N] [--algorithms appo,impala] [--skip-others] [--only-teams]
 
-Prints one JSON object: {"cartpole_solve": {"appo": {...}, "impala": {...}}, "thresholds": {...}}.
+Prints one JSON object: {"cartpole_solve": {"appo": {...}, "impala": {...}}, "thresholds": {...},
+"teams": {...}}.
 Frames count env steps reported by the actors; times are from the launch of train.sh and from
 the first trained version. A seed "collapsed" if its mean return, after first passing 200,
 fell under 100 before it solved.
@@ -43,6 +48,7 @@ def run(config, seed, out, budget):
         "s_from_launch": s.get("solve_from_launch_s"),
         "launch_to_first_frame_s": s.get("launch_to_first_frame_s"),
         "mean_return_100": s["mean_return_100"],
+        "policies": {p["policy"]: p.get("mean_return_100") for p in s.get("policies") or []},
         "collapsed": collapsed,
     }
 
@@ -72,21 +78,28 @@ def main():
     result = {"cartpole_solve": {}, "thresholds": {}}
     algos = sys.argv[sys.argv.index("--algorithms") + 1].split(",") if "--algorithms" in sys.argv else ["appo", "impala"]
     configs = {"appo": "configs/cartpole.toml", "impala": "configs/cartpole-impala.toml"}
+    if "--only-teams" in sys.argv:
+        algos = []
     for algo in algos:
         cfg = configs[algo]
         runs = [run(os.path.join(ROOT, cfg), s, os.path.join(out, "solve", f"cartpole-{algo}-{s}"), 120)
                 for s in range(1, seeds + 1)]
         result["cartpole_solve"][algo] = summarise(runs)
+    result["teams"] = {}
+    singles = [("acrobot", 300), ("pendulum", 300), ("minatar-breakout", 300)]
+    teams = [("lbf-coop", 900), ("simple-spread", 300), ("lbf-two-teams", 600), ("lbf-coop-python", 1500)]
+    if "--only-teams" in sys.argv:
+        singles = []
     if "--skip-others" not in sys.argv:
         os.makedirs(os.path.join(out, "curves"), exist_ok=True)
-        for name, budget in [("acrobot", 300), ("pendulum", 300), ("minatar-breakout", 300)]:
+        for name, budget in singles + teams:
             d = os.path.join(out, "solve", name)
             r = run(os.path.join(ROOT, "configs", f"{name}.toml"), 1, d, budget)
             png = os.path.join(d, "learning_curve.png")
             if os.path.exists(png):
                 shutil.copy(png, os.path.join(out, "curves", f"{name}.png"))
                 r["curve_png"] = os.path.join(out, "curves", f"{name}.png")
-            result["thresholds"][name] = r
+            result["teams" if (name, budget) in teams else "thresholds"][name] = r
     print(json.dumps(result))
 
 

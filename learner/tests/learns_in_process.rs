@@ -1,4 +1,6 @@
 //! CartPole-v1 learns in process (actor runner, learner edge, batcher, trainer; no network).
+//! `common::train` takes any run config; cooperative LBF learns through a real cluster in
+//! tests/tests/learning.rs.
 
 mod common;
 
@@ -24,31 +26,5 @@ fn shipped_config_solves_cartpole_in_process_with_policy_lag() {
     assert!(
         solved_at.is_finite(),
         "not solved within 3000 updates (mean return at the end {last:.1})"
-    );
-}
-
-/// Cooperative LBF (native, 2 agents that must load each item together) with the shipped
-/// config: one shared policy with the agent-id input, the team reward and a centralized
-/// critic. Deterministic like the CartPole test above; the bound leaves room.
-#[test]
-fn shipped_config_learns_cooperative_foraging_in_process() {
-    let config = RunConfig::from_file(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../configs/lbf-coop.toml"
-    )))
-    .unwrap();
-    let start = std::time::Instant::now();
-    let Outcome {
-        mean_return: last,
-        solved_at,
-        ..
-    } = train(&config, 4000, 1, 2, 0.9);
-    eprintln!(
-        "lbf-coop: solved after {solved_at} updates in {:.0} s; mean team return at the end {last:.2}",
-        start.elapsed().as_secs_f64()
-    );
-    assert!(
-        solved_at.is_finite(),
-        "not solved within 4000 updates (mean team return at the end {last:.2})"
     );
 }

@@ -281,7 +281,7 @@ async fn tls_and_tokens_refuse_strangers_and_wrong_roles() -> anyhow::Result<()>
     assert_eq!(ack.accepted, 1);
     let stale_count = scrape(&cluster.learner_metrics)?
         .lines()
-        .find(|l| l.starts_with("troupe_learner_rollouts_rejected_total{reason=\"stale\"}"))
+        .find(|l| l.starts_with("troupe_learner_rollouts_rejected_total{policy=\"default\",reason=\"stale\"}"))
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
     assert_eq!(stale_count, Some(1.0));
 

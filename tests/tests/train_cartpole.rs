@@ -39,11 +39,11 @@ async fn cartpole_is_solved_by_a_local_cluster() -> anyhow::Result<()> {
         (frames - updates * per_update).abs() <= per_update,
         "each update consumes T x B frames: {frames} frames, {updates} updates"
     );
-    assert!(m.contains("troupe_learner_device_info{device=\"cpu\"} 1"), "{m}");
+    assert!(m.contains("troupe_learner_device_info{policy=\"default\",device=\"cpu\"} 1"), "{m}");
     // APPO's own terms are in the metrics.
     assert_eq!(config.learner.algorithm, troupe::config::AlgorithmKind::Appo);
     for term in ["policy", "baseline", "entropy", "kl", "clip_fraction"] {
-        let series = format!("troupe_learner_loss{{algorithm=\"appo\",term=\"{term}\"}}");
+        let series = format!("troupe_learner_loss{{policy=\"default\",algorithm=\"appo\",term=\"{term}\"}}");
         assert!(m.contains(&series), "{series} missing: {m}");
     }
 
