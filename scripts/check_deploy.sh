@@ -2,12 +2,20 @@
 # The deployment checks, each with the real tool (scripts/test.sh runs them after the Rust tests):
 #   chart.sh          helm lint --strict, helm template | kubernetes-validate --strict, yamllint,
 #                     the prometheus-operator objects against their schemas, schema negatives;
-#   observability.sh  promtool check/test rules, promtool check config, the dashboard's schema
-#                     and every panel's PromQL;
-#   images.sh         hadolint on the Dockerfile, docker-compose config -q on every compose file;
+#                     one learner (StatefulSet, Service, claim, --policy) per policy for the
+#                     two-policy values (ci/lbf-two-teams-values.yaml);
+#   observability.sh  promtool check/test rules (per-policy alerts tested with two policies),
+#                     promtool check config on both compose Prometheus configs, the dashboard's
+#                     schema, every panel's PromQL, its metrics in docs/METRICS.md and its
+#                     policy filters;
+#   images.sh         hadolint on the Dockerfile, docker-compose config -q on every compose file
+#                     (compose.teams.yaml: a learner service per policy);
 #   wiring.py         the chart's and compose's workloads started as local processes: they train;
 #   live.py           a local cluster scraped by a real Prometheus: promtool check metrics, a
-#                     non-zero frames rate, every dashboard query, the alert rules loaded.
+#                     non-zero frames rate, every dashboard query, the alert rules loaded;
+#   live.py --teams   the same with configs/lbf-two-teams.toml, one learner per policy; then one
+#                     learner is killed: its policy's TroupeLearnerDown alone fires, the other
+#                     policy trains on.
 # Installs the tools on first use (scripts/setup.sh, cached under ~/.cache/troupe). Runs every
 # check and fails if any failed.
 set -uo pipefail
@@ -31,6 +39,7 @@ run_check observability bash scripts/checks/observability.sh
 run_check images bash scripts/checks/images.sh
 run_check wiring "$TROUPE_TOOLS_VENV/bin/python" scripts/checks/wiring.py
 run_check live "$TROUPE_TOOLS_VENV/bin/python" scripts/checks/live.py
+run_check live-teams "$TROUPE_TOOLS_VENV/bin/python" scripts/checks/live.py --teams
 if [ ${#failed[@]} -gt 0 ]; then
   troupe_log "deploy checks failed: ${failed[*]}"
   exit 1

@@ -49,7 +49,8 @@ EOF
 
 # Asserts what the rendered manifests wire together. EXPECT is JSON: gpu (learner asks for a GPU),
 # redis (the chart's Redis), hpa, monitoring (number of prometheus-operator objects), dashboard,
-# tls / auth / clientAuth / serverName (the security settings), onFenced, learnerId.
+# tls / auth / clientAuth / serverName (the security settings), onFenced, learnerId, policies
+# (learner.policies, default ["default"]: one learner StatefulSet + headless Service each).
 assert_manifest() { # FILE EXPECT_JSON
   python3 - "$1" "$2" "$RELEASE" "$NAMESPACE" <<'EOF'
 import json, re, sys, yaml
@@ -84,16 +85,20 @@ def service_port(url, scheme):
     if port not in [p["port"] for p in svc["spec"]["ports"]]: return f"{url}: Service {name} has no port {port}"
     return None
 
-coord, learner, actor = find("Deployment", "-coordinator"), find("StatefulSet", "-learner"), find("Deployment", "-actor")
-check(coord and learner and actor, "coordinator Deployment, learner StatefulSet and actor Deployment must all render")
+def component(d):
+    return d["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+coord, actor = find("Deployment", "-coordinator"), find("Deployment", "-actor")
+learners = [d for d in docs if d["kind"] == "StatefulSet" and component(d) == "learner"]
+policies = expect.get("policies", ["default"])
+check(coord and learners and actor, "coordinator Deployment, learner StatefulSet(s) and actor Deployment must all render")
 if errors: sys.exit("\n".join(errors))
 
-workloads = {"coordinator": coord, "learner": learner, "actor": actor}
+workloads = [("coordinator", coord)] + [("learner", l) for l in learners] + [("actor", actor)]
 redis = find("StatefulSet", "-redis")
 check((redis is not None) == expect["redis"], "redis StatefulSet rendered iff redis.enabled")
-if redis: workloads["redis"] = redis
+if redis: workloads.append(("redis", redis))
 checksums = set()
-for name, w in workloads.items():
+for name, w in workloads:
     pod = w["spec"]["template"]
     spec = pod["spec"]
     psc = spec.get("securityContext", {})
@@ -173,7 +178,7 @@ for name, w in workloads.items():
     if auth_on:
         want = {"coordinator": ["actor", "admin", "evaluator", "learner"], "learner": ["actor", "learner"], "actor": ["actor"]}[name]
         check(items("tokens") == want, f"{name}: token Secret keys {items('tokens')}, want {want}")
-check(len(checksums) == 1 and None not in checksums, "checksum/config must be set and equal on the three workloads")
+check(len(checksums) == 1 and None not in checksums, "checksum/config must be set and equal on the Troupe workloads")
 
 c = coord["spec"]["template"]["spec"]["containers"][0]
 check(coord["spec"]["replicas"] == 1 and coord["spec"]["strategy"]["type"] == "Recreate", "coordinator: 1 replica, Recreate")
@@ -193,26 +198,62 @@ elif expect.get("redisSecret"):
 else:
     check(redis_env.get("value") == expect["redisUrl"], "TROUPE_REDIS_URL = externalRedis.url")
 
-spec = learner["spec"]["template"]["spec"]
-c = spec["containers"][0]
-headless = services.get(learner["spec"]["serviceName"])
-check(headless and headless["spec"].get("clusterIP") == "None", "learner: governing Service must be headless")
-want = f"{'https' if expect.get('tls') else 'http'}://{learner['metadata']['name']}-0.{learner['spec']['serviceName']}.{ns}.svc:50052"
-check(arg(c, "--advertise") == want, f"learner: --advertise {arg(c, '--advertise')} != {want}")
-check(arg(c, "--listen") == "0.0.0.0:50052", "learner: --listen")
-check(arg(c, "--checkpoint-dir") == "/var/lib/troupe/checkpoints", "learner: --checkpoint-dir")
-check(arg(c, "--on-fenced") == expect.get("onFenced", "exit"), f"learner: --on-fenced {expect.get('onFenced', 'exit')}")
-lid = env(c, "TROUPE_LEARNER_ID") or {}
-if expect.get("learnerId"):
-    check(lid.get("value") == expect["learnerId"], f"learner: TROUPE_LEARNER_ID = {expect['learnerId']}")
-else:
-    check(lid.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name",
-          "learner: TROUPE_LEARNER_ID from the pod name (downward API)")
-check(any(m["mountPath"] == "/var/lib/troupe" for m in c["volumeMounts"]), "learner: volume at /var/lib/troupe")
-check(arg(c, "--device") == expect["device"], f"learner: --device {expect['device']}")
-check(spec["terminationGracePeriodSeconds"] == 120, "learner: terminationGracePeriodSeconds 120")
-check(("nvidia.com/gpu" in c["resources"]["limits"]) == expect["gpu"], "learner: nvidia.com/gpu limit iff learner.gpu.enabled")
-check(bool(spec.get("tolerations")) == expect["gpu"], "learner: GPU toleration with the GPU values only")
+# One learner per policy: a StatefulSet and a headless Service each, named <fullname>-learner
+# with one policy (the single-learner names and selector), <fullname>-learner-<policy as a DNS
+# label> with several; each runs --policy NAME and carries troupe.dev/policy on its pods.
+fullname = coord["metadata"]["name"].removesuffix("-coordinator")
+multi = len(policies) > 1
+check(len(learners) == len(policies), f"{len(learners)} learner StatefulSets for policies {policies}")
+learner_services = [s for s in services.values() if component(s) == "learner"]
+check(len(learner_services) == len(policies), f"{len(learner_services)} learner Services for policies {policies}")
+def selects(selector, labels):
+    return all(labels.get(k) == v for k, v in selector.items())
+by_policy = {}
+for learner in learners:
+    spec = learner["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    policy = arg(c, "--policy")
+    by_policy[policy] = learner
+    lname = learner["metadata"]["name"]
+    want_name = f"{fullname}-learner" + (f"-{policy.lower().replace('_', '-')}" if multi else "")
+    check(lname == want_name, f"learner of policy {policy}: named {lname}, want {want_name}")
+    check(len(lname) <= 52, f"{lname}: over 52 characters (the pods' controller-revision-hash label)")
+    pod_labels = learner["spec"]["template"]["metadata"]["labels"]
+    check(pod_labels.get("troupe.dev/policy") == policy and learner["metadata"]["labels"].get("troupe.dev/policy") == policy,
+          f"{lname}: troupe.dev/policy={policy} on the StatefulSet and its pods")
+    sel = learner["spec"]["selector"]["matchLabels"]
+    check(("troupe.dev/policy" in sel) == multi and selects(sel, pod_labels),
+          f"{lname}: selector {sel} (troupe.dev/policy in it iff several policies) must select its pods")
+    for other in learners:
+        if other is not learner:
+            check(not selects(sel, other["spec"]["template"]["metadata"]["labels"]), f"{lname}: selector also selects {other['metadata']['name']}'s pods")
+    headless = services.get(learner["spec"]["serviceName"])
+    check(headless and headless["spec"].get("clusterIP") == "None", f"{lname}: governing Service must be headless")
+    if headless:
+        check(headless["metadata"]["name"] == lname, f"{lname}: its Service is named {headless['metadata']['name']}")
+        for other in learners:
+            check(selects(headless["spec"]["selector"], other["spec"]["template"]["metadata"]["labels"]) == (other is learner),
+                  f"Service {headless['metadata']['name']} must select the pods of {lname} only")
+    want = f"{'https' if expect.get('tls') else 'http'}://{lname}-0.{learner['spec']['serviceName']}.{ns}.svc:50052"
+    check(arg(c, "--advertise") == want, f"{lname}: --advertise {arg(c, '--advertise')} != {want}")
+    check(arg(c, "--listen") == "0.0.0.0:50052", f"{lname}: --listen")
+    check(arg(c, "--checkpoint-dir") == "/var/lib/troupe/checkpoints", f"{lname}: --checkpoint-dir")
+    check(arg(c, "--on-fenced") == expect.get("onFenced", "exit"), f"{lname}: --on-fenced {expect.get('onFenced', 'exit')}")
+    lid = env(c, "TROUPE_LEARNER_ID") or {}
+    if expect.get("learnerId"):
+        check(lid.get("value") == expect["learnerId"], f"{lname}: TROUPE_LEARNER_ID = {expect['learnerId']}")
+    else:
+        check(lid.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name",
+              f"{lname}: TROUPE_LEARNER_ID from the pod name (downward API)")
+    check(any(m["mountPath"] == "/var/lib/troupe" and m["name"] == "data" for m in c["volumeMounts"]), f"{lname}: volume data at /var/lib/troupe")
+    claims = [t["metadata"]["name"] for t in learner["spec"].get("volumeClaimTemplates", [])]
+    emptydir = any(v["name"] == "data" and "emptyDir" in v for v in spec.get("volumes", []))
+    check(claims == ["data"] or (not claims and emptydir), f"{lname}: its own checkpoint volume (claim template data-{lname}-0, or an emptyDir)")
+    check(arg(c, "--device") == expect["device"], f"{lname}: --device {expect['device']}")
+    check(spec["terminationGracePeriodSeconds"] == 120, f"{lname}: terminationGracePeriodSeconds 120")
+    check(("nvidia.com/gpu" in c["resources"]["limits"]) == expect["gpu"], f"{lname}: nvidia.com/gpu limit iff learner.gpu.enabled")
+    check(bool(spec.get("tolerations")) == expect["gpu"], f"{lname}: GPU toleration with the GPU values only")
+check(sorted(by_policy, key=str) == sorted(policies), f"learners run --policy {sorted(by_policy, key=str)}, want {sorted(policies)}")
 
 c = actor["spec"]["template"]["spec"]["containers"][0]
 check(actor["spec"]["template"]["spec"]["containers"][0]["image"].startswith("ghcr.io/troupe-rl/troupe-actor:"), "actor image")
@@ -237,8 +278,17 @@ for m in mon:
     if m["kind"] == "ServiceMonitor":
         sel = m["spec"]["selector"]["matchLabels"]
         targets = [s for s in services.values() if all(s["metadata"]["labels"].get(k) == v for k, v in sel.items())]
-        check(len(targets) == 1 and any(p["name"] == "metrics" for p in targets[0]["spec"]["ports"]),
-              f"ServiceMonitor/{m['metadata']['name']}: selects one Service with a metrics port")
+        comp = sel.get("app.kubernetes.io/component")
+        want = [s for s in services.values() if component(s) == comp]
+        check(targets and targets == want and all(any(p["name"] == "metrics" for p in t["spec"]["ports"]) for t in targets),
+              f"ServiceMonitor/{m['metadata']['name']}: selects every {comp} Service ({len(want)}; one per policy for the learner), each with a metrics port")
+        if comp == "learner":
+            # Learners label their own series with policy; the monitor gives `up` the label too,
+            # and honorLabels keeps the learner's value on its series (no exported_policy).
+            ep = m["spec"]["endpoints"][0]
+            check(ep.get("honorLabels") is True, f"ServiceMonitor/{m['metadata']['name']}: honorLabels")
+            check(any(r.get("targetLabel") == "policy" and r.get("sourceLabels") == ["__meta_kubernetes_pod_label_troupe_dev_policy"]
+                      for r in ep.get("relabelings", [])), f"ServiceMonitor/{m['metadata']['name']}: policy relabeling from troupe.dev/policy")
 dash = find("ConfigMap", "-dashboard")
 check((dash is not None) == expect["dashboard"], "dashboard ConfigMap iff dashboards.enabled")
 if dash:
@@ -257,6 +307,7 @@ CASES=(
   "cpu|-f $CHART/values-cpu.yaml|{\"gpu\":false,\"redis\":true,\"hpa\":false,\"monitoring\":0,\"dashboard\":true,\"device\":\"cpu\",\"run\":\"cartpole\"}"
   "full|-f $CHART/ci/full-values.yaml|{\"gpu\":true,\"redis\":false,\"redisSecret\":\"troupe-redis\",\"hpa\":true,\"monitoring\":4,\"dashboard\":true,\"device\":\"auto\",\"run\":\"cartpole\",\"tls\":true,\"auth\":true,\"clientAuth\":true,\"serverName\":\"troupe.internal\",\"onFenced\":\"wait\"}"
   "external-url|-f $CHART/ci/external-url-values.yaml|{\"gpu\":false,\"redis\":false,\"redisUrl\":\"redis://redis.example.internal:6379/0\",\"hpa\":false,\"monitoring\":0,\"dashboard\":false,\"device\":\"cpu\",\"run\":\"acrobot-cpu\",\"podAnnotations\":false}"
+  "lbf-two-teams|-f $CHART/ci/lbf-two-teams-values.yaml|{\"gpu\":false,\"redis\":true,\"hpa\":false,\"monitoring\":4,\"dashboard\":true,\"device\":\"cpu\",\"run\":\"lbf-two-teams\",\"policies\":[\"agent_0\",\"agent_1\"]}"
   "set-flags|-f $CHART/values-cpu.yaml --set metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabled=true,metrics.prometheusRule.enabled=true,actor.autoscaling.enabled=true,redis.enabled=false,externalRedis.url=redis://redis:6379,tls.enabled=true,tls.secretName=troupe-tls,logJson=false,learner.id=trainer-a|{\"gpu\":false,\"redis\":false,\"redisUrl\":\"redis://redis:6379\",\"hpa\":true,\"monitoring\":4,\"dashboard\":true,\"device\":\"cpu\",\"run\":\"cartpole\",\"tls\":true,\"logJson\":false,\"learnerId\":\"trainer-a\"}"
 )
 # every test value file under ci/ must be covered above
@@ -299,6 +350,13 @@ NEGATIVE=(
   "onFenced enum|--set learner.onFenced=retry|onFenced"
   "tls unknown key|--set tls.mutual=true|mutual"
   "resources need limits|--set learner.resources.limits=null|limits"
+  "policies required|--set learner.policies=null|policies"
+  "policy name pattern|--set learner.policies={-x}|learner.policies"
+  "policies unique|--set learner.policies={default,default}|learner.policies"
+  "policies vs shared config|--set learner.policies={agent_0}|mapping is \"shared\""
+  "policies vs per_agent config|-f $CHART/ci/lbf-two-teams-values.yaml --set learner.policies={default}|mapping is \"per_agent\""
+  "policies with one DNS name|-f $CHART/ci/lbf-two-teams-values.yaml --set learner.policies={agent_0,Agent-0}|both make the learner name"
+  "learner name too long|-f $CHART/ci/lbf-two-teams-values.yaml --set fullnameOverride=abcdefghijabcdefghijabcdefghijabcdefghij|at most 52"
 )
 for neg in "${NEGATIVE[@]}"; do
   IFS='|' read -r name flags want <<<"$neg"

@@ -6,11 +6,15 @@ Static mode (the default; no Grafana needed):
     package when it imports, e.g. under the tools venv's python, else the `check-jsonschema` CLI);
   - checks the structure: unique panel ids, gridPos inside the 24 columns and no two panels
     overlapping, every query panel and target on datasource {"type": "prometheus",
-    "uid": "${datasource}"}, refIds unique per panel, the `datasource` and `run` variables, and
-    the "main" panels (MAIN_PANELS) present;
-  - checks that every series selector in every expression filters run=~"$run";
-  - substitutes Grafana's variables ($run -> .*, $__rate_interval -> 1m, ...), writes every
-    expression into a temporary rules file as a recording rule and runs `promtool check rules`.
+    "uid": "${datasource}"}, refIds unique per panel, the `datasource`, `run` and `policy`
+    variables, and the "main" panels (MAIN_PANELS) present;
+  - checks that every series selector in every expression filters run=~"$run", names a metric
+    docs/METRICS.md lists (a histogram's _bucket/_sum/_count series count as it; `up` is
+    Prometheus's own), and, when docs/METRICS.md gives that metric a `policy` label (every
+    learner metric: one learner per policy), filters policy=~"$policy" too;
+  - substitutes Grafana's variables ($run, $policy -> .*, $__rate_interval -> 1m, ...), writes
+    every expression into a temporary rules file as a recording rule and runs
+    `promtool check rules`.
 
 Live mode (--live URL, e.g. --live http://127.0.0.1:9090): runs the structural checks, then
 evaluates every expression through the Prometheus HTTP API (/api/v1/query), fails on any query
@@ -35,9 +39,14 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_DASHBOARD = os.path.join(ROOT, "helm", "troupe", "files", "dashboard.json")
 DEFAULT_SCHEMA = os.path.join(ROOT, "scripts", "checks", "dashboard.schema.json")
+METRICS_DOC = os.path.join(ROOT, "docs", "METRICS.md")
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 RUN_MATCHER = ("run", "=~", "$run")
+POLICY_MATCHER = ("policy", "=~", "$policy")
+POLICY_QUERY = 'label_values(troupe_coordinator_policy_version{run=~"$run"}, policy)'
+# Series Prometheus makes itself, not in the catalog.
+PROMETHEUS_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
 
 # Panels a running cluster must fill: live mode fails when one of them returns no data.
 MAIN_PANELS = [
@@ -166,11 +175,13 @@ def selectors(expr):
     return found
 
 
-def substitute(expr, run=".*"):
+def substitute(expr, run=".*", policy=".*"):
     def repl(m):
         name = m.group(1) or m.group(2)
         if name == "run":
             return run
+        if name == "policy":
+            return policy
         if name in BUILTINS:
             return BUILTINS[name]
         raise Failure(f"unknown variable ${name}")
@@ -212,7 +223,33 @@ def validate_schema(dashboard_path, schema_path):
             f"  at /{'/'.join(map(str, e.absolute_path))}: {e.message[:300]}" for e in errors[:20]))
 
 
-def check_structure(dashboard):
+def catalog(path=METRICS_DOC):
+    """docs/METRICS.md: {metric name: (type, has a `policy` label)} from its tables' rows
+    "| `name` | type | labels | meaning |"."""
+    out = {}
+    with open(path) as f:
+        for line in f:
+            cells = [c.strip() for c in line.split("|")]
+            if len(cells) >= 6 and cells[1].startswith("`troupe_"):
+                out[cells[1].strip("`")] = (cells[2], "`policy`" in cells[3])
+    if len(out) < 40:
+        raise Failure(f"{path}: read only {len(out)} metrics from its tables")
+    return out
+
+
+def catalog_name(name, metrics):
+    """The catalog's name for a series name: itself, or its histogram's for _bucket/_sum/_count."""
+    if name in metrics:
+        return name
+    for suffix in ("_bucket", "_sum", "_count"):
+        base = name.removesuffix(suffix)
+        if base != name and metrics.get(base, ("",))[0] == "histogram":
+            return base
+    return None
+
+
+def check_structure(dashboard, metrics=None):
+    metrics = catalog() if metrics is None else metrics
     problems = []
     variables = {v.get("name"): v for v in dashboard.get("templating", {}).get("list", [])}
     if variables.get("datasource", {}).get("type") != "datasource":
@@ -222,6 +259,11 @@ def check_structure(dashboard):
     run_query = run_query.get("query") if isinstance(run_query, dict) else run_query
     if run_query != "label_values(troupe_build_info, run)" or not run.get("includeAll"):
         problems.append("the `run` variable must query label_values(troupe_build_info, run) with includeAll")
+    policy = variables.get("policy", {})
+    policy_query = policy.get("query")
+    policy_query = policy_query.get("query") if isinstance(policy_query, dict) else policy_query
+    if policy_query != POLICY_QUERY or not policy.get("includeAll") or policy.get("allValue") != ".*":
+        problems.append(f"the `policy` variable must query {POLICY_QUERY} with includeAll and allValue .*")
 
     panels = dashboard.get("panels", [])
     all_panels = list(panels) + [c for p in panels if p.get("type") == "row" for c in p.get("panels", [])]
@@ -279,6 +321,13 @@ def check_structure(dashboard):
             for name, matchers in sels:
                 if RUN_MATCHER not in matchers:
                     problems.append(f'{where}: selector {name or "{...}"} lacks run=~"$run": {expr}')
+                if name in PROMETHEUS_SERIES:
+                    continue
+                known = catalog_name(name, metrics)
+                if known is None:
+                    problems.append(f"{where}: metric {name or '{...}'} is not in docs/METRICS.md: {expr}")
+                elif metrics[known][1] and POLICY_MATCHER not in matchers:
+                    problems.append(f'{where}: {name} has a policy label (docs/METRICS.md) but the selector lacks policy=~"$policy": {expr}')
 
     titles = [p.get("title") for p in query_panels(dashboard)]
     for main in MAIN_PANELS:
@@ -288,13 +337,13 @@ def check_structure(dashboard):
         raise Failure("structure:\n" + "\n".join("  " + p for p in problems))
 
 
-def expressions(dashboard, run=".*"):
+def expressions(dashboard, run=".*", policy=".*"):
     """(panel title, record name, refId, Grafana expr, substituted expr) for every target."""
     out = []
     for p in query_panels(dashboard):
         for t in p.get("targets", []):
             out.append((p["title"], f"dashboard:panel{p['id']}_{t['refId']}", t["refId"], t["expr"],
-                        substitute(t["expr"], run)))
+                        substitute(t["expr"], run, policy)))
     return out
 
 
@@ -334,8 +383,8 @@ def query(url, expr, timeout):
     return len(result or []), None
 
 
-def live(dashboard, url, run, wait, timeout):
-    exprs = expressions(dashboard, run)
+def live(dashboard, url, run, wait, timeout, policy=".*"):
+    exprs = expressions(dashboard, run, policy)
     deadline = time.monotonic() + wait
     while True:
         errors, panel_data, lines = [], {}, []
@@ -367,6 +416,7 @@ def main():
     ap.add_argument("--schema", default=DEFAULT_SCHEMA)
     ap.add_argument("--live", metavar="URL", help="Prometheus base URL, e.g. http://127.0.0.1:9090")
     ap.add_argument("--run", default=".*", help="value for $run in live mode (a regex; default .*)")
+    ap.add_argument("--policy", default=".*", help="value for $policy in live mode (a regex; default .*)")
     ap.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                     help="live mode: retry until every main panel has data, for at most this long")
     ap.add_argument("--timeout", type=float, default=10.0, help="live mode: seconds per query")
@@ -380,7 +430,7 @@ def main():
     try:
         if args.live:
             check_structure(dashboard)
-            live(dashboard, args.live, args.run, args.wait, args.timeout)
+            live(dashboard, args.live, args.run, args.wait, args.timeout, args.policy)
             print(f"dashboard_check: live OK ({args.live})")
         else:
             validate_schema(args.dashboard, args.schema)

@@ -5,10 +5,14 @@
 #   2. the Dockerfile's COPY/ADD sources exist and .dockerignore keeps them in the context, every
 #      COPY --from names an earlier stage, and the runtime and actor targets exist;
 #   3. docker-compose config -q on compose.yaml alone and with each override file (TLS paths
-#      pointed at dummy files in a temp dir);
+#      pointed at dummy files in a temp dir), compose.teams.yaml (one learner per policy) among
+#      them;
 #   4. in the resolved stacks: every bind-mounted file exists, images carry a pinned tag, build
-#      targets are Dockerfile stages, the default run config exists, the Troupe services have
-#      healthchecks and the actor service can be scaled (no container_name, no host ports).
+#      targets are Dockerfile stages, the run config exists, the Troupe services have
+#      healthchecks and the actor service can be scaled (no container_name, no host ports); the
+#      learners (one service per policy) each have their own TROUPE_POLICY, lease id, volume and
+#      advertised address (their own service name), and the stack's Prometheus config scrapes
+#      exactly those learners.
 # Usage: scripts/checks/images.sh   (from anywhere; installs its tools on first use)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -25,7 +29,7 @@ step "hadolint Dockerfile"
 hadolint --config .hadolint.yaml Dockerfile
 
 step "yamllint compose files and .hadolint.yaml (.yamllint.yaml)"
-yamllint --strict compose.yaml compose.gpu.yaml compose.tls.yaml .hadolint.yaml
+yamllint --strict compose.yaml compose.gpu.yaml compose.tls.yaml compose.teams.yaml .hadolint.yaml
 
 step "Dockerfile COPY sources, stages and .dockerignore"
 python3 - Dockerfile .dockerignore <<'PY'
@@ -154,6 +158,8 @@ stacks=(
   "compose.yaml compose.gpu.yaml"
   "compose.yaml compose.tls.yaml"
   "compose.yaml compose.gpu.yaml compose.tls.yaml"
+  "compose.yaml compose.teams.yaml"
+  "compose.yaml compose.teams.yaml compose.gpu.yaml compose.tls.yaml"
 )
 i=0
 for stack in "${stacks[@]}"; do
@@ -169,6 +175,7 @@ step "compose stacks: mounts, images, targets, healthchecks, scaling"
 python3 - "$ROOT" "$TMP" "${#stacks[@]}" <<'PY'
 import json, re, sys
 from pathlib import Path
+import yaml
 
 root, tmp, count = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 stages = set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", (root / "Dockerfile").read_text(), re.M | re.I))
@@ -195,16 +202,44 @@ for i in range(count):
                 errors.append(f"{where}: bind source {src} does not exist")
             elif not (src.resolve().is_relative_to(root) or src.resolve().is_relative_to(tmp.resolve())):
                 errors.append(f"{where}: bind source {src} lies outside the repository")
-        if name in ("coordinator", "learner", "actor"):
+        if name in ("coordinator", "actor") or name.startswith("learner"):
             test = (svc.get("healthcheck") or {}).get("test") or []
             if "troupe-health" not in test:
                 errors.append(f"{where}: no troupe-health healthcheck")
     actor = stack["services"].get("actor", {})
     if actor.get("container_name") or actor.get("ports"):
         errors.append(f"stack {i}: the actor service must have no container_name and no host ports (--scale)")
-    learner = stack["services"].get("learner", {})
-    if learner.get("stop_grace_period") not in ("2m0s", "120s"):
-        errors.append(f"stack {i}: learner stop_grace_period is {learner.get('stop_grace_period')}, want 120s")
+    # One learner service per policy: `learner` (policy default), or compose.teams.yaml's
+    # learner-<policy> services. Each its own policy, lease id, checkpoint volume and address.
+    learners = {n: s for n, s in stack["services"].items() if n.startswith("learner") and (s.get("command") or [""])[0] == "learner"}
+    if not learners:
+        errors.append(f"stack {i}: no learner service")
+    seen = {}
+    for name, learner in learners.items():
+        env = learner.get("environment") or {}
+        if learner.get("stop_grace_period") not in ("2m0s", "120s"):
+            errors.append(f"stack {i}: {name} stop_grace_period is {learner.get('stop_grace_period')}, want 120s")
+        policy = env.get("TROUPE_POLICY")
+        want = "default" if name == "learner" else name.removeprefix("learner-")
+        if policy != want:
+            errors.append(f"stack {i}: {name} has TROUPE_POLICY={policy!r}, want {want!r}")
+        adv = env.get("TROUPE_LEARNER_ADVERTISE", "")
+        if not re.fullmatch(r"https?://" + re.escape(name) + r":50052", adv):
+            errors.append(f"stack {i}: {name} advertises {adv!r}, not its own service name {name}:50052")
+        vols = tuple(v.get("source") for v in learner.get("volumes", []) if v.get("target") == "/var/lib/troupe")
+        for key, value in (("TROUPE_LEARNER_ID", env.get("TROUPE_LEARNER_ID")), ("volume", vols)):
+            if not value:
+                errors.append(f"stack {i}: {name} has no {key}")
+            elif (key, value) in seen:
+                errors.append(f"stack {i}: {name} and {seen[(key, value)]} share {key} {value}")
+            seen[(key, value)] = name
+    prom = stack["services"].get("prometheus", {})
+    cfg = next((v["source"] for v in prom.get("volumes", []) if v.get("target") == "/etc/prometheus/prometheus.yml"), None)
+    if cfg:
+        jobs = {j["job_name"]: j for j in yaml.safe_load(Path(cfg).read_text())["scrape_configs"]}
+        targets = {t for sc in jobs.get("troupe-learner", {}).get("static_configs", []) for t in sc.get("targets", [])}
+        if targets != {f"{n}:9102" for n in learners}:
+            errors.append(f"stack {i}: {Path(cfg).name} scrapes learners {sorted(targets)}, the stack runs {sorted(learners)}")
     command = stack["services"].get("coordinator", {}).get("command", [])
     for arg in command:
         if arg.startswith("/etc/troupe/configs/"):

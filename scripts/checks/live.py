@@ -13,9 +13,17 @@ scrape and evaluation interval 1 s, and the rule file (alerts.yaml) it names. Th
   (c) scripts/checks/dashboard_check.py --live <prometheus> --wait 60: every dashboard query runs
       and every main panel returns data;
   (d) every recording and alerting rule was evaluated with health "ok".
+With --teams the run is configs/lbf-two-teams.toml with one learner per policy (agent_0,
+agent_1: `learner --policy P`, as scripts/train.sh and compose.teams.yaml run them), Prometheus
+gets helm/troupe/files/prometheus-teams.yml's jobs (each learner target labelled with its
+policy, as that file's relabelings do from the host names), and after (a)-(d):
+  (e) every learner series carries its policy; then agent_1's learner is killed (SIGKILL) and
+      within 30 s TroupeLearnerDown is pending or firing for policy agent_1 and for no other,
+      the actors drop agent_1's rollouts (troupe_actor_rollouts_dropped_total{policy="agent_1"})
+      and agent_0's learner goes on updating: one policy's learner dies, the others train on.
 Everything is stopped at the end (process groups; also on errors and Ctrl-C). Deadline 120 s.
 
-Usage: $TROUPE_TOOLS_VENV/bin/python scripts/checks/live.py [--deadline 120] [--keep-logs DIR]
+Usage: $TROUPE_TOOLS_VENV/bin/python scripts/checks/live.py [--teams] [--deadline 120] [--keep-logs DIR]
 (scripts/checks/live.sh installs the tools first.) Exit 0 on success, 1 on a failed check.
 """
 import argparse
@@ -41,6 +49,9 @@ import proclib  # noqa: E402  (scripts/checks/, on sys.path as the script's dire
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 FILES = os.path.join(ROOT, "helm", "troupe", "files")
 CONFIG = os.path.join(ROOT, "configs", "cartpole.toml")
+# --teams: one learner per policy.
+TEAMS_CONFIG = os.path.join(ROOT, "configs", "lbf-two-teams.toml")
+TEAMS_POLICIES = ("agent_0", "agent_1")
 DASHBOARD_CHECK = os.path.join(ROOT, "scripts", "checks", "dashboard_check.py")
 ACTORS = 2
 JOBS = {"troupe-coordinator": "coordinator", "troupe-learner": "learner", "troupe-actor": "actor"}
@@ -166,7 +177,10 @@ def hostport(addr):
     return re.sub(r"^[a-z]+://", "", str(addr)).rstrip("/")
 
 
-def start_cluster(cluster, env, binaries, work, deadline):
+def start_cluster(cluster, env, binaries, work, deadline, config=CONFIG, policies=None):
+    """Redis, the coordinator on `config`, a learner (one per policy of `policies`, with
+    --policy), ACTORS actors. Returns the metrics targets by role and, per learner, (policy,
+    its process, its metrics address)."""
     redis_port = free_port()
     redis = cluster.start("redis", ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                                     "--appendonly", "no", "--dir", work, "--daemonize", "no"], env)
@@ -180,36 +194,43 @@ def start_cluster(cluster, env, binaries, work, deadline):
             time.sleep(0.05)
     ready = {}
     coord = cluster.start("coordinator", [
-        binaries["coordinator"], "--config", CONFIG, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+        binaries["coordinator"], "--config", config, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
         "--redis-url", f"redis://127.0.0.1:{redis_port}", "--ready-file", os.path.join(work, "coordinator.json")], env)
     ready["coordinator"] = wait_ready(cluster, coord, os.path.join(work, "coordinator.json"), deadline)
     coord_url = "http://" + hostport(ready["coordinator"]["grpc"])
-    learner = cluster.start("learner", [
-        binaries["learner"], "--coordinator", coord_url, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
-        "--device", "cpu", "--seed", "1", "--ready-file", os.path.join(work, "learner.json")], env)
+    learners = []
+    for policy in policies or [None]:
+        name = f"learner-{policy}" if policy else "learner"
+        flags = ["--policy", policy] if policy else []
+        learners.append((policy, name, cluster.start(name, [
+            binaries["learner"], "--coordinator", coord_url, "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0",
+            "--device", "cpu", "--seed", "1", "--ready-file", os.path.join(work, f"{name}.json")] + flags, env)))
     actors = []
     for i in range(1, ACTORS + 1):
         actors.append(cluster.start(f"actor-{i}", [
             binaries["actor"], "--coordinator", coord_url, "--metrics-listen", "127.0.0.1:0",
             "--health-listen", "127.0.0.1:0", "--ready-file", os.path.join(work, f"actor-{i}.json")], env))
-    ready["learner"] = wait_ready(cluster, learner, os.path.join(work, "learner.json"), deadline)
+    for _, name, proc in learners:
+        ready[name] = wait_ready(cluster, proc, os.path.join(work, f"{name}.json"), deadline)
     for i, a in enumerate(actors, 1):
         ready[f"actor-{i}"] = wait_ready(cluster, a, os.path.join(work, f"actor-{i}.json"), deadline)
     targets = {
         "coordinator": [hostport(ready["coordinator"]["metrics"])],
-        "learner": [hostport(ready["learner"]["metrics"])],
+        "learner": [hostport(ready[name]["metrics"]) for _, name, _ in learners],
         "actor": [hostport(ready[f"actor-{i}"]["metrics"]) for i in range(1, ACTORS + 1)],
     }
-    log(f"cluster up: redis 127.0.0.1:{redis_port}, coordinator {coord_url}, learner {hostport(ready['learner']['grpc'])} "
-        f"(device {ready['learner'].get('device')}), {ACTORS} actors; metrics: "
-        + ", ".join(f"{k} {' '.join(v)}" for k, v in targets.items()))
-    return targets
+    log(f"cluster up: redis 127.0.0.1:{redis_port}, coordinator {coord_url}, "
+        + ", ".join(f"{name} {hostport(ready[name]['grpc'])} (device {ready[name].get('device')})" for _, name, _ in learners)
+        + f", {ACTORS} actors; metrics: " + ", ".join(f"{k} {' '.join(v)}" for k, v in targets.items()))
+    return targets, [(policy, proc, hostport(ready[name]["metrics"])) for policy, name, proc in learners]
 
 
-def prometheus_config(targets, run_name, work):
-    """helm/troupe/files/prometheus.yml with static local targets, 1 s intervals and the rule
-    files it names taken from helm/troupe/files/."""
-    src = os.path.join(FILES, "prometheus.yml")
+def prometheus_config(targets, run_name, work, src_name="prometheus.yml", learner_policies=None):
+    """helm/troupe/files/<src_name> with static local targets, 1 s intervals and the rule files
+    it names taken from helm/troupe/files/. With learner_policies ({metrics address: policy}),
+    each learner target gets its policy as a label, in place of the relabelings that derive it
+    from the compose host names (which local addresses do not have)."""
+    src = os.path.join(FILES, src_name)
     with open(src) as f:
         cfg = yaml.safe_load(f)
     cfg.setdefault("global", {}).update({"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"})
@@ -232,6 +253,9 @@ def prometheus_config(targets, run_name, work):
         for k in SD_KEYS:
             job.pop(k, None)
         job["static_configs"] = [{"targets": targets[JOBS[name]]}]
+        if name == "troupe-learner" and learner_policies:
+            job["static_configs"] = [{"targets": [t], "labels": {"policy": learner_policies[t]}} for t in targets["learner"]]
+            job["relabel_configs"] = [r for r in job.get("relabel_configs", []) or [] if r.get("target_label") != "policy"]
         job.pop("scrape_interval", None)
         job.pop("scrape_timeout", None)
         jobs[name] = job
@@ -344,6 +368,55 @@ def check_rules(cluster, url, deadline):
         f"all health ok; alerts not inactive: {', '.join(f'{n} ({s})' for n, s in firing) or 'none'}")
 
 
+def check_one_learner_down(cluster, url, learners, deadline):
+    """(e), --teams: each learner's series carry its policy; then the last policy's learner is
+    killed, and its policy alone gets TroupeLearnerDown while the first policy trains on."""
+    for policy, _, addr in learners:
+        res = api(url, "/api/v1/query", {"query": f'troupe_learner_updates_total{{instance="{addr}"}}'})["result"]
+        got = {r["metric"].get("policy") for r in res}
+        if got != {policy}:
+            raise CheckError(f"learner {addr} (--policy {policy}): troupe_learner_updates_total has policy {sorted(map(str, got))}")
+        ups = api(url, "/api/v1/query", {"query": f'up{{instance="{addr}"}}'})["result"]
+        if [r["metric"].get("policy") for r in ups] != [policy]:
+            raise CheckError(f"learner {addr}: its up series has policy {[r['metric'].get('policy') for r in ups]}, want {policy}")
+    log("(e) every learner's series carry its policy: " + ", ".join(f"{a} {p}" for p, _, a in learners))
+    (alive, _, _), (dead, proc, _) = learners[0], learners[-1]
+    os.killpg(proc.p.pid, signal.SIGKILL)
+    proc.p.wait(timeout=10)
+    killed = time.monotonic()
+    log(f"(e) killed the learner of policy {dead}")
+
+    def value(q):
+        res = api(url, "/api/v1/query", {"query": q})["result"]
+        return float(res[0]["value"][1]) if res else 0.0
+
+    updates_at_kill = value(f'sum(troupe_learner_updates_total{{policy="{alive}"}})')
+    # Actors may have dropped some of a policy's rollouts while its learner was starting.
+    dropped_at_kill = value(f'sum(troupe_actor_rollouts_dropped_total{{policy="{dead}"}})')
+    wait_until = min(deadline, killed + 30)
+    state = {}
+    while True:
+        for p in cluster.procs:
+            if p is not proc and not p.alive():
+                raise CheckError(f"{p.name} exited with status {p.p.returncode} after the learner of {dead} was killed")
+        alerts = [a for a in api(url, "/api/v1/alerts")["alerts"] if a["labels"].get("alertname") == "TroupeLearnerDown"]
+        state = {
+            "down for": sorted(a["labels"].get("policy", "") for a in alerts),
+            f"{dead} rollouts dropped": value(f'sum(troupe_actor_rollouts_dropped_total{{policy="{dead}"}})') - dropped_at_kill,
+            f"{alive} updates since": value(f'sum(troupe_learner_updates_total{{policy="{alive}"}})') - updates_at_kill,
+        }
+        if any(p != dead for p in state["down for"]):
+            raise CheckError(f"TroupeLearnerDown for {state['down for']} with only {dead}'s learner down")
+        if state["down for"] == [dead] and state[f"{dead} rollouts dropped"] > 0 and state[f"{alive} updates since"] > 0:
+            break
+        if time.monotonic() > wait_until:
+            raise CheckError(f"{wait_until - killed:.0f} s after the learner of {dead} was killed: {state}")
+        time.sleep(0.5)
+    log(f"(e) after {time.monotonic() - killed:.1f} s: TroupeLearnerDown for policy {dead} only; "
+        f"{state[f'{dead} rollouts dropped']:.0f} {dead} rollouts dropped by the actors; the learner of {alive} "
+        f"took {state[f'{alive} updates since']:.0f} more updates")
+
+
 def check_dashboard(url, wait):
     """(c): the dashboard's queries against the live Prometheus."""
     cmd = [sys.executable, DASHBOARD_CHECK, "--live", url, "--wait", str(int(wait))]
@@ -359,6 +432,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--deadline", type=float, default=120.0, help="seconds for the whole check")
     ap.add_argument("--keep-logs", metavar="DIR", help="keep the processes' logs (and the Prometheus config) in DIR")
+    ap.add_argument("--teams", action="store_true",
+                    help=f"run {os.path.relpath(TEAMS_CONFIG, ROOT)} with one learner per policy, and check (e)")
     args = ap.parse_args()
 
     def on_term(signum, _frame):
@@ -382,13 +457,18 @@ def main():
             if not shutil.which(tool, path=env.get("PATH")):
                 raise CheckError(f"{tool} is not on PATH (apt-get install redis-server prometheus)")
         env = {k: v for k, v in env.items() if not k.startswith("TROUPE_") or k == "TROUPE_PYTHON_PATH"}
-        with open(CONFIG, "rb") as f:
+        config = TEAMS_CONFIG if args.teams else CONFIG
+        policies = TEAMS_POLICIES if args.teams else None
+        prom_src = "prometheus-teams.yml" if args.teams else "prometheus.yml"
+        with open(config, "rb") as f:
             run_name = tomllib.load(f)["name"]
 
-        step("cluster: redis, coordinator, learner, 2 actors (like scripts/train.sh)")
-        targets = start_cluster(cluster, env, binaries, work, deadline)
-        step("prometheus with helm/troupe/files/prometheus.yml's jobs and relabelings")
-        cfg_path = prometheus_config(targets, run_name, work)
+        step(f"cluster: redis, coordinator ({os.path.relpath(config, ROOT)}), "
+             + (f"a learner per policy ({', '.join(policies)})" if policies else "learner") + ", 2 actors (like scripts/train.sh)")
+        targets, learners = start_cluster(cluster, env, binaries, work, deadline, config, policies)
+        step(f"prometheus with helm/troupe/files/{prom_src}'s jobs and relabelings")
+        cfg_path = prometheus_config(targets, run_name, work, prom_src,
+                                     {addr: p for p, _, addr in learners} if policies else None)
         if args.keep_logs:
             shutil.copy(cfg_path, os.path.join(log_dir, "prometheus.yml"))
         url = start_prometheus(cluster, env, cfg_path, work, deadline)
@@ -402,6 +482,9 @@ def main():
         step("(c) dashboard queries against the live Prometheus")
         check_dashboard(url, min(60, max(5, deadline - time.monotonic())))
         cluster.check_alive()
+        if policies:
+            step("(e) one policy's learner dies: its alert alone fires, the other policy trains on")
+            check_one_learner_down(cluster, url, learners, deadline)
         log(f"\nlive check passed ({time.monotonic() - started:.1f} s)")
         return 0
     except CheckError as e:

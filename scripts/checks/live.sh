@@ -4,7 +4,8 @@
 # checks promtool's lint of every /metrics, frame rates through PromQL, every dashboard query
 # (dashboard_check.py --live) and the rules' health. Needs the release binaries
 # ($CARGO_TARGET_DIR/release; this script builds nothing). Installs the pinned tools on first use.
-# Usage: scripts/checks/live.sh [--deadline S] [--keep-logs DIR]
+# --teams: configs/lbf-two-teams.toml with one learner per policy, and one of them killed.
+# Usage: scripts/checks/live.sh [--teams] [--deadline S] [--keep-logs DIR]
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # shellcheck source=scripts/setup.sh

@@ -137,9 +137,93 @@ refuse an http:// address when TLS is on, and the reverse).
 {{- printf "%s://%s-coordinator.%s.svc:50051" (include "troupe.scheme" .) (include "troupe.fullname" .) .Release.Namespace }}
 {{- end }}
 
+{{/*
+The address a learner advertises: its pod's stable DNS name through its headless Service.
+Call with (dict "ctx" $ "learner" <an entry of troupe.learners>).
+*/}}
 {{- define "troupe.learnerAdvertiseUrl" -}}
+{{- $name := .learner.name }}
+{{- printf "%s://%s-0.%s.%s.svc:50052" (include "troupe.scheme" .ctx) $name $name .ctx.Release.Namespace }}
+{{- end }}
+
+{{/*
+The learners, one per learner.policies entry, as a JSON list of {policy, name, multi} (read it
+with `include "troupe.learners" . | fromJsonArray`). One policy keeps the single-learner names
+(<fullname>-learner, selector without a policy label), so a single-policy release upgrades in
+place; several get <fullname>-learner-<policy> each, the policy lower-cased with "_" as "-" (a
+DNS label), and troupe.dev/policy in their selectors. Fails when a name would exceed 52
+characters (a StatefulSet's pods carry "<name>-<10 characters>" in a 63-character label), when
+two policies have the same DNS form, and when learner.policies disagrees with run.config's
+[policies] (troupe.checkPolicies).
+*/}}
+{{- define "troupe.learners" -}}
+{{- include "troupe.checkPolicies" . }}
 {{- $fullname := include "troupe.fullname" . }}
-{{- printf "%s://%s-learner-0.%s-learner.%s.svc:50052" (include "troupe.scheme" .) $fullname $fullname .Release.Namespace }}
+{{- $policies := .Values.learner.policies }}
+{{- $multi := gt (len $policies) 1 }}
+{{- $seen := dict }}
+{{- $out := list }}
+{{- range $policies }}
+{{- $name := printf "%s-learner" $fullname }}
+{{- if $multi }}
+{{- $name = printf "%s-learner-%s" $fullname (. | lower | replace "_" "-") }}
+{{- end }}
+{{- if hasKey $seen $name }}
+{{- fail (printf "learner.policies: %q and %q both make the learner name %s (names are lower-cased, _ as -): rename one" (get $seen $name) . $name) }}
+{{- end }}
+{{- if gt (len $name) 52 }}
+{{- fail (printf "learner.policies: the learner of policy %q would be named %s, %d characters (at most 52): shorten fullnameOverride or the policy's name" . $name (len $name)) }}
+{{- end }}
+{{- $_ := set $seen $name . }}
+{{- $out = append $out (dict "policy" . "name" $name "multi" $multi) }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/*
+learner.policies against the run config's [policies] table (docs/CONFIG.md): mapping "shared"
+(the default) has the one policy `default`; "map" the names in policies.names; "per_agent" one
+per agent, named by the agent ids (which the chart cannot know, so it only refuses `default`).
+A policy without a learner never gets a version, and actors wait for every policy's first one.
+*/}}
+{{- define "troupe.checkPolicies" -}}
+{{- $policies := .Values.learner.policies }}
+{{- $table := "" }}
+{{- $parts := regexSplit "(?m)^\\s*\\[policies\\]\\s*(#.*)?$" .Values.run.config 2 }}
+{{- if gt (len $parts) 1 }}
+{{- $table = regexReplaceAll "(?m)#.*$" (regexSplit "(?m)^\\s*\\[" (index $parts 1) 2 | first) "" }}
+{{- end }}
+{{- $mapping := regexFind "(?m)^\\s*mapping\\s*=\\s*[\"'][a-z_]*[\"']" $table | regexFind "[a-z_]*[\"']$" | trimSuffix "\"" | trimSuffix "'" | default "shared" }}
+{{- if eq $mapping "shared" }}
+{{- if ne (toJson $policies) (toJson (list "default")) }}
+{{- fail (printf "learner.policies: run.config's [policies] mapping is \"shared\" (the default): one policy, default; set learner.policies to [default], not %v" $policies) }}
+{{- end }}
+{{- else if eq $mapping "per_agent" }}
+{{- if has "default" $policies }}
+{{- fail "learner.policies: run.config's [policies] mapping is \"per_agent\": one policy per agent, named by its id (e.g. [agent_0, agent_1] for a two-agent env), and none named default" }}
+{{- end }}
+{{- else if eq $mapping "map" }}
+{{- $names := list }}
+{{- $list := regexFind "(?s)(^|\\n)\\s*names\\s*=\\s*\\[[^\\]]*\\]" $table }}
+{{- range regexFindAll "[\"'][^\"']*[\"']" (regexReplaceAll "(?s)^.*?\\[" $list "") -1 }}
+{{- $names = append $names (trimAll "\"'" .) }}
+{{- end }}
+{{- if ne (toJson (sortAlpha $names)) (toJson (sortAlpha $policies)) }}
+{{- fail (printf "learner.policies: run.config's [policies] mapping is \"map\" with names %v: set learner.policies to those, one learner each, not %v" $names $policies) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Selector labels of one learner: the component's, plus troupe.dev/policy when the chart runs
+several learners (a single one keeps the selector it always had: selectors are immutable).
+Call with (dict "ctx" $ "learner" <an entry of troupe.learners>).
+*/}}
+{{- define "troupe.learnerSelectorLabels" -}}
+{{ include "troupe.selectorLabels" (dict "ctx" .ctx "component" "learner") }}
+{{- if .learner.multi }}
+troupe.dev/policy: {{ .learner.policy | quote }}
+{{- end }}
 {{- end }}
 
 {{- define "troupe.redisUrl" -}}
