@@ -6,7 +6,8 @@
 //! The env writes each step's observations straight into row t + 1 of the group's rollout
 //! buffer (one copy, from the env or numpy). Actions are sampled on the CPU, restricted to the
 //! env's legal-action mask. With an LSTM core, the runner keeps each column's state, zeroes it
-//! where an agent's episode ended, and sends the state at the start of each unroll.
+//! where an agent's episode ended, carries it through the steps an agent is absent from, and
+//! sends the state at the start of each unroll.
 //!
 //! **Rewards and returns.** With `policies.reward = "team"` every present agent trains on the
 //! sum of all agents' rewards at that step. Either way an env's episode reports its whole
@@ -102,6 +103,8 @@ struct Group {
     truncation_states: Vec<f32>,
     /// Recurrent state for the next step `[N, S]` (S = 0 without a core).
     state: Tensor,
+    /// The state before the last step, which an absent column keeps.
+    prev_state: Tensor,
     initial_state: Vec<f32>,
     /// Per env: this policy's agents' rewards in the current episode.
     episode_return: Vec<f32>,
@@ -206,6 +209,7 @@ impl EnvRunner {
                 truncation_obs: Vec::new(),
                 truncation_states: Vec::new(),
                 state: Tensor::zeros([n as i64, state_size as i64], (Kind::Float, tch::Device::Cpu)),
+                prev_state: Tensor::zeros([n as i64, state_size as i64], (Kind::Float, tch::Device::Cpu)),
                 initial_state: Vec::new(),
                 episode_return: vec![0.0; envs],
                 spec: p.clone(),
@@ -400,9 +404,11 @@ impl EnvRunner {
                     g.truncations.push((t, i));
                 }
                 if g.valid[at] == 0 {
-                    // No step for this agent: it keeps no state into the step after.
+                    // No step for this agent (it had finished, or it was not its turn): the
+                    // forward's state is dropped and the agent's state passes through to its
+                    // next step, as the learner replays it (`Model::unroll_present`).
                     if g.state.size()[1] > 0 {
-                        let _ = g.state.get(i as i64).zero_();
+                        let _ = g.state.get(i as i64).copy_(&g.prev_state.get(i as i64));
                     }
                     continue;
                 }
@@ -503,7 +509,7 @@ fn act(g: &mut Group, actions: &mut ActionRows, net: &Model, t: usize, rng: &mut
     };
     let (params, next_state) = tch::no_grad(|| net.act(&input, &g.state));
     let params = Vec::<f32>::try_from(params.to_kind(Kind::Float).flatten(0, -1)).expect("f32 params");
-    g.state = next_state;
+    g.prev_state = std::mem::replace(&mut g.state, next_state);
     g.params[t * n * p..(t + 1) * n * p].copy_from_slice(&params);
     let nvec = g.spec.action.nvec();
     for i in 0..n {

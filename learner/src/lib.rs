@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use troupe::model::ModelSpec;
 use troupe::process::{grpc_channel, write_ready_file, Backoff, GrpcChannel};
 use troupe::security::Security;
-use troupe::spaces::{EnvSpec, PolicySpec};
+use troupe::spaces::{EnvSpec, PolicySpec, DEFAULT_POLICY};
 use troupe::telemetry::names;
 use troupe::RunConfig;
 
@@ -194,7 +194,14 @@ fn own_policy(config: &RunConfig, env: &EnvSpec, policy: Option<&str>) -> anyhow
     let policies = troupe::policy_map::policy_specs(config, env)?;
     let spec = match policy {
         Some(name) => troupe::policy_map::find(&policies, name)?.clone(),
-        None if policies.len() == 1 => policies[0].clone(),
+        None if policies.len() == 1 && policies[0].policy == DEFAULT_POLICY => policies[0].clone(),
+        // Its metrics say policy="default" until told otherwise: a run's only policy of another
+        // name is named on the command line, so that the label is right.
+        None if policies.len() == 1 => anyhow::bail!(
+            "--policy: the run's only policy is {:?}: start its learner with --policy {}",
+            policies[0].policy,
+            policies[0].policy
+        ),
         None => {
             let names: Vec<&str> = policies.iter().map(|p| p.policy.as_str()).collect();
             anyhow::bail!(

@@ -487,7 +487,15 @@ impl Cluster {
 
     /// Starts the learner, in network namespace `ns` if given (listening on its address).
     pub fn spawn_learner_in(&mut self, ns: Option<&NetNs>, extra: &[&str]) -> anyhow::Result<()> {
-        let ready = self.dir.path().join("learner.json");
+        let p = self.learner_proc("learner", ns, extra)?;
+        self.learner = Some(p);
+        Ok(())
+    }
+
+    /// A learner process named `name` (its ready file `name.json`), on port 0 everywhere, in
+    /// `ns` if given, with the cluster's secrets and `extra` flags.
+    fn learner_proc(&self, name: &str, ns: Option<&NetNs>, extra: &[&str]) -> anyhow::Result<Proc> {
+        let ready = self.dir.path().join(format!("{name}.json"));
         let _ = std::fs::remove_file(&ready);
         let ip = ns.map_or(self.learner_ip.clone(), |n| n.ns_ip.clone());
         let any = format!("{ip}:0");
@@ -509,38 +517,17 @@ impl Cluster {
         .arg(&ready)
         .args(self.secrets.iter().flat_map(|s| s.server_flags(Role::Learner)))
         .args(extra);
-        let mut p = Proc::spawn("learner", self.dir.path(), cmd)?;
+        let mut p = Proc::spawn(name, self.dir.path(), cmd)?;
         p.ready = Some(ready);
-        self.learner = Some(p);
-        Ok(())
+        Ok(p)
     }
 
     /// Starts a learner for `policy` beside the first (multi-policy runs), and waits until it
     /// serves. Its process is named `learner-POLICY`.
     pub async fn start_policy_learner(&mut self, policy: &str, extra: &[&str]) -> anyhow::Result<Proc> {
-        let ready = self.dir.path().join(format!("learner-{policy}.json"));
-        let _ = std::fs::remove_file(&ready);
-        let any = format!("{}:0", self.learner_ip);
-        let coordinator = self.coordinator_addr_from(None);
-        let mut cmd = Command::new(bin("learner"));
-        cmd.args([
-            "--coordinator",
-            &coordinator,
-            "--policy",
-            policy,
-            "--listen",
-            &any,
-            "--metrics-listen",
-            &any,
-            "--device",
-            "cpu",
-            "--ready-file",
-        ])
-        .arg(&ready)
-        .args(self.secrets.iter().flat_map(|s| s.server_flags(Role::Learner)))
-        .args(extra);
-        let mut p = Proc::spawn(&format!("learner-{policy}"), self.dir.path(), cmd)?;
-        p.ready = Some(ready);
+        let mut args = vec!["--policy", policy];
+        args.extend_from_slice(extra);
+        let mut p = self.learner_proc(&format!("learner-{policy}"), None, &args)?;
         p.wait_ready(Duration::from_secs(60)).await?;
         Ok(p)
     }

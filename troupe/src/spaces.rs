@@ -334,27 +334,17 @@ impl EnvSpec {
             if a.id != b.id {
                 return Some(format!("agents[{i}].id: {:?} against {:?}", a.id, b.id));
             }
+            let differs = |field: &str, mine: String, theirs: String| {
+                Some(format!("agents[{i}] ({}).{field}: {mine} against {theirs}", a.id))
+            };
             if a.observation != b.observation {
-                return Some(format!(
-                    "agents[{i}] ({}).observation: {} against {}",
-                    a.id,
-                    json(&a.observation),
-                    json(&b.observation)
-                ));
+                return differs("observation", json(&a.observation), json(&b.observation));
             }
             if a.action != b.action {
-                return Some(format!(
-                    "agents[{i}] ({}).action: {} against {}",
-                    a.id,
-                    json(&a.action),
-                    json(&b.action)
-                ));
+                return differs("action", json(&a.action), json(&b.action));
             }
             if a.action_mask != b.action_mask {
-                return Some(format!(
-                    "agents[{i}] ({}).action_mask: {} against {}",
-                    a.id, a.action_mask, b.action_mask
-                ));
+                return differs("action_mask", a.action_mask.to_string(), b.action_mask.to_string());
             }
         }
         if self.state != other.state {

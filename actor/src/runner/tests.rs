@@ -147,6 +147,124 @@ fn recurrent_state_is_sent_and_reset_at_episode_ends() {
     assert!(starts.contains(&1.0), "episodes ended inside the unroll");
 }
 
+/// Two agents taking turns (the other's column absent), one shared LSTM policy: the actor
+/// carries each agent's state through the other's turns, and the learner's replay of the
+/// rollout (`unroll_present` with the rollout's validity) reproduces every behaviour param.
+#[test]
+fn recurrent_state_passes_through_the_other_agents_turns() {
+    struct Turns {
+        spec: EnvSpec,
+        groups: troupe::env::Groups,
+        t: usize,
+    }
+    impl Turns {
+        fn observe(&self, obs: &mut ObsBuf<'_>) {
+            if let ObsBuf::F32(b) = obs {
+                for (i, x) in b.iter_mut().enumerate() {
+                    *x = ((self.t * 7 + i) as f32 * 0.37).sin();
+                }
+            }
+        }
+    }
+    impl VecEnv for Turns {
+        fn spec(&self) -> &EnvSpec {
+            &self.spec
+        }
+        fn num_envs(&self) -> usize {
+            1
+        }
+        fn set_groups(&mut self, groups: troupe::env::Groups) {
+            self.groups = groups;
+        }
+        fn groups(&self) -> &troupe::env::Groups {
+            &self.groups
+        }
+        fn reset(&mut self, outs: &mut [troupe::env::ResetOut<'_>]) -> Result<(), EnvError> {
+            self.observe(&mut outs[0].obs);
+            Ok(())
+        }
+        fn step(&mut self, _: &[Action<'_>], outs: &mut [StepOut<'_>], _: &mut [u8]) -> Result<(), EnvError> {
+            // Agent t % 2 moves; the other waits.
+            let mover = self.t % 2;
+            self.t += 1;
+            self.observe(&mut outs[0].obs);
+            outs[0].valid[1 - mover] = 0;
+            outs[0].rewards[mover] = 1.0;
+            Ok(())
+        }
+    }
+    let agent = |id: &str| troupe::spaces::AgentSpec {
+        id: id.into(),
+        observation: troupe::spaces::ObservationSpace::f32(&[3]),
+        action: ActionSpace::Discrete { n: 3 },
+        action_mask: false,
+    };
+    let env_spec = EnvSpec {
+        id: "Turns-v0".into(),
+        agents: vec![agent("a"), agent("b")],
+        state: None,
+    };
+    let policy = PolicySpec {
+        id: env_spec.id.clone(),
+        policy: "default".into(),
+        agents: vec!["a".into(), "b".into()],
+        observation: env_spec.agents[0].observation.clone(),
+        action: env_spec.agents[0].action.clone(),
+        action_mask: false,
+        agent_id_input: false,
+        state: None,
+    };
+    let net = Model::new(
+        &ModelSpec {
+            env: policy.clone(),
+            model: ModelConfig {
+                lstm_size: 8,
+                ..ModelConfig::default()
+            },
+        },
+        tch::Device::Cpu,
+    )
+    .unwrap();
+    let s = net.state_size();
+    let env = Turns {
+        groups: troupe::env::one_group(&env_spec),
+        spec: env_spec,
+        t: 0,
+    };
+    let (t, n) = (12usize, 2usize);
+    let mut runner = EnvRunner::new(Box::new(env), &[policy], RewardMode::Agent, t, &[s], 3).unwrap();
+    let r = runner.unroll(&[&net], 1, &[1], &mut |_| {}).unwrap().remove(0);
+    let valid = TensorView::new::<u8>("valid", r.valid.as_ref()).unwrap().to_vec::<u8>();
+    assert_eq!(valid.iter().filter(|&&v| v == 0).count(), t, "one agent waits at every step");
+    let obs = TensorView::new::<f32>("observations", r.observations.as_ref())
+        .unwrap()
+        .to_finite_f32()
+        .unwrap();
+    let mut present: Vec<f32> = valid.iter().map(|&v| v as f32).collect();
+    present.extend([1.0; 2]);
+    let replay = |present: Option<&Tensor>| {
+        let (params, _, _) = tch::no_grad(|| {
+            net.unroll_present(
+                &Tensor::from_slice(&obs).view([(t + 1) as i64, n as i64, 3]),
+                &Tensor::zeros([n as i64, s as i64], (Kind::Float, tch::Device::Cpu)),
+                &Tensor::zeros([(t + 1) as i64, n as i64], (Kind::Float, tch::Device::Cpu)),
+                present,
+            )
+        });
+        Vec::<f32>::try_from(params.narrow(0, 0, t as i64).flatten(0, -1)).unwrap()
+    };
+    let behaviour = TensorView::new::<f32>("behaviour_params", r.behaviour_params.as_ref())
+        .unwrap()
+        .to_finite_f32()
+        .unwrap();
+    let diff = |a: &[f32]| behaviour.iter().zip(a).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let present = Tensor::from_slice(&present).view([(t + 1) as i64, n as i64]);
+    assert!(diff(&replay(Some(&present))) < 1e-5, "{}", diff(&replay(Some(&present))));
+    // A replay that keeps the states of the waiting turns computes other params: the test can
+    // tell the two apart.
+    assert!(diff(&replay(None)) > 1e-3, "{}", diff(&replay(None)));
+}
+
 #[test]
 fn wide_pixel_unrolls_are_split_by_columns_under_the_cap() {
     // 64 columns of 4x84x84 u8 frames over 32 steps is ~58 MB: several parts.

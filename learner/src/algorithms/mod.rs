@@ -289,12 +289,14 @@ impl Forward {
         let (t, n) = (b.t, b.b);
         let dev = model.device();
         let obs = b.input(model);
-        // An episode starts at step t + 1 where one ended at step t, or where step t was only a
-        // reset.
-        let invalid: Tensor = 1.0 - &b.valid;
-        let ended = (&b.terminated + &b.truncated + invalid).clamp_max(1.0);
+        // An episode starts at step t + 1 where one ended at step t. An absent step (a reset
+        // alone, an agent that had finished or whose turn it was not) keeps no state: the
+        // column's recurrent state passes through it, as in the actor, so an agent's memory
+        // spans the other agents' turns and never its own episode's end.
+        let ended = (&b.terminated + &b.truncated).clamp_max(1.0);
         let starts = Tensor::cat(&[Tensor::zeros([1, n], (Kind::Float, dev)), ended], 0);
-        let (params_all, value_outputs_all, states) = model.unroll(&obs, &b.state0, &starts);
+        let present = Tensor::cat(&[b.valid.shallow_clone(), Tensor::ones([1, n], (Kind::Float, dev))], 0);
+        let (params_all, value_outputs_all, states) = model.unroll_present(&obs, &b.state0, &starts, Some(&present));
         let params = params_all.narrow(0, 0, t);
         let (log_probs, entropy) = dist::log_prob_entropy(&spec.env.action, &params, &b.actions, b.masks.as_ref());
         let (behaviour_log_probs, _) =

@@ -419,6 +419,20 @@ impl Model {
     /// already reset `state0`). Returns params `[T + 1, B, P]`, values `[T + 1, B]` and the
     /// state after each step `[T + 1, B, S]` (S = 0 without a core).
     pub fn unroll(&self, obs: &Tensor, state0: &Tensor, starts: &Tensor) -> (Tensor, Tensor, Tensor) {
+        self.unroll_present(obs, state0, starts, None)
+    }
+
+    /// [`Model::unroll`] where some steps are absent: `present` `[T + 1, B]` is 0 where a
+    /// column took no step (its agent had finished, or it was not its turn). An absent step's
+    /// outputs are computed but its state is not kept: the agent's state passes through it to
+    /// its next step, as the actor's does.
+    pub fn unroll_present(
+        &self,
+        obs: &Tensor,
+        state0: &Tensor,
+        starts: &Tensor,
+        present: Option<&Tensor>,
+    ) -> (Tensor, Tensor, Tensor) {
         let size = obs.size();
         let (t1, b) = (size[0], size[1]);
         if self.state_size() == 0 {
@@ -443,8 +457,14 @@ impl Model {
             let out = self.step(&obs.get(t), &state);
             params.push(out.params);
             values.push(out.value);
-            states.push(out.state.shallow_clone());
-            state = out.state;
+            state = match present {
+                Some(p) => {
+                    let p = p.get(t).unsqueeze(-1);
+                    &out.state * &p + &state * (Tensor::ones_like(&p) - &p)
+                }
+                None => out.state,
+            };
+            states.push(state.shallow_clone());
         }
         (
             Tensor::stack(&params, 0),

@@ -210,6 +210,63 @@ fn lstm_replay_reproduces_step_by_step_outputs_with_resets() {
     }
 }
 
+/// Absent steps (an agent that finished, or whose turn it was not) keep no state: the replay
+/// carries a column's state through them to its next present step, as the actor does, and an
+/// episode's start still zeroes it.
+#[test]
+fn lstm_replay_carries_state_through_absent_steps() {
+    let mut m = small(TorsoKind::Mlp);
+    m.lstm_size = 6;
+    let s = spec(ObservationSpace::f32(&[5]), ActionSpace::Discrete { n: 3 }, m);
+    tch::manual_seed(5);
+    let model = Model::new(&s, Device::Cpu).unwrap();
+    let (t1, b) = (10i64, 3i64);
+    let obs = Tensor::randn([t1, b, 5], (Kind::Float, Device::Cpu));
+    // Column 0 takes every other step (turns), column 1 finishes at step 3 and is absent until
+    // its env resets at step 7, column 2 acts throughout.
+    let mut present = vec![1f32; (t1 * b) as usize];
+    let mut starts = vec![0f32; (t1 * b) as usize];
+    for t in 0..t1 as usize {
+        if t % 2 == 1 {
+            present[t * b as usize] = 0.0;
+        }
+        if (4..7).contains(&t) {
+            present[t * b as usize + 1] = 0.0;
+        }
+    }
+    starts[4 * b as usize + 1] = 1.0;
+    starts[7 * b as usize + 1] = 1.0;
+    let present = Tensor::from_slice(&present).view([t1, b]);
+    let starts = Tensor::from_slice(&starts).view([t1, b]);
+    let state0 = Tensor::randn([b, model.state_size() as i64], (Kind::Float, Device::Cpu));
+    let mut params = Vec::new();
+    let state = state0.copy();
+    tch::no_grad(|| {
+        for t in 0..t1 {
+            for c in 0..b {
+                if t > 0 && starts.double_value(&[t, c]) == 1.0 {
+                    let _ = state.get(c).zero_();
+                }
+            }
+            let out = model.step(&obs.get(t), &state);
+            params.push(out.params);
+            for c in 0..b {
+                if present.double_value(&[t, c]) == 1.0 {
+                    let _ = state.get(c).copy_(&out.state.get(c));
+                }
+            }
+        }
+    });
+    let (p, _, states) = tch::no_grad(|| model.unroll_present(&obs, &state0, &starts, Some(&present)));
+    assert!(p.allclose(&Tensor::stack(&params, 0), 1e-6, 1e-6, false));
+    assert!(states.get(t1 - 1).allclose(&state, 1e-6, 1e-6, false));
+    // Column 0's state after its absent step 1 is its state after step 0.
+    assert!(states.get(1).get(0).allclose(&states.get(0).get(0), 0.0, 0.0, false));
+    // Dropping the states of absent steps changes what the next present step computes.
+    let (p2, _, _) = tch::no_grad(|| model.unroll(&obs, &state0, &starts));
+    assert!(!p2.get(2).get(0).allclose(&p.get(2).get(0), 1e-6, 1e-6, false));
+}
+
 fn weights(blob: &[u8]) -> Vec<(String, Vec<u8>)> {
     crate::policy_file::tensors_by_name(blob).unwrap()
 }
