@@ -45,6 +45,7 @@ fn batch(spec: &ModelSpec, t: i64, b: i64) -> TrainBatch {
         terminated: flags(),
         truncated: flags(),
         valid: Tensor::ones([t, b], (Kind::Float, Device::Cpu)),
+        any_absent: false,
         behaviour: Tensor::randn([t, b, n], (Kind::Float, Device::Cpu)),
         masks: None,
         state0: Tensor::zeros([b, 0], (Kind::Float, Device::Cpu)),

@@ -90,8 +90,9 @@ pub struct Ends<'a> {
     pub truncated: &'a Tensor,
     /// Value of the last observation at truncated steps (anything elsewhere), [T, B].
     pub truncation_values: &'a Tensor,
-    /// 0 where the column took no step (an absent agent, or an env's reset step), [T, B].
-    pub valid: &'a Tensor,
+    /// 0 where the column took no step (an absent agent, or an env's reset step), [T, B];
+    /// `None` where every step is present (most single-agent batches: no pass-through work).
+    pub valid: Option<&'a Tensor>,
 }
 
 /// V-trace from the values of all T + 1 observations ([T + 1, B], the last row is the bootstrap)
@@ -112,7 +113,25 @@ pub fn vtrace_from_flags(
 ) -> VTraceOutput {
     tch::no_grad(|| {
         let steps = rewards.size()[0];
-        let present = ends.valid.gt(0.5);
+        let done = (ends.terminated + ends.truncated).clamp_max(1.0);
+        let Some(valid) = ends.valid else {
+            let values = values_all.narrow(0, 0, steps);
+            let following = values_all.narrow(0, 1, steps);
+            let next_values = ends.truncation_values.where_self(&ends.truncated.gt(0.5), &following);
+            return vtrace(&VTraceInput {
+                present: None,
+                log_rhos,
+                rewards,
+                values: &values,
+                next_values: &next_values,
+                discounts: &((1.0 - ends.terminated) * p.discount),
+                trace_discounts: &((1.0 - done) * p.discount),
+                rho_bar: p.rho_bar,
+                c_bar: p.c_bar,
+                pg_rho_bar: p.pg_rho_bar,
+            });
+        };
+        let present = valid.gt(0.5);
         // Values carried back over absent steps: row s is V(x_s) where present, else row s + 1's.
         let mut carried = vec![values_all.get(steps)];
         for s in (0..steps).rev() {
@@ -125,9 +144,8 @@ pub fn vtrace_from_flags(
         let following = values_all.narrow(0, 1, steps);
         // Truncated: the value of the episode's last observation. Terminated: multiplied by 0.
         let next_values = ends.truncation_values.where_self(&ends.truncated.gt(0.5), &following);
-        let gamma = Tensor::full_like(ends.valid, p.discount).where_self(&present, &ends.valid.ones_like());
+        let gamma = Tensor::full_like(valid, p.discount).where_self(&present, &valid.ones_like());
         let discounts = (1.0 - ends.terminated) * &gamma;
-        let done = (ends.terminated + ends.truncated).clamp_max(1.0);
         let trace_discounts = (1.0 - done) * &gamma;
         let log_rhos = log_rhos.where_self(&present, &log_rhos.zeros_like());
         vtrace(&VTraceInput {
@@ -289,7 +307,7 @@ mod tests {
                         terminated: &flags(&c.terminated),
                         truncated: &flags(&c.truncated),
                         truncation_values: &tensor(&c.truncation_values),
-                        valid: &flags(&c.terminated).ones_like(),
+                        valid: Some(&flags(&c.terminated).ones_like()),
                     },
                     &VTraceParams {
                         discount: c.gamma,
@@ -326,7 +344,7 @@ mod tests {
                 terminated: &zeros,
                 truncated: &zeros,
                 truncation_values: &zeros,
-                valid: &zeros.ones_like(),
+                valid: None,
             },
             &VTraceParams {
                 discount: gamma,
@@ -397,7 +415,7 @@ mod tests {
                         terminated: &flags(&c.terminated),
                         truncated: &flags(&c.truncated),
                         truncation_values: &tensor(&c.truncation_values),
-                        valid: &tensor(&valid_rows),
+                        valid: Some(&tensor(&valid_rows)),
                     },
                     &VTraceParams {
                         discount: c.gamma,

@@ -171,6 +171,7 @@ mod tests {
             terminated: flags(&term),
             truncated: flags(&trunc),
             valid: flags(&valid),
+            any_absent: valid.contains(&0.0),
             behaviour: Tensor::from_slice(&f32s(&behaviour)).view([T as i64, B as i64, p as i64]),
             masks: masked.then(|| Tensor::from_slice(&masks).view([T as i64, B as i64, p as i64])),
             state0: Tensor::zeros([B as i64, 0], (Kind::Float, Device::Cpu)),

@@ -74,8 +74,12 @@ pub struct TrainBatch {
     pub rewards: Tensor,
     pub terminated: Tensor,
     pub truncated: Tensor,
-    /// 0 where a step only reset its env (no transition): left out of every loss term.
+    /// 0 where a step only reset its env (no transition) or its agent was absent: left out of
+    /// every loss term.
     pub valid: Tensor,
+    /// Some step of `valid` is 0 (known on the CPU, so a batch without one skips the
+    /// pass-through work in the replay and V-trace).
+    pub any_absent: bool,
     /// Behaviour distribution parameters, `[T, B, P]`.
     pub behaviour: Tensor,
     /// `[T, B, W]` u8, with action masks.
@@ -125,6 +129,7 @@ impl TrainBatch {
             terminated: flag(&c.terminated.data),
             truncated: flag(&c.truncated.data),
             valid: flag(&c.valid.data),
+            any_absent: c.valid.data.contains(&0),
             behaviour: of(&c.params.data, &[t, b, p], Kind::Float),
             masks: c.masks.as_ref().map(|m| {
                 let w = action.mask_width().unwrap_or(0) as i64;
@@ -163,6 +168,7 @@ impl TrainBatch {
             terminated: self.terminated.to_device(dev),
             truncated: self.truncated.to_device(dev),
             valid: self.valid.to_device(dev),
+            any_absent: self.any_absent,
             behaviour: self.behaviour.to_device(dev),
             masks: self.masks.as_ref().map(|m| m.to_device(dev)),
             state0: self.state0.to_device(dev),
@@ -202,6 +208,8 @@ impl TrainBatch {
             terminated: pick(&self.terminated, 1),
             truncated: pick(&self.truncated, 1),
             valid: pick(&self.valid, 1),
+            // The parent's: a subset of columns has no absent step where the whole had none.
+            any_absent: self.any_absent,
             behaviour: pick(&self.behaviour, 1),
             masks: self.masks.as_ref().map(|m| pick(m, 1)),
             state0: pick(&self.state0, 0),
@@ -295,8 +303,10 @@ impl Forward {
         // spans the other agents' turns and never its own episode's end.
         let ended = (&b.terminated + &b.truncated).clamp_max(1.0);
         let starts = Tensor::cat(&[Tensor::zeros([1, n], (Kind::Float, dev)), ended], 0);
-        let present = Tensor::cat(&[b.valid.shallow_clone(), Tensor::ones([1, n], (Kind::Float, dev))], 0);
-        let (params_all, value_outputs_all, states) = model.unroll_present(&obs, &b.state0, &starts, Some(&present));
+        let present = b
+            .any_absent
+            .then(|| Tensor::cat(&[b.valid.shallow_clone(), Tensor::ones([1, n], (Kind::Float, dev))], 0));
+        let (params_all, value_outputs_all, states) = model.unroll_present(&obs, &b.state0, &starts, present.as_ref());
         let params = params_all.narrow(0, 0, t);
         let (log_probs, entropy) = dist::log_prob_entropy(&spec.env.action, &params, &b.actions, b.masks.as_ref());
         let (behaviour_log_probs, _) =
@@ -332,7 +342,7 @@ impl Forward {
                 terminated: &b.terminated,
                 truncated: &b.truncated,
                 truncation_values: &truncation_values,
-                valid: &b.valid,
+                valid: b.any_absent.then_some(&b.valid),
             },
             p,
         );
