@@ -13,6 +13,10 @@
 #   cartpole_solve: {"appo": {...}, "impala": {...}}, 5 seeds each through train.sh (median,
 #     min and max frames, median seconds from the first trained frame and from launch);
 #   thresholds: Acrobot, Pendulum and MinAtar Breakout (10) once each, curves in DIR/curves;
+#   teams: the multi-agent configs once each (lbf-coop native and lbf-coop-python to 0.9,
+#     simple-spread, lbf-two-teams), frames and seconds to their targets;
+#   lbforaging_env_steps_per_s: lbforaging 2.0.0's Python loop (native_env_steps_per_s has the
+#     Rust LBF beside it);
 #   learner_update: update ms and frames/s against libtorch intra-op threads (1, 2; CUDA too
 #     where there is one).
 #
@@ -47,7 +51,7 @@ if [ "$PIXELS" = 1 ]; then
   pong=$(cargo bench -p tests --bench throughput -- 60 configs/pong.toml 2>/dev/null | grep '^{')
 fi
 update=$(cargo bench -p learner --bench update -- 5 1 2 2>/dev/null | grep '^{')
-solve='{"cartpole_solve": null, "thresholds": null}'
+solve='{"cartpole_solve": null, "thresholds": null, "teams": null}'
 if [ "$SOLVE" = 1 ]; then
   solve=$(python3 "$TROUPE_ROOT/scripts/bench_solve.py" "$OUT" | grep '^{')
 fi
@@ -69,7 +73,8 @@ out = {
     "native_env_steps_per_s": native["env_steps_per_s"],
     "gymnasium_env_steps_per_s": gym["gymnasium"],
     "envpool_env_steps_per_s": gym["envpool"],
-    "native_over_gymnasium": {k: v / gym["gymnasium"][k] for k, v in native["env_steps_per_s"].items()},
+    "native_over_gymnasium": {k: v / gym["gymnasium"][k] for k, v in native["env_steps_per_s"].items() if k in gym["gymnasium"]},
+    "native_over_lbforaging": {k: v / gym["lbforaging"][k] for k, v in native["env_steps_per_s"].items() if k in gym.get("lbforaging", {})},
     "host_bare_loop_env_steps_per_s": host["env_steps_per_s"],
     "gymnasium_sync_vector_env_steps_per_s": gym["gymnasium_sync_vector"]["env_steps_per_s"],
     "host_over_sync_vector": host["env_steps_per_s"] / gym["gymnasium_sync_vector"]["env_steps_per_s"],
@@ -77,6 +82,8 @@ out = {
     "pong_frames_per_s": pong and pong["learner_frames_per_s"],
     "cartpole_solve": solve["cartpole_solve"],
     "thresholds": solve["thresholds"],
+    "teams": solve.get("teams"),
+    "lbforaging_env_steps_per_s": gym.get("lbforaging"),
     "learner_update": update,
     "detail": {"bare_loop": a, "cluster": bc, "native_envs": native, "gymnasium_envs": gym, "host_bare_loop": host, "minatar_breakout": minatar, "pong": pong},
 }

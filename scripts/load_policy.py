@@ -1,6 +1,7 @@
 """Rebuilds Troupe policy files (safetensors) as PyTorch modules and plays their environment.
 
     python3 scripts/load_policy.py POLICY.safetensors [--episodes N]     # play greedily
+    python3 scripts/load_policy.py POLICY.safetensors --sample           # sample, as actors act
     python3 scripts/load_policy.py POLICY.safetensors --eval IN.json      # outputs for inputs
     python3 scripts/load_policy.py DIR/policy-agent_0.safetensors DIR/policy-agent_1.safetensors
     python3 scripts/load_policy.py DIR                                     # a run's folder
@@ -266,6 +267,27 @@ class Policy(nn.Module):
             nxt = torch.zeros(x.shape[0], 0)
         return self._params(pf), nxt
 
+    def choose(self, params, mask=None, generator=None):
+        """The greedy action, or with a generator a sample of the policy's distribution (legal
+        actions only), as the actors act."""
+        if generator is None:
+            return self.greedy(params, mask)
+        if self.action["type"] == "box":
+            d = len(self.action["low"])
+            mean, log_std = params[..., :d], params[..., d : 2 * d]
+            noise = torch.randn(mean.shape, generator=generator)
+            return mean + noise * log_std.exp()
+        nvec = [self.action["n"]] if self.action["type"] == "discrete" else self.action["nvec"]
+        out, offset = [], 0
+        for n in nvec:
+            logits = params[..., offset : offset + n]
+            if mask is not None:
+                logits = logits.masked_fill(torch.as_tensor(mask[..., offset : offset + n]) == 0, -1e9)
+            probs = torch.softmax(logits, -1).reshape(-1, n)
+            out.append(torch.multinomial(probs, 1, generator=generator).reshape(logits.shape[:-1]))
+            offset += n
+        return torch.stack(out, -1)
+
     def greedy(self, params, mask=None):
         """The most likely action: argmax per component (legal ones only), or the Gaussian mean."""
         if self.action["type"] == "box":
@@ -414,7 +436,7 @@ def as_parallel(env):
     return None
 
 
-def play(policy, cfg, episodes, seed, env=None):
+def play(policy, cfg, episodes, seed, env=None, generator=None):
     import numpy as np
 
     env = make_env(cfg) if env is None else env
@@ -434,7 +456,7 @@ def play(policy, cfg, episodes, seed, env=None):
                 x = x.astype(np.uint8) * 255  # as the host sends boolean frames
             with torch.no_grad():
                 params, _, state = policy(policy.prepare(x[None]), state)
-            a = policy.greedy(params, mask)[0].numpy()
+            a = policy.choose(params, mask, generator)[0].numpy()
             if policy.action["type"] == "discrete":
                 a = int(a[0]) + int(getattr(env.action_space, "start", 0))
             elif policy.action["type"] == "multi_discrete":
@@ -467,9 +489,9 @@ def assign(policies, agents):
     return {a: (p, i) for a, (p, i, _) in owner.items()}
 
 
-def play_multi(policies, env, episodes, seed):
-    """Greedy episodes of a parallel env, every agent acting with its policy. Returns the
-    per-agent returns of each episode: a list of {agent: return}."""
+def play_multi(policies, env, episodes, seed, generator=None):
+    """Episodes of a parallel env, every agent acting with its policy (greedily, or sampling
+    with `generator`). Returns the per-agent returns of each episode: a list of {agent: return}."""
     import numpy as np
 
     agents = list(env.possible_agents)
@@ -506,8 +528,8 @@ def play_multi(policies, env, episodes, seed):
                 with torch.no_grad():
                     params, nxt = p.act(p.prepare(np.stack(xs)), states[id(p)][rows], p.one_hot(rows))
                 states[id(p)][rows] = nxt
-                greedy = p.greedy(params, mask).numpy()
-                for a, g in zip(mine, greedy):
+                chosen = p.choose(params, mask, generator).numpy()
+                for a, g in zip(mine, chosen):
                     space = env.action_space(a)
                     if p.action["type"] == "discrete":
                         actions[a] = int(g[0]) + int(getattr(space, "start", 0))
@@ -548,10 +570,17 @@ def main():
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--seed", type=int, default=10_000)
     ap.add_argument(
+        "--sample",
+        action="store_true",
+        help="act by sampling the policy's distribution (seeded by --seed), as the actors do, instead of greedily: "
+        "greedy play can loop where a trained policy relies on its randomness (LBF agents waiting on each other)",
+    )
+    ap.add_argument(
         "--eval",
         help="JSON with obs [M, obs...] and state [M, S] (and agents [M], env_state [M, state] where the model reads them): print the model's outputs",
     )
     args = ap.parse_args()
+    generator = torch.Generator().manual_seed(args.seed) if args.sample else None
     files = policy_paths(args.paths)
     if args.eval:
         if len(files) != 1:
@@ -575,7 +604,7 @@ def main():
     if parallel is None:
         if len(policies) > 1:
             raise SystemExit(f"env {env_config['id']} has one agent: give one policy file, not {len(policies)}")
-        returns = play(policy, env_config, args.episodes, args.seed, env)
+        returns = play(policy, env_config, args.episodes, args.seed, env, generator)
         print(json.dumps({"env": env_config["id"], "episodes": len(returns), "mean_return": sum(returns) / len(returns)}))
         return
     import warnings
@@ -583,7 +612,7 @@ def main():
     # lbforaging returns a list of rewards, which Gymnasium's env checker warns about.
     warnings.filterwarnings("ignore", message=".*reward returned by `step\\(\\)` must be a float")
     loaded = [(path, p) for path, p, _ in policies]
-    episodes = play_multi(loaded, parallel, args.episodes, args.seed)
+    episodes = play_multi(loaded, parallel, args.episodes, args.seed, generator)
     n = len(episodes)
     team = [sum(ep.values()) for ep in episodes]
     owner = assign(loaded, list(parallel.possible_agents))
