@@ -10,13 +10,16 @@
 //! - [`recovery`]: Redis losing its data, and writing it back;
 //! - [`store`]: Redis keys and the retention rule;
 //! - [`distribution`]: policy-distribution latency from the actors' heartbeats;
-//! - [`report`]: summary.json and the learning curve (used by `troupe-watch`).
+//! - [`report`]: summary.json and the learning curve (used by `troupe-watch`);
+//! - [`replay`]: the replay service (tables in Redis), served beside the coordinator or alone
+//!   (`--role replay`).
 
 pub mod actors;
 pub mod distribution;
 pub mod lease;
 pub mod policies;
 pub mod recovery;
+pub mod replay;
 pub mod report;
 pub mod run_policies;
 pub mod service;
@@ -28,6 +31,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use proto::v1::coordinator_server::CoordinatorServer;
+use proto::v1::replay_server::ReplayServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use troupe::RunConfig;
@@ -60,16 +64,44 @@ pub struct Args {
     /// Also serve gRPC health in plain text here (for probes when TLS is on); port 0 picks one.
     #[arg(long, env = "TROUPE_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
+    /// What this process serves: the coordinator and the replay service (`all`), or one of
+    /// them (large runs put replay on nodes of its own).
+    #[arg(long, env = "TROUPE_ROLE", value_enum, default_value_t = ServeRole::All)]
+    pub role: ServeRole,
+    /// The replay tables' Redis instances (shards), repeated or comma-separated; default: the
+    /// coordinator's `--redis-url`.
+    #[arg(long = "replay-redis-url", env = "TROUPE_REPLAY_REDIS_URLS", value_delimiter = ',')]
+    pub replay_redis_urls: Vec<String>,
     #[command(flatten)]
     pub tls: troupe::security::TlsArgs,
     #[command(flatten)]
     pub auth: troupe::security::AuthArgs,
 }
 
+/// What a coordinator process serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServeRole {
+    /// The coordinator and the replay service.
+    All,
+    /// The coordinator alone.
+    Coordinator,
+    /// The replay service alone.
+    Replay,
+}
+
 /// Who may call what: actors register, report and fetch; the learner registers, keeps its lease
 /// and publishes; an evaluator reads; the admin may do all of it and pin.
 pub fn method_roles(path: &str) -> Option<&'static [troupe::security::Role]> {
     use troupe::security::Role::{self, *};
+    if let Some(method) = path.strip_prefix("/troupe.v1.Replay/") {
+        // Actors or learners insert (either may, by config); learners sample and reprioritize.
+        return Some(match method {
+            "Insert" => &[Actor, Learner, Admin],
+            "Sample" | "UpdatePriorities" => &[Learner, Admin],
+            "TableInfo" => &[Actor, Learner, Evaluator, Admin],
+            _ => return None,
+        });
+    }
     const ACTOR: &[Role] = &[Actor, Admin];
     const LEARNER: &[Role] = &[Learner, Admin];
     const READ: &[Role] = &[Actor, Learner, Evaluator, Admin];
@@ -97,21 +129,55 @@ pub async fn run(
     metrics_addr: SocketAddr,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let store = store::Store::connect(
-        &args.redis_url,
-        &config.name,
-        Duration::from_secs_f64(args.redis_patience_s),
-    )
-    .await?;
-    let service = std::sync::Arc::new(
-        service::CoordinatorService::recover(config, store, security.actor_binding(), shutdown.clone()).await?,
-    );
-    tokio::spawn({
-        let service = service.clone();
-        let shutdown = shutdown.clone();
-        async move { service.upkeep(shutdown).await }
-    });
-    let (mut health, health_service) = troupe::health::health_service(troupe::health::COORDINATOR).await;
+    let coordinator = match args.role {
+        ServeRole::All | ServeRole::Coordinator => {
+            let store = store::Store::connect(
+                &args.redis_url,
+                &config.name,
+                Duration::from_secs_f64(args.redis_patience_s),
+            )
+            .await?;
+            let service = std::sync::Arc::new(
+                service::CoordinatorService::recover(config.clone(), store, security.actor_binding(), shutdown.clone())
+                    .await?,
+            );
+            tokio::spawn({
+                let service = service.clone();
+                let shutdown = shutdown.clone();
+                async move { service.upkeep(shutdown).await }
+            });
+            Some(
+                CoordinatorServer::from_arc(service)
+                    .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
+            )
+        }
+        ServeRole::Replay => None,
+    };
+    let replay = match args.role {
+        ServeRole::All | ServeRole::Replay => {
+            let urls = if args.replay_redis_urls.is_empty() {
+                vec![args.redis_url.clone()]
+            } else {
+                args.replay_redis_urls.clone()
+            };
+            let shards =
+                replay::storage::Shards::connect(&urls, &config.name, Duration::from_secs_f64(args.redis_patience_s))
+                    .await?;
+            tracing::info!(shards = shards.len(), tables = config.replay.tables.len(), "replay serving");
+            Some(
+                ReplayServer::new(replay::ReplayService::new(config.replay.clone(), shards))
+                    .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
+            )
+        }
+        ServeRole::Coordinator => None,
+    };
+    let health_role = match args.role {
+        ServeRole::Replay => troupe::health::REPLAY,
+        _ => troupe::health::COORDINATOR,
+    };
+    let (mut health, health_service) = troupe::health::health_service(health_role).await;
     let plain_health = match args.health_listen {
         Some(addr) => Some(health.serve_plain(addr, shutdown.clone()).await?),
         None => None,
@@ -131,11 +197,8 @@ pub async fn run(
     health.set(troupe::health::ServingStatus::Serving).await;
     let server = troupe::process::service_server(&security, method_roles)?
         .add_service(health_service)
-        .add_service(
-            CoordinatorServer::from_arc(service)
-                .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
-        )
+        .add_optional_service(coordinator)
+        .add_optional_service(replay)
         .serve_with_incoming_shutdown(troupe::process::incoming(listener), shutdown.clone().cancelled_owned());
     let mut server = std::pin::pin!(server);
     tokio::select! {
@@ -161,9 +224,9 @@ mod tests {
         let ours: Vec<&str> = proto::methods::GRPC_METHODS
             .iter()
             .copied()
-            .filter(|m| m.starts_with("troupe.v1.Coordinator/"))
+            .filter(|m| m.starts_with("troupe.v1.Coordinator/") || m.starts_with("troupe.v1.Replay/"))
             .collect();
-        assert!(ours.len() >= 10, "{ours:?}");
+        assert!(ours.len() >= 14, "{ours:?}");
         for m in ours {
             let roles = super::method_roles(&format!("/{m}")).unwrap_or_else(|| panic!("{m}: no roles"));
             assert!(

@@ -753,6 +753,23 @@ async fn start_coordinator(
     })
 }
 
+/// Runs `scripts/load_policy.py` on a policy file with `args` (the envs venv on PYTHONPATH)
+/// and returns its JSON report.
+pub fn load_policy(path: &Path, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let out = Command::new("python3")
+        .env("PYTHONPATH", envs_site_packages())
+        .arg(repo_root().join("scripts/load_policy.py"))
+        .arg(path)
+        .args(args)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "load_policy.py: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
 /// GETs a Prometheus scrape over plain HTTP/1.0.
 pub fn scrape(addr: &str) -> anyhow::Result<String> {
     http_get(addr, "/metrics")

@@ -89,18 +89,7 @@ async fn cartpole_is_solved_by_a_local_cluster() -> anyhow::Result<()> {
     // CartPole-v1 well.
     let path = cluster.dir.path().join("policy.safetensors");
     std::fs::write(&path, &blob)?;
-    let out = std::process::Command::new("python3")
-        .env("PYTHONPATH", tests::envs_site_packages())
-        .arg(tests::repo_root().join("scripts/load_policy.py"))
-        .arg(&path)
-        .args(["--episodes", "20"])
-        .output()?;
-    assert!(
-        out.status.success(),
-        "load_policy.py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let report = tests::load_policy(&path, &["--episodes", "20"])?;
     let greedy = report["mean_return"].as_f64().unwrap_or(0.0);
     println!("greedy return of the solved policy in PyTorch: {greedy}");
     assert!(greedy >= 300.0, "{report}");

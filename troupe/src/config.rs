@@ -29,6 +29,146 @@ pub struct RunConfig {
     pub coordinator: CoordinatorConfig,
     /// How a multi-agent env's agents map to policies, and what reward they train on.
     pub policies: PoliciesConfig,
+    /// Experience replay: the tables the replay service keeps (in Redis), for every policy.
+    pub replay: ReplayConfig,
+}
+
+/// `[replay]`: named tables, each with a sampler, a remover and a rate limiter (Reverb's
+/// semantics). Every policy of the run has its own copy of each table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplayConfig {
+    pub tables: Vec<ReplayTableConfig>,
+}
+
+/// How a replay table draws its items.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplerKind {
+    Uniform,
+    /// Proportional to `priority ^ priority_exponent` (Schaul et al. 2016).
+    Prioritized,
+    /// The oldest item first.
+    Fifo,
+}
+
+/// `[[replay.tables]]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplayTableConfig {
+    pub name: String,
+    /// Items held; an insert beyond it evicts the oldest (FIFO).
+    pub max_size: u64,
+    pub sampler: SamplerKind,
+    /// alpha: how strongly priorities shape sampling (0: uniform).
+    pub priority_exponent: f64,
+    /// beta at the start: how far importance weights correct for prioritization.
+    pub importance_sampling_exponent: f64,
+    /// beta at the end of `importance_sampling_anneal_updates` learner updates (linear);
+    /// none: beta stays fixed.
+    pub importance_sampling_exponent_final: Option<f64>,
+    pub importance_sampling_anneal_updates: u64,
+    /// An item sampled this often is removed; 0: no limit.
+    pub max_times_sampled: u64,
+    /// Sampling starts once the table holds this many items.
+    pub min_size_to_sample: u64,
+    /// With it, `inserts * samples_per_insert - samples` is kept within `error_buffer` of
+    /// its value at `min_size_to_sample` (Reverb's SampleToInsertRatio): the side that runs
+    /// ahead waits. Without it, only the minimum size holds sampling back.
+    pub samples_per_insert: Option<f64>,
+    /// Default: `max(1, samples_per_insert) * 100`.
+    pub error_buffer: Option<f64>,
+    /// How long an insert or a sample waits on the rate limiter before it fails with
+    /// DEADLINE_EXCEEDED (a request may ask for less).
+    pub timeout_s: f64,
+}
+
+impl Default for ReplayTableConfig {
+    fn default() -> Self {
+        ReplayTableConfig {
+            name: String::new(),
+            max_size: 100_000,
+            sampler: SamplerKind::Uniform,
+            priority_exponent: 0.6,
+            importance_sampling_exponent: 0.4,
+            importance_sampling_exponent_final: None,
+            importance_sampling_anneal_updates: 0,
+            max_times_sampled: 0,
+            min_size_to_sample: 1,
+            samples_per_insert: None,
+            error_buffer: None,
+            timeout_s: 30.0,
+        }
+    }
+}
+
+impl ReplayTableConfig {
+    /// The error buffer in use.
+    pub fn error_buffer(&self) -> Option<f64> {
+        self.samples_per_insert
+            .map(|spi| self.error_buffer.unwrap_or(spi.max(1.0) * 100.0))
+    }
+}
+
+impl ReplayConfig {
+    pub fn table(&self, name: &str) -> Option<&ReplayTableConfig> {
+        self.tables.iter().find(|t| t.name == name)
+    }
+
+    /// Refuses tables that could block a side forever, as Reverb does, and names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (i, t) in self.tables.iter().enumerate() {
+            let key = |k: &str| format!("replay.tables[{i}].{k}");
+            if !valid_policy_name(&t.name) {
+                return bad(&key("name"), "1 to 64 letters, digits, '-' and '_'", &format!("{:?}", t.name));
+            }
+            if self.tables[..i].iter().any(|o| o.name == t.name) {
+                return bad(&key("name"), "table names that appear once", &format!("{:?} twice", t.name));
+            }
+            check_range(&key("max_size"), t.max_size as f64, 1.0, 1e12)?;
+            check_range(&key("priority_exponent"), t.priority_exponent, 0.0, 10.0)?;
+            check_range(&key("importance_sampling_exponent"), t.importance_sampling_exponent, 0.0, 1.0)?;
+            if let Some(b) = t.importance_sampling_exponent_final {
+                check_range(&key("importance_sampling_exponent_final"), b, 0.0, 1.0)?;
+            }
+            check_open_range(&key("timeout_s"), t.timeout_s, 0.0, 86_400.0)?;
+            if t.min_size_to_sample < 1 || t.min_size_to_sample > t.max_size {
+                return bad(
+                    &key("min_size_to_sample"),
+                    &format!("1 to max_size ({}): a table that never reaches it is never sampled", t.max_size),
+                    &t.min_size_to_sample.to_string(),
+                );
+            }
+            if t.samples_per_insert.is_none() && t.error_buffer.is_some() {
+                return bad(&key("error_buffer"), "no error_buffer without samples_per_insert", "a value");
+            }
+            if let Some(spi) = t.samples_per_insert {
+                check_open_range(&key("samples_per_insert"), spi, 0.0, 1e6)?;
+                let buffer = t.error_buffer().unwrap_or_default();
+                if !buffer.is_finite() || buffer < spi.max(1.0) {
+                    return bad(
+                        &key("error_buffer"),
+                        &format!(
+                            "at least max(1, samples_per_insert) = {}: a smaller buffer can block inserts and samples both (Reverb refuses it too)",
+                            spi.max(1.0)
+                        ),
+                        &buffer.to_string(),
+                    );
+                }
+                if t.max_times_sampled > 0 && spi > t.max_times_sampled as f64 {
+                    return bad(
+                        &key("samples_per_insert"),
+                        &format!(
+                            "at most max_times_sampled ({}): items leave after that many samples, so more samples per insert than that would wait forever",
+                            t.max_times_sampled
+                        ),
+                        &spi.to_string(),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How agents map to policies.
@@ -491,6 +631,7 @@ impl Default for RunConfig {
             appo: None,
             coordinator: CoordinatorConfig::default(),
             policies: PoliciesConfig::default(),
+            replay: ReplayConfig::default(),
         }
     }
 }
@@ -657,6 +798,7 @@ impl RunConfig {
         check_open_range("learner.stream_idle_timeout_s", l.stream_idle_timeout_s, 0.0, 86400.0)?;
         check_range("learner.keep_checkpoints", l.keep_checkpoints as f64, 1.0, 1000.0)?;
         self.policies.validate()?;
+        self.replay.validate()?;
         if self.model.central_critic && self.model.share_torso {
             return bad(
                 "model.central_critic",
@@ -933,6 +1075,45 @@ mod tests {
         assert!(!err.contains('\n'));
         let err = RunConfig::from_toml("[trainer]\nx = 1\n").unwrap_err().to_string();
         assert!(err.contains("trainer") && err.contains("unknown field"), "{err}");
+    }
+
+    /// Replay tables that could block a side forever are refused at start-up, as Reverb
+    /// refuses them, naming the key; a sound one parses.
+    #[test]
+    fn replay_tables_that_could_deadlock_are_refused() {
+        let table = |extra: &str| format!("[[replay.tables]]\nname = \"t\"\nmax_size = 100\n{extra}");
+        let cases = [
+            ("min_size_to_sample = 101", "replay.tables[0].min_size_to_sample: expected 1 to max_size (100)"),
+            ("min_size_to_sample = 0", "replay.tables[0].min_size_to_sample: expected 1 to max_size"),
+            (
+                "samples_per_insert = 4.0\nerror_buffer = 2.0",
+                "replay.tables[0].error_buffer: expected at least max(1, samples_per_insert) = 4",
+            ),
+            (
+                "samples_per_insert = 0.5\nerror_buffer = 0.5",
+                "replay.tables[0].error_buffer: expected at least max(1, samples_per_insert) = 1",
+            ),
+            (
+                "samples_per_insert = 8.0\nmax_times_sampled = 2",
+                "replay.tables[0].samples_per_insert: expected at most max_times_sampled (2)",
+            ),
+            ("error_buffer = 5.0", "replay.tables[0].error_buffer: expected no error_buffer without samples_per_insert"),
+            ("samples_per_insert = -1.0", "replay.tables[0].samples_per_insert: expected a value in (0, 1000000]"),
+            ("priority_exponent = -1.0", "replay.tables[0].priority_exponent: expected a value in [0, 10]"),
+            ("sampler = \"lifo\"", "replay.tables[0].sampler: unknown variant `lifo`"),
+        ];
+        for (extra, want) in cases {
+            let err = RunConfig::from_toml(&table(extra)).unwrap_err().to_string();
+            assert!(err.contains(want), "{extra}: {err}");
+        }
+        let twice = "[[replay.tables]]\nname = \"t\"\n[[replay.tables]]\nname = \"t\"";
+        assert!(RunConfig::from_toml(twice).unwrap_err().to_string().contains("replay.tables[1].name"));
+        let ok = RunConfig::from_toml(&table(
+            "sampler = \"prioritized\"\nsamples_per_insert = 4.0\nmin_size_to_sample = 10\nmax_times_sampled = 8",
+        ))
+        .unwrap();
+        let t = ok.replay.table("t").unwrap();
+        assert_eq!((t.sampler, t.error_buffer()), (SamplerKind::Prioritized, Some(400.0)));
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub enum Error {
     /// A dependency (Redis, the model thread) is unreachable; the caller may retry.
     #[error("{0}")]
     Unavailable(String),
+    /// A wait ran past its deadline (a replay table's rate limiter held the call back).
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -25,6 +28,7 @@ impl From<Error> for tonic::Status {
             Error::NotFound(m) => tonic::Status::not_found(m),
             Error::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
             Error::Unavailable(m) => tonic::Status::unavailable(m),
+            Error::DeadlineExceeded(m) => tonic::Status::deadline_exceeded(m),
             Error::Internal(m) => tonic::Status::internal(m),
         }
     }

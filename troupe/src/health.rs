@@ -16,6 +16,7 @@ use crate::grpc_metrics::{GrpcMetricsLayer, HEALTH_METHODS};
 pub const COORDINATOR: &str = "troupe.v1.Coordinator";
 pub const LEARNER: &str = "troupe.v1.Learner";
 pub const ACTOR: &str = "troupe.v1.Actor";
+pub const REPLAY: &str = "troupe.v1.Replay";
 
 /// The health service to add to a server, and the handle that sets `role`'s status (starting
 /// NOT_SERVING).

@@ -72,6 +72,17 @@ pub mod names {
     pub const ACTOR_EPISODES_DROPPED: &str = "troupe_actor_episode_reports_dropped_total";
     pub const LEARNER_GPU_MEMORY_USED: &str = "troupe_learner_gpu_memory_used_bytes";
     pub const LEARNER_GPU_MEMORY_TOTAL: &str = "troupe_learner_gpu_memory_total_bytes";
+    // Replay (the replay service: the coordinator, or `coordinator --role replay`).
+    pub const REPLAY_ITEMS: &str = "troupe_replay_items";
+    pub const REPLAY_BYTES: &str = "troupe_replay_bytes";
+    pub const REPLAY_INSERTS: &str = "troupe_replay_inserts_total";
+    pub const REPLAY_SAMPLES: &str = "troupe_replay_samples_total";
+    pub const REPLAY_EVICTIONS: &str = "troupe_replay_removed_total";
+    pub const REPLAY_WAIT_SECONDS: &str = "troupe_replay_rate_limiter_wait_seconds";
+    pub const REPLAY_TIMEOUTS: &str = "troupe_replay_rate_limiter_timeouts_total";
+    pub const REPLAY_PRIORITY: &str = "troupe_replay_priority";
+    pub const REPLAY_REDIS_ERRORS: &str = "troupe_replay_redis_errors_total";
+    pub const REPLAY_ITEMS_LOST: &str = "troupe_replay_items_lost_total";
 
     pub const BUILD_INFO: &str = "troupe_build_info";
     pub const GRPC_SERVER_STARTED: &str = "troupe_grpc_server_started_total";
@@ -225,6 +236,36 @@ fn describe_all() {
     );
     describe_gauge!(COORD_WATCHERS, "open policy-version watch streams");
     describe_counter!(COORD_REDIS_ERRORS, Unit::Count, "failed Redis commands");
+    describe_gauge!(REPLAY_ITEMS, "items a replay table holds, by policy and table");
+    describe_gauge!(REPLAY_BYTES, "payload bytes a replay table holds, by policy and table");
+    describe_counter!(REPLAY_INSERTS, Unit::Count, "items inserted into a replay table, by policy and table");
+    describe_counter!(
+        REPLAY_SAMPLES,
+        Unit::Count,
+        "items sampled from a replay table (each draw of a batch), by policy and table"
+    );
+    describe_counter!(
+        REPLAY_EVICTIONS,
+        Unit::Count,
+        "items removed from a replay table, by policy, table and reason (evicted: beyond max_size; max_times_sampled)"
+    );
+    describe_histogram!(
+        REPLAY_WAIT_SECONDS,
+        Unit::Seconds,
+        "time an insert or a sample waited on its table's rate limiter, by policy, table and side"
+    );
+    describe_counter!(
+        REPLAY_TIMEOUTS,
+        Unit::Count,
+        "inserts and samples whose rate-limiter wait ran past its deadline (DEADLINE_EXCEEDED), by policy, table and side"
+    );
+    describe_histogram!(REPLAY_PRIORITY, "priorities given to replay items (inserted or updated), by policy and table");
+    describe_counter!(REPLAY_REDIS_ERRORS, Unit::Count, "failed Redis commands of the replay service");
+    describe_counter!(
+        REPLAY_ITEMS_LOST,
+        Unit::Count,
+        "sampled items whose payload Redis no longer held (a Redis that lost its data): dropped from the table"
+    );
     describe_gauge!(
         COORD_REDIS_UP,
         "1 if the coordinator's last Redis command or ping (every 5 s) succeeded, else 0"
@@ -337,6 +378,14 @@ pub fn install_metrics(
         .set_buckets_for_metric(
             Matcher::Full(names::COORD_POLICY_DISTRIBUTION_SECONDS.to_string()),
             &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(names::REPLAY_WAIT_SECONDS.to_string()),
+            &[0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(names::REPLAY_PRIORITY.to_string()),
+            &[0.0, 0.001, 0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 100.0],
         )?
         .set_buckets_for_metric(
             Matcher::Full(names::LEARNER_POLICY_LAG.to_string()),

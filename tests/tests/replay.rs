@@ -1,0 +1,534 @@
+//! The replay service against real redis-server processes: `coordinator --role replay` over
+//! one or two Redis shards. Acknowledged items survive a SIGKILL of the replay process, a
+//! restart of Redis (appendonly) and of one shard of two: none lost, none twice, priorities
+//! as they were. The rate limiter holds its ratio under concurrent inserters and samplers, and
+//! a wait past its deadline fails instead of hanging. Bad requests are INVALID_ARGUMENT,
+//! naming the problem.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use proto::v1::replay_client::ReplayClient;
+use proto::v1::{
+    InsertRequest, NamedTensor, ReplayItem, SampleRequest, TableInfoRequest, Tensor, UpdatePrioritiesRequest,
+};
+use tests::{bin, start_redis, Proc};
+use tonic::transport::Channel;
+
+const CONFIG: &str = r#"
+name = "replay-test"
+[[replay.tables]]
+name = "queue"
+max_size = 100000
+sampler = "fifo"
+max_times_sampled = 1
+[[replay.tables]]
+name = "prio"
+max_size = 100000
+sampler = "prioritized"
+priority_exponent = 1.0
+[[replay.tables]]
+name = "ratio"
+max_size = 100000
+min_size_to_sample = 10
+samples_per_insert = 2.0
+error_buffer = 20.0
+timeout_s = 5.0
+[[replay.tables]]
+name = "small"
+max_size = 3
+timeout_s = 0.5
+"#;
+
+/// Redis shards (each in its own folder) and a replay process over them.
+struct Node {
+    dir: tempfile::TempDir,
+    shards: Vec<(Proc, String)>,
+    replay: Option<Proc>,
+    addr: String,
+}
+
+impl Node {
+    async fn start(shards: usize) -> anyhow::Result<Node> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("run.toml"), CONFIG)?;
+        let mut s = Vec::new();
+        for i in 0..shards {
+            let d = dir.path().join(format!("shard{i}"));
+            std::fs::create_dir_all(&d)?;
+            s.push(start_redis(&d)?);
+        }
+        let mut node = Node {
+            dir,
+            shards: s,
+            replay: None,
+            addr: String::new(),
+        };
+        node.start_replay().await?;
+        Ok(node)
+    }
+
+    async fn start_replay(&mut self) -> anyhow::Result<()> {
+        let ready = self.dir.path().join("replay.json");
+        let _ = std::fs::remove_file(&ready);
+        let urls: Vec<&str> = self.shards.iter().map(|(_, u)| u.as_str()).collect();
+        let mut cmd = Command::new(bin("coordinator"));
+        cmd.arg("--config")
+            .arg(self.dir.path().join("run.toml"))
+            .args(["--role", "replay", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--redis-url", urls[0], "--replay-redis-url", &urls.join(",")])
+            .arg("--ready-file")
+            .arg(&ready);
+        let mut p = Proc::spawn("replay", self.dir.path(), cmd)?;
+        p.ready = Some(ready);
+        let info = p.wait_ready(Duration::from_secs(30)).await?;
+        self.addr = format!("http://{}", info["grpc"].as_str().unwrap_or_default());
+        self.replay = Some(p);
+        Ok(())
+    }
+
+    async fn client(&self) -> anyhow::Result<ReplayClient<Channel>> {
+        Ok(ReplayClient::connect(self.addr.clone())
+            .await?
+            .max_decoding_message_size(proto::MAX_MESSAGE_BYTES))
+    }
+
+    /// Restarts shard `i` (SIGTERM: Redis writes its append-only file out, then exits).
+    fn restart_shard(&mut self, i: usize) -> anyhow::Result<()> {
+        let (p, url) = &mut self.shards[i];
+        assert!(p.terminate(Duration::from_secs(10)).is_some(), "redis exits on SIGTERM");
+        let d = self.dir.path().join(format!("shard{i}"));
+        let (np, nu) = start_redis(&d)?;
+        assert_eq!(&nu, url);
+        *p = np;
+        Ok(())
+    }
+
+    fn log(&self) -> String {
+        self.replay.as_ref().map(|p| p.log_tail(30)).unwrap_or_default()
+    }
+}
+
+/// An item whose one tensor holds `id` (f32 [2]: id / 65536 and id % 65536, exact in f32).
+fn item(id: u64, priority: f64) -> ReplayItem {
+    let v = [(id / 65536) as f32, (id % 65536) as f32];
+    ReplayItem {
+        tensors: vec![NamedTensor {
+            name: "id".into(),
+            tensor: Some(Tensor::from_slice(&[2], &v)),
+        }],
+        priority,
+        policy_version: id,
+    }
+}
+
+fn id_of(it: &ReplayItem) -> u64 {
+    let t = it.tensors[0].tensor.as_ref().unwrap();
+    let v: Vec<f32> = t.data.chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    v[0] as u64 * 65536 + v[1] as u64
+}
+
+/// Inserts batches into `table` until `stop`, from ids `base..`; returns what was acknowledged
+/// (key -> id). Errors (the replay process or a shard down) are retried after a pause.
+async fn insert_until(
+    addr: String,
+    table: &'static str,
+    base: u64,
+    stop: tokio_util::sync::CancellationToken,
+    priority: fn(u64) -> f64,
+) -> BTreeMap<u64, u64> {
+    let mut acked = BTreeMap::new();
+    let mut next = base;
+    while !stop.is_cancelled() {
+        let Ok(mut c) = ReplayClient::connect(addr.clone()).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        while !stop.is_cancelled() {
+            let ids: Vec<u64> = (next..next + 8).collect();
+            next += 8;
+            let req = InsertRequest {
+                table: table.into(),
+                policy: String::new(),
+                items: ids.iter().map(|&i| item(i, priority(i))).collect(),
+                timeout_s: 2.0,
+            };
+            match c.insert(req).await {
+                Ok(r) => {
+                    let keys = r.into_inner().keys;
+                    assert_eq!(keys.len(), ids.len());
+                    for (k, i) in keys.into_iter().zip(ids) {
+                        assert!(acked.insert(k, i).is_none(), "key {k} acknowledged twice");
+                    }
+                }
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    break;
+                }
+            }
+        }
+    }
+    acked
+}
+
+/// Drains the FIFO queue (each item sampled once, then removed): key -> id, in order.
+async fn drain(c: &mut ReplayClient<Channel>) -> anyhow::Result<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    loop {
+        let info = c
+            .table_info(TableInfoRequest {
+                table: "queue".into(),
+                policy: String::new(),
+            })
+            .await?
+            .into_inner();
+        if info.tables[0].size == 0 {
+            return Ok(out);
+        }
+        let n = info.tables[0].size.min(256) as u32;
+        let r = c
+            .sample(SampleRequest {
+                table: "queue".into(),
+                policy: String::new(),
+                batch_size: n,
+                timeout_s: 5.0,
+            })
+            .await?
+            .into_inner();
+        for s in r.items {
+            assert_eq!(s.times_sampled, 1);
+            out.push((s.key, id_of(s.item.as_ref().unwrap())));
+        }
+    }
+}
+
+/// The drained queue against what was acknowledged: every acknowledged key there, with its
+/// own item, none twice, in insertion (key) order; anything else only ids an inserter sent
+/// (written, then the process died before it answered).
+fn check_exactly_once(drained: &[(u64, u64)], acked: &BTreeMap<u64, u64>, sent_below: u64) {
+    let keys: Vec<u64> = drained.iter().map(|d| d.0).collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), keys.len(), "an item came back twice");
+    assert_eq!(sorted, keys, "FIFO order is insertion order");
+    let ids: BTreeSet<u64> = drained.iter().map(|d| d.1).collect();
+    assert_eq!(ids.len(), drained.len(), "an item's payload came back twice");
+    let got: BTreeMap<u64, u64> = drained.iter().copied().collect();
+    for (k, id) in acked {
+        assert_eq!(got.get(k), Some(id), "acknowledged key {k} (item {id}) lost");
+    }
+    assert!(ids.iter().all(|&i| i < sent_below), "an item no one sent");
+}
+
+async fn kill_and_restart(shards: usize, restart: impl Fn(&mut Node) -> anyhow::Result<()>, name: &str) -> anyhow::Result<()> {
+    let mut node = Node::start(shards).await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let writer = tokio::spawn(insert_until(node.addr.clone(), "queue", 0, stop.clone(), |_| 1.0));
+    let prio_writer = tokio::spawn(insert_until(node.addr.clone(), "prio", 1 << 30, stop.clone(), |i| {
+        (i % 97 + 1) as f64
+    }));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    restart(&mut node)?;
+    // Inserts go on against the restarted service (a new port after a replay restart).
+    let addr = node.addr.clone();
+    let late = tokio::spawn(insert_until(addr, "queue", 1 << 20, stop.clone(), |_| 1.0));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.cancel();
+    let mut acked = writer.await?;
+    let prio = prio_writer.await?;
+    let late = late.await?;
+    assert!(!acked.is_empty() && !late.is_empty(), "{name}: inserts before and after\n{}", node.log());
+    acked.extend(late);
+    let mut c = node.client().await?;
+    let drained = drain(&mut c).await?;
+    check_exactly_once(&drained, &acked, u64::MAX);
+    println!(
+        "{name}: {} items acknowledged, {} drained, {} prioritized",
+        acked.len(),
+        drained.len(),
+        prio.len()
+    );
+
+    // The prioritized table samples with the priorities it was given: each draw's probability
+    // is its priority over the sum of all held items' (alpha = 1).
+    let info = c
+        .table_info(TableInfoRequest {
+            table: "prio".into(),
+            policy: String::new(),
+        })
+        .await?
+        .into_inner();
+    let held = info.tables[0].size as usize;
+    assert!(held >= prio.len(), "{name}: {held} held, {} acknowledged", prio.len());
+    // The acknowledged items' priorities, plus at most 97 for each one written but not
+    // acknowledged (the process died before it answered).
+    let priority = |id: u64| (id % 97 + 1) as f64;
+    let total_lo: f64 = prio.values().map(|&id| priority(id)).sum();
+    let total_hi = total_lo + (held - prio.len()) as f64 * 97.0;
+    let r = c
+        .sample(SampleRequest {
+            table: "prio".into(),
+            policy: String::new(),
+            batch_size: 50,
+            timeout_s: 5.0,
+        })
+        .await?
+        .into_inner();
+    for s in &r.items {
+        let id = id_of(s.item.as_ref().unwrap());
+        let p = priority(id);
+        assert!(
+            s.probability >= p / total_hi - 1e-12 && s.probability <= p / total_lo + 1e-12,
+            "{name}: item {id} drawn with probability {} for priority {p} (sum {total_lo}..{total_hi})",
+            s.probability
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_items_survive_a_killed_replay_process() -> anyhow::Result<()> {
+    kill_and_restart(
+        1,
+        |node| {
+            node.replay.as_mut().unwrap().kill9();
+            futures_lite_block_on(node.start_replay())
+        },
+        "replay SIGKILL",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_items_survive_a_restarted_redis() -> anyhow::Result<()> {
+    kill_and_restart(1, |node| node.restart_shard(0), "redis restart").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_items_survive_one_of_two_shards_restarted() -> anyhow::Result<()> {
+    kill_and_restart(2, |node| node.restart_shard(1), "shard 1 of 2 restarted").await
+}
+
+/// Runs a future to completion from sync code inside the test's runtime.
+fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+/// Two inserters and two samplers on a table of 2 samples per insert (from 10 items, within
+/// 20): at every moment `inserts * 2 - samples` is within [0, 40], and both sides go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rate_limiter_holds_its_ratio_under_concurrent_callers() -> anyhow::Result<()> {
+    let node = Node::start(1).await?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut tasks = Vec::new();
+    for w in 0..2u64 {
+        let addr = node.addr.clone();
+        let stop_inserts = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = ReplayClient::connect(addr).await.unwrap();
+            let mut n = 0u64;
+            while !stop_inserts.is_cancelled() {
+                let r = c
+                    .insert(InsertRequest {
+                        table: "ratio".into(),
+                        policy: String::new(),
+                        items: (0..2).map(|i| item(w << 32 | (n + i), 1.0)).collect(),
+                        timeout_s: 1.0,
+                    })
+                    .await;
+                if r.is_ok() {
+                    n += 2;
+                }
+            }
+            n
+        }));
+        let addr = node.addr.clone();
+        let stop_samples = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = ReplayClient::connect(addr).await.unwrap();
+            let mut n = 0u64;
+            while !stop_samples.is_cancelled() {
+                if let Ok(r) = c
+                    .sample(SampleRequest {
+                        table: "ratio".into(),
+                        policy: String::new(),
+                        batch_size: 3,
+                        timeout_s: 1.0,
+                    })
+                    .await
+                {
+                    n += r.into_inner().items.len() as u64;
+                }
+            }
+            n
+        }));
+    }
+    let mut c = node.client().await?;
+    let start = Instant::now();
+    let mut checks = 0;
+    while start.elapsed() < Duration::from_secs(3) {
+        let t = c
+            .table_info(TableInfoRequest {
+                table: "ratio".into(),
+                policy: String::new(),
+            })
+            .await?
+            .into_inner()
+            .tables
+            .remove(0);
+        let diff = t.inserts as f64 * 2.0 - t.samples as f64;
+        assert!(
+            (t.min_diff..=t.max_diff).contains(&diff) || t.size <= 10,
+            "diff {diff} outside [{}, {}] ({t:?})",
+            t.min_diff,
+            t.max_diff
+        );
+        checks += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    let mut counts = Vec::new();
+    for t in tasks {
+        counts.push(t.await?);
+    }
+    let inserted = counts[0] + counts[2];
+    let sampled = counts[1] + counts[3];
+    println!("rate limiter: {inserted} inserted, {sampled} sampled, {checks} checks");
+    assert!(inserted >= 50 && sampled >= 100, "both sides went on: {counts:?}");
+    let diff = inserted as f64 * 2.0 - sampled as f64;
+    assert!((0.0..=40.0).contains(&diff), "{inserted} inserts, {sampled} samples");
+    Ok(())
+}
+
+/// A sample of an empty table waits for its deadline, then fails; it does not hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_past_its_deadline_fails_instead_of_hanging() -> anyhow::Result<()> {
+    let node = Node::start(1).await?;
+    let mut c = node.client().await?;
+    let start = Instant::now();
+    let err = c
+        .sample(SampleRequest {
+            table: "small".into(),
+            policy: String::new(),
+            batch_size: 1,
+            timeout_s: 0.3,
+        })
+        .await
+        .expect_err("nothing to sample");
+    let waited = start.elapsed();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err}");
+    assert!(err.message().contains("rate limiter"), "{err}");
+    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(5), "{waited:?}");
+    // An insert that fits wakes a waiting sampler at once.
+    let addr = node.addr.clone();
+    let waiter = tokio::spawn(async move {
+        let mut c = ReplayClient::connect(addr).await.unwrap();
+        let t = Instant::now();
+        let r = c
+            .sample(SampleRequest {
+                table: "small".into(),
+                policy: String::new(),
+                batch_size: 1,
+                timeout_s: 0.0,
+            })
+            .await;
+        (r.map(|r| r.into_inner().items.len()), t.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    c.insert(InsertRequest {
+        table: "small".into(),
+        policy: String::new(),
+        items: vec![item(1, 1.0)],
+        timeout_s: 0.0,
+    })
+    .await?;
+    let (r, t) = waiter.await?;
+    assert_eq!(r?, 1);
+    assert!(t < Duration::from_millis(450), "woken by the insert, not the deadline: {t:?}");
+    Ok(())
+}
+
+/// Bad requests name the problem: an unknown table, a payload of another shape or dtype than
+/// the table's, a priority that is NaN, infinite or negative, a batch over the limit, a
+/// mismatched update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_invalid_arguments_naming_the_problem() -> anyhow::Result<()> {
+    let node = Node::start(1).await?;
+    let mut c = node.client().await?;
+    let ins = |table: &str, items: Vec<ReplayItem>| InsertRequest {
+        table: table.into(),
+        policy: String::new(),
+        items,
+        timeout_s: 0.0,
+    };
+    c.insert(ins("small", vec![item(1, 1.0)])).await?;
+    let mut other_shape = item(2, 1.0);
+    other_shape.tensors[0].tensor = Some(Tensor::from_slice(&[3], &[1.0f32, 2.0, 3.0]));
+    let mut other_dtype = item(3, 1.0);
+    other_dtype.tensors[0].tensor = Some(Tensor::from_slice(&[2], &[1i64, 2]));
+    let mut torn = item(4, 1.0);
+    torn.tensors[0].tensor.as_mut().unwrap().shape = vec![5];
+    let cases: Vec<(InsertRequest, &str)> = vec![
+        (ins("nope", vec![item(1, 1.0)]), "table"),
+        (ins("small", vec![other_shape]), "holds items of"),
+        (ins("small", vec![other_dtype]), "holds items of"),
+        (ins("small", vec![torn]), "shape [5] of f32 needs 20 bytes, got 8"),
+        (ins("small", vec![item(5, f64::NAN)]), "items[0].priority"),
+        (ins("small", vec![item(5, f64::INFINITY)]), "items[0].priority"),
+        (ins("small", vec![item(1, 1.0), item(5, -1.0)]), "items[1].priority"),
+        (ins("small", (0..4).map(|i| item(i, 1.0)).collect()), "items: expected 1 to 3"),
+        (ins("small", vec![]), "items: expected 1 to 3"),
+    ];
+    for (req, want) in cases {
+        let err = c.insert(req).await.expect_err(want);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+        assert!(err.message().contains(want), "{want:?} not in: {}", err.message());
+    }
+    let err = c
+        .sample(SampleRequest {
+            table: "small".into(),
+            policy: String::new(),
+            batch_size: 0,
+            timeout_s: 0.0,
+        })
+        .await
+        .expect_err("empty batch");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    let err = c
+        .update_priorities(UpdatePrioritiesRequest {
+            table: "small".into(),
+            policy: String::new(),
+            keys: vec![1, 2],
+            priorities: vec![1.0],
+        })
+        .await
+        .expect_err("one priority per key");
+    assert!(err.message().contains("one per key"), "{err}");
+    let err = c
+        .update_priorities(UpdatePrioritiesRequest {
+            table: "small".into(),
+            policy: String::new(),
+            keys: vec![1],
+            priorities: vec![f64::NAN],
+        })
+        .await
+        .expect_err("NaN");
+    assert!(err.message().contains("priorities[0]"), "{err}");
+    // The table still holds its one good item, and eviction keeps max_size.
+    for i in 10..15 {
+        c.insert(ins("small", vec![item(i, 1.0)])).await?;
+    }
+    let t = c
+        .table_info(TableInfoRequest {
+            table: "small".into(),
+            policy: String::new(),
+        })
+        .await?
+        .into_inner()
+        .tables
+        .remove(0);
+    assert_eq!((t.size, t.inserts), (3, 6), "{t:?}");
+    Ok(())
+}
