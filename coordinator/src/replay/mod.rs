@@ -119,12 +119,20 @@ fn dtype_name(d: DType) -> &'static str {
     }
 }
 
-fn check_priority(field: &str, p: f64) -> Result<(), Error> {
-    if p.is_finite() && p >= 0.0 {
-        Ok(())
-    } else {
-        Err(Error::InvalidArgument(format!("{field}: expected a finite priority >= 0, got {p}")))
+/// A priority must be finite and >= 0, and its sampling weight (`p ^ priority_exponent`) small
+/// enough that the table's total stays finite.
+fn check_priority(field: &str, p: f64, cfg: &ReplayTableConfig) -> Result<(), Error> {
+    if !(p.is_finite() && p >= 0.0) {
+        return Err(Error::InvalidArgument(format!("{field}: expected a finite priority >= 0, got {p}")));
     }
+    let cap = 1e300 / cfg.max_size as f64;
+    if cfg.sampler == SamplerKind::Prioritized && !(p.powf(cfg.priority_exponent) <= cap) {
+        return Err(Error::InvalidArgument(format!(
+            "{field}: expected a priority whose weight p^{} is at most {cap:e} (the table's total must stay finite), got {p}",
+            cfg.priority_exponent
+        )));
+    }
+    Ok(())
 }
 
 /// One table of one policy: its index (under an async lock, held across its Redis writes, so
@@ -174,7 +182,10 @@ impl TableHandle {
             // Registered before the check, so a change between the check and the wait wakes it.
             notified.as_mut().enable();
             {
-                let st = self.state.lock().await;
+                // The lock is held across Redis calls: waiting for it counts against the deadline.
+                let Ok(st) = tokio::time::timeout_at(deadline.into(), self.state.lock()).await else {
+                    return Err(self.timed_out(side, n, started, None, &labels));
+                };
                 let c = st.table.counts();
                 let ok = match side {
                     "insert" => st.table.limiter.can_insert(&c, n),
@@ -184,28 +195,43 @@ impl TableHandle {
                     metrics::histogram!(names::REPLAY_WAIT_SECONDS, &labels).record(started.elapsed().as_secs_f64());
                     return Ok(st);
                 }
+                if Instant::now() >= deadline {
+                    return Err(self.timed_out(side, n, started, Some(&st), &labels));
+                }
             }
             if tokio::time::timeout_at(deadline.into(), notified).await.is_err() {
-                let st = self.state.lock().await;
-                let c = st.table.counts();
-                metrics::counter!(names::REPLAY_TIMEOUTS, &labels).increment(1);
-                let l = st.table.limiter;
-                return Err(Error::DeadlineExceeded(format!(
-                    "replay table {} of policy {}: the rate limiter held this {side} of {n} back for {:.1} s \
-                     (size {}, inserts {}, samples {}, min_size_to_sample {}, samples_per_insert {}, diff window [{}, {}])",
-                    self.name,
-                    self.policy,
-                    started.elapsed().as_secs_f64(),
-                    c.size,
-                    c.inserts,
-                    c.samples,
-                    l.min_size_to_sample,
-                    l.samples_per_insert,
-                    l.min_diff,
-                    l.max_diff
-                )));
+                let st = self.state.try_lock().ok();
+                return Err(self.timed_out(side, n, started, st.as_deref(), &labels));
             }
         }
+    }
+
+    /// The DEADLINE_EXCEEDED a wait ends with, counted, with the limiter's state if known.
+    fn timed_out(
+        &self,
+        side: &str,
+        n: u64,
+        started: Instant,
+        st: Option<&State>,
+        labels: &[(&'static str, String)],
+    ) -> Error {
+        metrics::counter!(names::REPLAY_TIMEOUTS, labels).increment(1);
+        let state = match st {
+            Some(st) => {
+                let (c, l) = (st.table.counts(), st.table.limiter);
+                format!(
+                    "size {}, inserts {}, samples {}, min_size_to_sample {}, samples_per_insert {}, diff window [{}, {}]",
+                    c.size, c.inserts, c.samples, l.min_size_to_sample, l.samples_per_insert, l.min_diff, l.max_diff
+                )
+            }
+            None => "the table was busy with Redis all along".to_string(),
+        };
+        Error::DeadlineExceeded(format!(
+            "replay table {} of policy {}: the rate limiter held this {side} of {n} back for {:.1} s ({state})",
+            self.name,
+            self.policy,
+            started.elapsed().as_secs_f64()
+        ))
     }
 
     /// Unlocks the table after a change and wakes whoever waits on it.
@@ -257,10 +283,15 @@ impl ReplayService {
         }
         let store = self.shards.table(policy, name);
         let started = Instant::now();
-        let (items, inserts, samples) = store.load().await?;
+        let storage::Loaded {
+            items,
+            inserts,
+            samples,
+            last_key,
+        } = store.load().await?;
         let signature = store.signature().await?;
         let mut table = Table::new(cfg.max_size, cfg.max_times_sampled, sampler_of(cfg), limiter_of(cfg));
-        let next_key = items.last().map_or(1, |i| i.key + 1);
+        let next_key = last_key + 1;
         let evicted = table.add(items, true);
         table.set_totals(inserts, samples);
         if !evicted.is_empty() {
@@ -318,14 +349,15 @@ impl ReplayService {
             .min(limiter_of(&h.cfg).max_batch(true).try_into().unwrap_or(usize::MAX));
         if n == 0 || n > max {
             return Err(Error::InvalidArgument(format!(
-                "items: expected 1 to {max} items per insert (the batch limit, the table's max_size {} and what its rate limiter can ever let through at once), got {n}",
+                "items: expected 1 to {max} items per insert (the batch limit, the table's max_size {} and what its rate limiter can always let through at once), got {n}",
                 h.cfg.max_size
             )));
         }
+        let deadline = Self::deadline(&h.cfg, req.timeout_s)?;
         let mut sig = None;
         let mut encoded = Vec::with_capacity(n);
         for (i, item) in req.items.iter().enumerate() {
-            check_priority(&format!("items[{i}].priority"), item.priority)?;
+            check_priority(&format!("items[{i}].priority"), item.priority, &h.cfg)?;
             let s = signature(item).map_err(|e| match e {
                 Error::InvalidArgument(m) => Error::InvalidArgument(m.replacen("items[]", &format!("items[{i}]"), 1)),
                 e => e,
@@ -342,48 +374,64 @@ impl ReplayService {
             encoded.push(Bytes::from(item.encode_to_vec()));
         }
         let sig = sig.expect("1 or more items");
-        {
-            let mut st = h.state.lock().await;
-            match &st.signature {
-                Some(fixed) if *fixed != sig => {
-                    return Err(Error::InvalidArgument(format!(
-                        "items: table {} of policy {} holds items of {fixed}, got {sig}",
-                        h.name, h.policy
-                    )))
-                }
-                Some(_) => {}
-                None => {
-                    let fixed = h.store.fix_signature(&sig).await?;
-                    if fixed != sig {
-                        return Err(Error::InvalidArgument(format!(
-                            "items: table {} of policy {} holds items of {fixed}, got {sig}",
-                            h.name, h.policy
-                        )));
-                    }
-                    st.signature = Some(fixed);
-                }
-            }
+        let news: Vec<(f64, u64)> = req.items.iter().map(|it| (it.priority, it.policy_version)).collect();
+        // Run to the end even if the caller goes away: the index and Redis change together.
+        let task = tokio::spawn(Self::insert_locked(h.clone(), sig, news, encoded, deadline));
+        let keys = task.await.map_err(|e| Error::Internal(format!("replay insert: {e}")))??;
+        metrics::counter!(names::REPLAY_INSERTS, &h.labels()).increment(n as u64);
+        for it in &req.items {
+            metrics::histogram!(names::REPLAY_PRIORITY, &h.labels()).record(it.priority);
         }
-        let deadline = Self::deadline(&h.cfg, req.timeout_s)?;
-        let items = &req.items;
+        Ok(InsertResponse { keys })
+    }
+
+    async fn insert_locked(
+        h: Arc<TableHandle>,
+        sig: String,
+        items: Vec<(f64, u64)>,
+        encoded: Vec<Bytes>,
+        deadline: Instant,
+    ) -> Result<Vec<u64>, Error> {
+        let n = items.len();
         let mut st = h.admit("insert", n as u64, deadline).await?;
+        let fixed = match &st.signature {
+            Some(fixed) => fixed.clone(),
+            None => {
+                let fixed = match h.store.fix_signature(&sig).await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        h.release(st);
+                        return Err(e);
+                    }
+                };
+                st.signature = Some(fixed.clone());
+                fixed
+            }
+        };
+        if fixed != sig {
+            h.release(st);
+            return Err(Error::InvalidArgument(format!(
+                "items: table {} of policy {} holds items of {fixed}, got {sig}",
+                h.name, h.policy
+            )));
+        }
         let shard = st.next_shard;
         let first = st.next_key;
         let new: Vec<(NewItem, Bytes)> = items
             .iter()
-            .zip(&encoded)
+            .zip(encoded)
             .enumerate()
-            .map(|(i, (it, payload))| {
+            .map(|(i, (&(priority, version), payload))| {
                 (
                     NewItem {
                         key: first + i as u64,
-                        priority: it.priority,
+                        priority,
                         shard,
-                        version: it.policy_version,
+                        version,
                         bytes: payload.len() as u64,
                         times_sampled: 0,
                     },
-                    payload.clone(),
+                    payload,
                 )
             })
             .collect();
@@ -406,11 +454,7 @@ impl ReplayService {
             }
         }
         h.release(st);
-        metrics::counter!(names::REPLAY_INSERTS, &h.labels()).increment(n as u64);
-        for it in items {
-            metrics::histogram!(names::REPLAY_PRIORITY, &h.labels()).record(it.priority);
-        }
-        Ok(InsertResponse { keys })
+        Ok(keys)
     }
 
     pub async fn sample(&self, req: SampleRequest) -> Result<SampleResponse, Error> {
@@ -419,14 +463,20 @@ impl ReplayService {
         let max = MAX_BATCH.min(limiter_of(&h.cfg).max_batch(false).try_into().unwrap_or(usize::MAX));
         if n == 0 || n > max {
             return Err(Error::InvalidArgument(format!(
-                "batch_size: expected 1 to {max} (the batch limit and what the table's rate limiter can ever let through at once), got {n}"
+                "batch_size: expected 1 to {max} (the batch limit and what the table's rate limiter can always let through at once), got {n}"
             )));
         }
         let deadline = Self::deadline(&h.cfg, req.timeout_s)?;
-        let mut guard = h.admit("sample", n as u64, deadline).await?;
-        let result = Self::draw(&h, &mut guard, n).await;
-        h.release(guard);
-        let (items, size) = result?;
+        let task = tokio::spawn({
+            let h = h.clone();
+            async move {
+                let mut guard = h.admit("sample", n as u64, deadline).await?;
+                let result = Self::draw(&h, &mut guard, n).await;
+                h.release(guard);
+                result
+            }
+        });
+        let (items, size) = task.await.map_err(|e| Error::Internal(format!("replay sample: {e}")))??;
         metrics::counter!(names::REPLAY_SAMPLES, &h.labels()).increment(items.len() as u64);
         Ok(SampleResponse {
             items,
@@ -434,27 +484,39 @@ impl ReplayService {
         })
     }
 
-    /// Draws `n` items of the admitted table and reads their payloads; a failed Redis write
-    /// takes the draw back.
+    /// Draws `n` items of the admitted table and reads their payloads. A shard whose writes
+    /// fail has its draws taken back (the others' stand: their transactions are done); only
+    /// when every shard fails is the sample UNAVAILABLE. Returns the draws and the table's size
+    /// when they were drawn (N of the importance weights).
     async fn draw(h: &TableHandle, st: &mut State, n: usize) -> Result<(Vec<SampledItem>, u64), Error> {
         let State { table, rng, .. } = st;
+        let size = table.len() as u64;
         let drawn = table.draw(n, rng);
         let writes: Vec<(u64, usize, bool)> = drawn.iter().map(|d| (d.key, d.shard, d.removed)).collect();
-        let payloads = match h.store.sample(&writes).await {
-            Ok(p) => p,
-            Err(e) => {
-                table.undo(&drawn);
-                return Err(e);
+        let mut payloads = HashMap::new();
+        let mut failed = Vec::new();
+        let mut first_error = None;
+        for (shard, result) in h.store.sample(&writes).await {
+            match result {
+                Ok(p) => payloads.extend(p),
+                Err(e) => {
+                    failed.push(shard);
+                    first_error.get_or_insert(e);
+                }
             }
-        };
-        let removed = drawn.iter().filter(|d| d.removed).count() as u64;
+        }
+        if !failed.is_empty() {
+            let undone: Vec<table::Drawn> = drawn.iter().filter(|d| failed.contains(&d.shard)).cloned().collect();
+            table.undo(&undone);
+        }
+        let removed = drawn.iter().filter(|d| d.removed && !failed.contains(&d.shard)).count() as u64;
         if removed > 0 {
             let mut labels = h.labels().to_vec();
             labels.push(("reason", "max_times_sampled".to_string()));
             metrics::counter!(names::REPLAY_EVICTIONS, &labels).increment(removed);
         }
         let mut out = Vec::with_capacity(drawn.len());
-        for d in &drawn {
+        for d in drawn.iter().filter(|d| !failed.contains(&d.shard)) {
             match payloads.get(&d.key).cloned().flatten() {
                 Some(p) => {
                     let item = ReplayItem::decode(p).map_err(|e| Error::Internal(format!("replay item {}: {e}", d.key)))?;
@@ -466,20 +528,25 @@ impl ReplayService {
                     });
                 }
                 None => {
-                    // Redis no longer has it (it lost its data): the index lets it go.
+                    // Redis no longer has it (it lost its data): the index and Redis let it go.
                     metrics::counter!(names::REPLAY_ITEMS_LOST).increment(1);
                     tracing::warn!(table = %h.name, key = d.key, "a sampled item is gone from redis; dropping it");
                     table.remove(d.key);
+                    if let Err(e) = h.store.forget(d.key, d.shard).await {
+                        tracing::warn!(table = %h.name, key = d.key, error = %e, "could not forget a lost item");
+                    }
                 }
             }
         }
         if out.is_empty() {
-            return Err(Error::Unavailable(format!(
-                "replay table {}: redis no longer holds the sampled items (it lost its data?)",
-                h.name
-            )));
+            return Err(first_error.unwrap_or_else(|| {
+                Error::Unavailable(format!(
+                    "replay table {}: redis no longer holds the sampled items (it lost its data?)",
+                    h.name
+                ))
+            }));
         }
-        Ok((out, table.len() as u64))
+        Ok((out, size))
     }
 
     pub async fn update_priorities(&self, req: UpdatePrioritiesRequest) -> Result<UpdatePrioritiesResponse, Error> {
@@ -498,20 +565,27 @@ impl ReplayService {
             )));
         }
         for (i, &p) in req.priorities.iter().enumerate() {
-            check_priority(&format!("priorities[{i}]"), p)?;
+            check_priority(&format!("priorities[{i}]"), p, &h.cfg)?;
         }
-        let mut st = h.state.lock().await;
-        let held: Vec<(u64, usize, f64)> = req
-            .keys
-            .iter()
-            .zip(&req.priorities)
-            .filter_map(|(&k, &p)| st.table.get(k).map(|i| (k, i.shard, p)))
-            .collect();
-        // Redis first: a failed write leaves the index as it was.
-        h.store.set_priorities(&held).await?;
-        let ups: Vec<(u64, f64)> = held.iter().map(|&(k, _, p)| (k, p)).collect();
-        let updated = st.table.update_priorities(&ups).len() as u32;
-        drop(st);
+        let task = tokio::spawn({
+            let h = h.clone();
+            async move {
+                let mut st = h.state.lock().await;
+                let held: Vec<(u64, usize, f64)> = req
+                    .keys
+                    .iter()
+                    .zip(&req.priorities)
+                    .filter_map(|(&k, &p)| st.table.get(k).map(|i| (k, i.shard, p)))
+                    .collect();
+                // Redis first: a failed write leaves the index as it was.
+                h.store.set_priorities(&held).await?;
+                let ups: Vec<(u64, f64)> = held.iter().map(|&(k, _, p)| (k, p)).collect();
+                let updated = st.table.update_priorities(&ups).len() as u32;
+                h.release(st);
+                Ok::<_, Error>((updated, ups))
+            }
+        });
+        let (updated, ups) = task.await.map_err(|e| Error::Internal(format!("replay update: {e}")))??;
         for &(_, p) in &ups {
             metrics::histogram!(names::REPLAY_PRIORITY, &h.labels()).record(p);
         }

@@ -68,10 +68,10 @@ impl RateLimiter {
         (c.inserts + inserts) as f64 * self.samples_per_insert - (c.samples + samples) as f64
     }
 
-    /// Whether `n` more items may go in now. Below the minimum size inserts always may: until
-    /// then nothing can be sampled, so waiting on samples would block forever.
+    /// Whether `n` more items may go in now. Below the minimum size inserts always may (a batch
+    /// too): until then nothing can be sampled, so waiting on samples would block forever.
     pub fn can_insert(&self, c: &Counts, n: u64) -> bool {
-        if c.size + n <= self.min_size_to_sample {
+        if c.size < self.min_size_to_sample {
             return true;
         }
         self.diff(c, n, 0) <= self.max_diff
@@ -85,15 +85,16 @@ impl RateLimiter {
         self.diff(c, 0, n) >= self.min_diff
     }
 
-    /// The largest batch that can always pass eventually: a batch whose `diff` step is wider
-    /// than the window between the bounds could wait forever.
+    /// The largest batch that can always pass eventually. Reverb admits one item at a time; a
+    /// batch goes in or out whole, so the window must hold an insert batch's step and a sample
+    /// batch's at once (each at most half of it), or both sides could wait on each other.
     pub fn max_batch(&self, inserting: bool) -> u64 {
         let window = self.max_diff - self.min_diff;
         if !window.is_finite() {
             return u64::MAX;
         }
         let per = if inserting { self.samples_per_insert } else { 1.0 };
-        (window / per).floor().max(0.0) as u64
+        (window / (2.0 * per)).floor().max(1.0) as u64
     }
 }
 
@@ -151,11 +152,41 @@ mod tests {
     fn a_queue_passes_each_item_once() {
         let r = RateLimiter::queue(2);
         let mut c = Counts::default();
-        assert!(r.can_insert(&c, 2) && !r.can_insert(&c, 3));
+        // Empty, below its minimum size: inserts go in (a batch too), nothing waits on samples.
+        assert!(r.can_insert(&c, 2) && r.can_insert(&c, 3));
         c.inserts = 2;
         c.size = 2;
         assert!(!r.can_insert(&c, 1));
         assert!(r.can_sample(&c, 2) && !r.can_sample(&c, 3));
-        assert_eq!(r.max_batch(true), 2);
+        assert_eq!(r.max_batch(true), 1);
+    }
+
+    /// Batches of at most `max_batch` on both sides never wait on each other: from any state
+    /// reached by admitted batches, an insert or a sample of the largest batch can go ahead
+    /// (Reverb's own proof covers one item at a time). Two configs a reviewer found
+    /// deadlocking with batches: a large minimum size, and a window of 2.
+    #[test]
+    fn the_largest_batches_never_block_both_sides() {
+        for r in [
+            RateLimiter::sample_to_insert_ratio(1.0, 1000, 100.0),
+            RateLimiter::sample_to_insert_ratio(1.0, 1, 1.0),
+            RateLimiter::sample_to_insert_ratio(4.0, 10, 8.0),
+            RateLimiter::sample_to_insert_ratio(0.5, 3, 1.0),
+        ] {
+            let (bi, bs) = (r.max_batch(true), r.max_batch(false));
+            let mut c = Counts::default();
+            for step in 0..20_000u64 {
+                let ins = r.can_insert(&c, bi);
+                let smp = r.can_sample(&c, bs);
+                assert!(ins || smp, "{r:?}: both sides blocked at {c:?} (batches {bi}, {bs})");
+                // Alternate preferences so both kinds of states are reached.
+                if ins && (step % 3 != 0 || !smp) {
+                    c.inserts += bi;
+                    c.size += bi;
+                } else {
+                    c.samples += bs;
+                }
+            }
+        }
     }
 }

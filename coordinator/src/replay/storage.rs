@@ -84,10 +84,16 @@ impl Shards {
     }
 }
 
-/// What a rebuild reads of an item.
+/// What a rebuild reads of a table.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StoredItem {
-    pub item: NewItem,
+pub struct Loaded {
+    /// Its items, in key (insertion) order, without payloads.
+    pub items: Vec<NewItem>,
+    /// The rate limiter's counters, summed over the shards.
+    pub inserts: u64,
+    pub samples: u64,
+    /// The newest key ever given (0: none).
+    pub last_key: u64,
 }
 
 #[derive(Clone)]
@@ -168,6 +174,11 @@ impl TableStore {
             .arg("inserts")
             .arg(items.len())
             .ignore();
+        // The newest key ever given, so a restart never hands out a key again (the newest
+        // items may be gone by then: sampled to their limit).
+        if let Some(last) = items.iter().map(|(i, _)| i.key).max() {
+            pipe.cmd("HSET").arg(self.counts_key(shard)).arg("last_key").arg(last).ignore();
+        }
         let mut c = self.conn(shard);
         pipe.query_async::<()>(&mut c).await.map_err(|e| redis_err(shard, e))
     }
@@ -191,15 +202,26 @@ impl TableStore {
     /// draw's payload read and sample count, the shard's sample count, and the deletion of
     /// items drawn to their limit. Returns the payloads by key (`None`: the item is gone from
     /// Redis, e.g. a Redis that lost its data).
-    pub async fn sample(&self, draws: &[(u64, usize, bool)]) -> Result<HashMap<u64, Option<Bytes>>, Error> {
-        let mut out = HashMap::new();
+    ///
+    /// Each shard's transaction stands alone: a shard that fails leaves its draws undone there
+    /// (its entry is the error), while the others' are done.
+    pub async fn sample(&self, draws: &[(u64, usize, bool)]) -> Vec<(usize, Result<HashMap<u64, Option<Bytes>>, Error>)> {
+        let mut results = Vec::new();
         for (shard, keys) in by_shard(draws.iter().map(|&(k, s, removed)| (s, (k, removed)))) {
+            results.push((shard, self.sample_shard(shard, &keys).await));
+        }
+        results
+    }
+
+    async fn sample_shard(&self, shard: usize, keys: &[(u64, bool)]) -> Result<HashMap<u64, Option<Bytes>>, Error> {
+        let mut out = HashMap::new();
+        {
             let mut pipe = redis::pipe();
             pipe.atomic();
-            for &(k, _) in &keys {
+            for &(k, _) in keys {
                 pipe.cmd("HGET").arg(self.item_key(shard, k)).arg("payload");
             }
-            for &(k, removed) in &keys {
+            for &(k, removed) in keys {
                 if removed {
                     pipe.cmd("DEL").arg(self.item_key(shard, k)).ignore();
                     pipe.cmd("ZREM").arg(self.items_key(shard)).arg(k).ignore();
@@ -226,6 +248,23 @@ impl TableStore {
         Ok(out)
     }
 
+    /// Forgets an item Redis lost (its hash is gone): its entry in the shard's order.
+    pub async fn forget(&self, key: u64, shard: usize) -> Result<(), Error> {
+        let mut c = self.conn(shard);
+        redis::pipe()
+            .atomic()
+            .cmd("ZREM")
+            .arg(self.items_key(shard))
+            .arg(key)
+            .ignore()
+            .cmd("DEL")
+            .arg(self.item_key(shard, key))
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(|e| redis_err(shard, e))
+    }
+
     /// New priorities, per shard. An item deleted since keeps no hash: HSET would recreate
     /// it, so only existing items are written (a script checks EXISTS first).
     pub async fn set_priorities(&self, updates: &[(u64, usize, f64)]) -> Result<(), Error> {
@@ -247,9 +286,9 @@ impl TableStore {
 
     /// Everything a rebuild needs: every shard's items (without payloads: their lengths) and
     /// the summed counters.
-    pub async fn load(&self) -> Result<(Vec<NewItem>, u64, u64), Error> {
+    pub async fn load(&self) -> Result<Loaded, Error> {
         let mut items = Vec::new();
-        let (mut inserts, mut samples) = (0u64, 0u64);
+        let (mut inserts, mut samples, mut last_key) = (0u64, 0u64, 0u64);
         for shard in 0..self.shards() {
             let mut c = self.conn(shard);
             let keys: Vec<u64> = redis::cmd("ZRANGE")
@@ -266,6 +305,7 @@ impl TableStore {
                 .map_err(|e| redis_err(shard, e))?;
             inserts += counts.get("inserts").copied().unwrap_or(0);
             samples += counts.get("samples").copied().unwrap_or(0);
+            last_key = last_key.max(counts.get("last_key").copied().unwrap_or(0));
             for chunk in keys.chunks(512) {
                 let mut pipe = redis::pipe();
                 for k in chunk {
@@ -298,7 +338,13 @@ impl TableStore {
             }
         }
         items.sort_by_key(|i| i.key);
-        Ok((items, inserts, samples))
+        let last_key = last_key.max(items.last().map_or(0, |i| i.key));
+        Ok(Loaded {
+            items,
+            inserts,
+            samples,
+            last_key,
+        })
     }
 }
 
