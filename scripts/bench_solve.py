@@ -1,5 +1,6 @@
 """Learning benchmarks through scripts/train.sh (real processes): CartPole-v1 over 5 seeds for
-APPO (configs/cartpole.toml) and IMPALA (configs/cartpole-impala.toml), then Acrobot-v1,
+APPO (configs/cartpole.toml), IMPALA (configs/cartpole-impala.toml) and IMPALA with half of each
+batch replayed (configs/cartpole-replay.toml, `impala_replay`), then Acrobot-v1,
 Pendulum-v1 and MinAtar Breakout (threshold 10) once each, with their learning curves, and
 the multi-agent configs once each (`teams`): cooperative LBF native (configs/lbf-coop.toml) and
 from the lbforaging package (configs/lbf-coop-python.toml) to a team return of 0.9, MPE
@@ -76,8 +77,16 @@ def main():
     out = sys.argv[1]
     seeds = int(sys.argv[sys.argv.index("--seeds") + 1]) if "--seeds" in sys.argv else 5
     result = {"cartpole_solve": {}, "thresholds": {}}
-    algos = sys.argv[sys.argv.index("--algorithms") + 1].split(",") if "--algorithms" in sys.argv else ["appo", "impala"]
-    configs = {"appo": "configs/cartpole.toml", "impala": "configs/cartpole-impala.toml"}
+    algos = (
+        sys.argv[sys.argv.index("--algorithms") + 1].split(",")
+        if "--algorithms" in sys.argv
+        else ["appo", "impala", "impala_replay"]
+    )
+    configs = {
+        "appo": "configs/cartpole.toml",
+        "impala": "configs/cartpole-impala.toml",
+        "impala_replay": "configs/cartpole-replay.toml",
+    }
     if "--only-teams" in sys.argv:
         algos = []
     for algo in algos:

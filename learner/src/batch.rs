@@ -244,8 +244,35 @@ impl Batcher {
         self.parts.push(cols);
     }
 
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// Batches from now on have `b` columns (a learner with replay takes B less the replayed
+    /// share from the stream, or all B when replay cannot give its share).
+    pub fn set_batch_size(&mut self, b: usize) {
+        assert!(b > 0, "a batch of 0 columns");
+        self.batch_size = b;
+    }
+
+    /// Puts columns taken with [`Batcher::next_parts`] back, first in line.
+    pub fn unshift(&mut self, parts: Vec<Columns>) {
+        for p in &parts {
+            self.have += p.n;
+            self.bytes += p.bytes();
+        }
+        let rest = std::mem::take(&mut self.parts);
+        self.parts = parts;
+        self.parts.extend(rest);
+    }
+
     /// The next batch of exactly B columns, if there are that many.
     pub fn next_batch(&mut self) -> Option<Batch> {
+        self.next_parts().map(|p| assemble(&p))
+    }
+
+    /// The columns of the next batch, as parts in arrival order, before [`assemble`].
+    pub fn next_parts(&mut self) -> Option<Vec<Columns>> {
         if self.have < self.batch_size {
             return None;
         }
@@ -268,7 +295,7 @@ impl Batcher {
         self.parts = rest;
         self.have -= self.batch_size;
         self.bytes = self.parts.iter().map(Columns::bytes).sum();
-        Some(assemble(&take))
+        Some(take)
     }
 }
 

@@ -401,6 +401,9 @@ pub struct LearnerService {
     /// Bytes of the rollouts in `queue` (the model thread's batcher takes them off).
     pub queue_bytes: Arc<AtomicU64>,
     pub shutdown: CancellationToken,
+    /// With `learner.replay_ratio`: accepted rollouts also go to replay's writer (bounded; a
+    /// full queue drops them there, counted, and never holds a stream back).
+    pub replay_writer: Option<mpsc::Sender<Rollout>>,
 }
 
 /// Counts open streams in a gauge for as long as it lives.
@@ -469,6 +472,7 @@ impl Learner for LearnerService {
             self.shutdown.clone(),
         );
         let queue_bytes = Arc::clone(&self.queue_bytes);
+        let replay_writer = self.replay_writer.clone();
         tokio::spawn(async move {
             let _gauge = StreamGauge::open();
             let _slot = slot;
@@ -533,10 +537,21 @@ impl Learner for LearnerService {
                     }
                     continue;
                 }
-                let decoded = tokio::task::spawn_blocking(move || validate(&rollout, &spec2, version)).await;
+                let decoded = tokio::task::spawn_blocking(move || {
+                    let c = validate(&rollout, &spec2, version);
+                    (c, rollout)
+                })
+                .await;
                 let cols = match decoded {
-                    Ok(Ok(c)) => c,
-                    Ok(Err(e)) => {
+                    Ok((Ok(c), rollout)) => {
+                        if let Some(w) = &replay_writer {
+                            if w.try_send(rollout).is_err() {
+                                metrics::counter!(names::LEARNER_REPLAY_DROPPED).increment(1);
+                            }
+                        }
+                        c
+                    }
+                    Ok((Err(e), _)) => {
                         metrics::counter!(names::LEARNER_ROLLOUTS_REJECTED, "reason" => e.kind.label()).increment(1);
                         tracing::warn!(actor_id, error = %e, "rejected a malformed rollout");
                         let _ = acks.send(Err(Error::from(e).into())).await;

@@ -15,6 +15,7 @@ pub mod device;
 pub mod ingest;
 pub mod optimizer;
 pub mod publisher;
+pub mod replay;
 pub mod trainer;
 pub mod vtrace;
 
@@ -91,6 +92,10 @@ pub struct Args {
     pub tls: troupe::security::TlsArgs,
     #[command(flatten)]
     pub auth: troupe::security::AuthArgs,
+    /// The replay service (with `learner.replay_ratio`; default: the coordinator, which serves it
+    /// unless it runs `--role coordinator`).
+    #[arg(long, env = "TROUPE_REPLAY")]
+    pub replay: Option<String>,
     /// Testing only: the model thread panics after this many updates, as a libtorch error or a
     /// CUDA out-of-memory would end it.
     #[arg(long, env = "TROUPE_FAULT_MODEL_PANIC_AFTER", hide = true)]
@@ -407,6 +412,31 @@ pub async fn run(
     ));
     device::watch_gpu_memory(device, shutdown.clone());
 
+    let rollout_spec = Arc::new(ingest::RolloutSpec {
+        unroll_length: config.actor.unroll_length,
+        max_envs: config.actor.num_envs * env_spec.agents_per_env(),
+        first_policy,
+        env: env_spec.clone(),
+        state_size,
+    });
+    let (replay_sampler, replay_writer) = if config.learner.replay_ratio > 0.0 {
+        let address = args.replay.as_deref().unwrap_or(&args.coordinator);
+        let channel = grpc_channel(address, &security).context("--replay")?;
+        let link = replay::ReplayLink {
+            client: proto::v1::replay_client::ReplayClient::new(channel)
+                .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
+            table: config.learner.replay_table.clone(),
+            policy: env_spec.policy.clone(),
+        };
+        let k = config.learner.replayed_columns();
+        tracing::info!(address, table = %link.table, replayed_columns = k, batch = config.learner.batch_size, "replaying a share of each batch");
+        let writer = replay::spawn_writer(link.clone(), shutdown.clone());
+        let sampler = replay::Sampler::new(link, (*rollout_spec).clone(), tokio::runtime::Handle::current());
+        (Some((sampler, k)), Some(writer))
+    } else {
+        (None, None)
+    };
     let trainer_loop = trainer::TrainerLoop {
         trainer,
         batch_size: config.learner.batch_size,
@@ -421,6 +451,7 @@ pub async fn run(
         panic_after: args.fault_model_panic_after,
         checkpoints,
         minted,
+        replay: replay_sampler,
     };
     let model_thread = std::thread::Builder::new()
         .name("model".into())
@@ -428,13 +459,7 @@ pub async fn run(
     let mut model_done = tokio::task::spawn_blocking(move || model_thread.join());
 
     let service = ingest::LearnerService {
-        spec: Arc::new(ingest::RolloutSpec {
-            unroll_length: config.actor.unroll_length,
-            max_envs: config.actor.num_envs * env_spec.agents_per_env(),
-            first_policy,
-            env: env_spec,
-            state_size,
-        }),
+        spec: rollout_spec,
         limits: ingest::StreamLimits {
             max_policy_lag: config.learner.max_policy_lag,
             max_streams_per_actor: config.learner.max_streams_per_actor,
@@ -446,6 +471,7 @@ pub async fn run(
         queue: queue_tx,
         queue_bytes,
         shutdown: shutdown.clone(),
+        replay_writer,
     };
     let (mut health, health_service) = troupe::health::health_service(troupe::health::LEARNER).await;
     let plain_addr = plain_health.map(|p| {

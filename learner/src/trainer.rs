@@ -421,6 +421,9 @@ pub struct TrainerLoop {
     /// The newest version the coordinator minted for this learner: the next snapshot's number
     /// starts above it.
     pub minted: Arc<AtomicU64>,
+    /// With `learner.replay_ratio`: the sampling side of replay and the replayed columns per
+    /// batch.
+    pub replay: Option<(crate::replay::Sampler, usize)>,
 }
 
 /// libtorch's intra-op threads for `configured` (0: every core this process may use).
@@ -449,15 +452,20 @@ impl TrainerLoop {
             panic_after,
             checkpoints,
             minted,
+            replay,
         } = self;
+        let stream_share = batch_size - replay.as_ref().map_or(0, |(_, k)| *k);
         let batcher = BatcherThread {
-            batcher: Batcher::new(batch_size),
+            batcher: Batcher::new(stream_share),
             queue,
             queue_bytes,
             spec: trainer.model().spec().clone(),
             state_size: trainer.model().state_size(),
             runtime,
             shutdown: shutdown.clone(),
+            replay,
+            batch_size,
+            known_version: known_version.clone(),
         };
         let trainer_updates = trainer.updates;
         ModelThread {
@@ -635,6 +643,10 @@ struct BatcherThread {
     state_size: usize,
     runtime: tokio::runtime::Handle,
     shutdown: CancellationToken,
+    /// With `learner.replay_ratio`: where the replayed share comes from, and its columns.
+    replay: Option<(crate::replay::Sampler, usize)>,
+    batch_size: usize,
+    known_version: Arc<AtomicU64>,
 }
 
 impl BatcherThread {
@@ -658,7 +670,32 @@ impl BatcherThread {
             self.batcher.push(cols);
             // Every complete batch goes to the model thread before the next rollout is taken,
             // so the backlog stays under B columns plus one rollout whatever num_envs is.
-            while let Some(batch) = self.batcher.next_batch() {
+            while let Some(mut parts) = self.batcher.next_parts() {
+                let mut replayed = 0;
+                if let Some((sampler, k)) = self.replay.as_mut() {
+                    if self.batcher.batch_size() == self.batch_size - *k {
+                        let newest = self.known_version.load(Ordering::Acquire);
+                        match sampler.columns(*k, newest) {
+                            Some(cols) => {
+                                replayed = *k;
+                                parts.extend(cols);
+                            }
+                            None => {
+                                // This batch comes from the stream alone: all B columns.
+                                self.batcher.unshift(parts);
+                                self.batcher.set_batch_size(self.batch_size);
+                                continue;
+                            }
+                        }
+                    } else {
+                        // A stream-only batch; the next one asks replay again.
+                        self.batcher.set_batch_size(self.batch_size - *k);
+                    }
+                    metrics::gauge!(names::LEARNER_REPLAYED_FRACTION).set(replayed as f64 / self.batch_size as f64);
+                }
+                let mut batch = crate::batch::assemble(&parts);
+                // Policy lag is the streamed columns' (replayed ones are old by design).
+                batch.versions.truncate(self.batch_size - replayed);
                 metrics::gauge!(names::LEARNER_BATCHER_BYTES).set(self.batcher.pending_bytes() as f64);
                 let tb = TrainBatch::from_batch(&batch, &self.spec, self.state_size);
                 let bytes = tb.bytes();

@@ -225,3 +225,38 @@ async fn simple_spread_beats_random_play_with_a_training_central_critic() -> any
     assert!(late < 0.5 * early, "the critic's loss did not fall: {losses:?}");
     Ok(())
 }
+
+/// IMPALA with half of each batch replayed (configs/cartpole-replay.toml: the learner writes
+/// every accepted rollout to a replay table in Redis through the coordinator's replay service,
+/// and draws 8 of its 16 columns back) still solves CartPole-v1, and the learner says it
+/// trained on replay: its replayed fraction is 0.5, and the table saw inserts and samples.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impala_with_half_its_batches_replayed_still_solves_cartpole() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let config = shipped_config("cartpole-replay");
+    assert_eq!(config.learner.replayed_columns(), 8);
+    let mut cluster = Cluster::start(&config).await?;
+    cluster.add_actor().await?;
+    cluster.add_actor().await?;
+    cluster.wait_learner().await?;
+    let start = Instant::now();
+    let s = tests::wait_solved(&cluster, 475.0, Duration::from_secs(300)).await;
+    let m = tests::scrape(&cluster.learner_metrics)?;
+    let fraction = tests::metric(&m, "troupe_learner_replayed_fraction").unwrap_or(0.0);
+    let failures = tests::metric(&m, "troupe_learner_replay_sample_failures_total").unwrap_or(0.0);
+    let updates = tests::metric(&m, "troupe_learner_updates_total").unwrap_or(0.0);
+    println!(
+        "cartpole-replay: mean return {:.1} after {:.1}s, {} frames, {updates} updates, replayed fraction {fraction}, {failures} batches without replay",
+        s.mean_return_100,
+        start.elapsed().as_secs_f64(),
+        s.frames
+    );
+    assert!(s.mean_return_100 >= 475.0);
+    assert_eq!(fraction, 0.5, "{m}");
+    assert!(failures < 0.2 * updates, "most batches were half replayed: {failures} of {updates} were not");
+    let c = tests::scrape(&cluster.coordinator_metrics)?;
+    let sampled = tests::metric(&c, "troupe_replay_samples_total").unwrap_or(0.0);
+    let inserted = tests::metric(&c, "troupe_replay_inserts_total").unwrap_or(0.0);
+    assert!(inserted > 10.0 && sampled >= 0.5 * updates, "inserted {inserted}, sampled {sampled}");
+    Ok(())
+}

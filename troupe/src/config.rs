@@ -441,6 +441,11 @@ pub struct LearnerConfig {
     pub keep_checkpoints: usize,
     /// Write a checkpoint at most this often (and always at shutdown).
     pub checkpoint_every_s: f64,
+    /// The share of each batch's columns drawn from replay (`replay_table`), the rest fresh
+    /// from the actors; 0: no replay. The learner also writes every rollout it accepts there.
+    pub replay_ratio: f64,
+    /// The `[[replay.tables]]` entry the learner writes to and samples from (its policy's copy).
+    pub replay_table: String,
 }
 
 /// IMPALA's loss: `-mean(log pi(a|x) * A) + baseline_cost * 0.5 * mean((v_s - V)^2)
@@ -548,6 +553,13 @@ impl Default for ActorConfig {
     }
 }
 
+impl LearnerConfig {
+    /// Columns of each batch drawn from replay.
+    pub fn replayed_columns(&self) -> usize {
+        (self.replay_ratio * self.batch_size as f64).round() as usize
+    }
+}
+
 impl Default for LearnerConfig {
     fn default() -> Self {
         LearnerConfig {
@@ -574,6 +586,8 @@ impl Default for LearnerConfig {
             stream_idle_timeout_s: 60.0,
             keep_checkpoints: 3,
             checkpoint_every_s: 30.0,
+            replay_ratio: 0.0,
+            replay_table: String::new(),
         }
     }
 }
@@ -799,6 +813,30 @@ impl RunConfig {
         check_range("learner.keep_checkpoints", l.keep_checkpoints as f64, 1.0, 1000.0)?;
         self.policies.validate()?;
         self.replay.validate()?;
+        check_range("learner.replay_ratio", l.replay_ratio, 0.0, 0.9)?;
+        if l.replay_ratio > 0.0 {
+            if self.replay.table(&l.replay_table).is_none() {
+                let known: Vec<&str> = self.replay.tables.iter().map(|t| t.name.as_str()).collect();
+                return bad(
+                    "learner.replay_table",
+                    &format!("one of the run's [[replay.tables]] {known:?} with learner.replay_ratio > 0"),
+                    &format!("{:?}", l.replay_table),
+                );
+            }
+            let k = l.replayed_columns();
+            if k == 0 || k >= l.batch_size {
+                return bad(
+                    "learner.replay_ratio",
+                    &format!(
+                        "a share that leaves 1 or more columns each for replay and the stream in a batch of {}",
+                        l.batch_size
+                    ),
+                    &format!("{} ({k} replayed columns)", l.replay_ratio),
+                );
+            }
+        } else if !l.replay_table.is_empty() {
+            return bad("learner.replay_table", "no table without learner.replay_ratio > 0", &format!("{:?}", l.replay_table));
+        }
         if self.model.central_critic && self.model.share_torso {
             return bad(
                 "model.central_critic",

@@ -72,6 +72,13 @@ pub mod names {
     pub const ACTOR_EPISODES_DROPPED: &str = "troupe_actor_episode_reports_dropped_total";
     pub const LEARNER_GPU_MEMORY_USED: &str = "troupe_learner_gpu_memory_used_bytes";
     pub const LEARNER_GPU_MEMORY_TOTAL: &str = "troupe_learner_gpu_memory_total_bytes";
+    // Learner, with replay (`learner.replay_ratio`).
+    pub const LEARNER_REPLAYED_FRACTION: &str = "troupe_learner_replayed_fraction";
+    pub const LEARNER_REPLAY_SAMPLE_AGE: &str = "troupe_learner_replay_sample_age";
+    pub const LEARNER_REPLAY_INSERTED: &str = "troupe_learner_replay_inserted_total";
+    pub const LEARNER_REPLAY_DROPPED: &str = "troupe_learner_replay_dropped_total";
+    pub const LEARNER_REPLAY_WRITE_ERRORS: &str = "troupe_learner_replay_write_errors_total";
+    pub const LEARNER_REPLAY_SAMPLE_FAILURES: &str = "troupe_learner_replay_sample_failures_total";
     // Replay (the replay service: the coordinator, or `coordinator --role replay`).
     pub const REPLAY_ITEMS: &str = "troupe_replay_items";
     pub const REPLAY_BYTES: &str = "troupe_replay_bytes";
@@ -236,6 +243,26 @@ fn describe_all() {
     );
     describe_gauge!(COORD_WATCHERS, "open policy-version watch streams");
     describe_counter!(COORD_REDIS_ERRORS, Unit::Count, "failed Redis commands");
+    describe_gauge!(
+        LEARNER_REPLAYED_FRACTION,
+        "share of the last batch's columns drawn from replay (0 when replay could not give them)"
+    );
+    describe_histogram!(
+        LEARNER_REPLAY_SAMPLE_AGE,
+        "age of replayed rollouts, in policy versions: the newest version minus the rollout's"
+    );
+    describe_counter!(LEARNER_REPLAY_INSERTED, Unit::Count, "accepted rollouts the learner wrote to replay");
+    describe_counter!(
+        LEARNER_REPLAY_DROPPED,
+        Unit::Count,
+        "accepted rollouts not written to replay: its writer was backing off or behind"
+    );
+    describe_counter!(LEARNER_REPLAY_WRITE_ERRORS, Unit::Count, "failed replay insert calls of the learner");
+    describe_counter!(
+        LEARNER_REPLAY_SAMPLE_FAILURES,
+        Unit::Count,
+        "batches whose replayed share replay could not give (filled from the stream instead)"
+    );
     describe_gauge!(REPLAY_ITEMS, "items a replay table holds, by policy and table");
     describe_gauge!(REPLAY_BYTES, "payload bytes a replay table holds, by policy and table");
     describe_counter!(REPLAY_INSERTS, Unit::Count, "items inserted into a replay table, by policy and table");
@@ -378,6 +405,10 @@ pub fn install_metrics(
         .set_buckets_for_metric(
             Matcher::Full(names::COORD_POLICY_DISTRIBUTION_SECONDS.to_string()),
             &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(names::LEARNER_REPLAY_SAMPLE_AGE.to_string()),
+            &[0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0],
         )?
         .set_buckets_for_metric(
             Matcher::Full(names::REPLAY_WAIT_SECONDS.to_string()),

@@ -1,0 +1,211 @@
+//! Replay in the learner (IMPALA/APPO with `learner.replay_ratio`): every rollout the streaming
+//! edge accepts is also written to the policy's copy of `learner.replay_table`, and that share
+//! of each batch's columns is drawn back from it. V-trace corrects for their policy lag, so
+//! ingest's staleness and version checks stay at the streaming edge: a replayed rollout is old
+//! by design. It is still validated, as every rollout is, before it is trained on.
+//!
+//! Replay never stops training: a writer that cannot keep up drops rollouts (counted), and a
+//! batch whose replayed share cannot be had (the table below its minimum size, the service
+//! unreachable) is filled from the stream instead, with a backoff before replay is asked again.
+
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use proto::v1::replay_client::ReplayClient;
+use proto::v1::{InsertRequest, NamedTensor, ReplayItem, Rollout, SampleRequest, Tensor};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use troupe::process::{Backoff, GrpcChannel};
+use troupe::telemetry::names;
+
+use crate::batch::Columns;
+use crate::ingest::{validate, RolloutSpec};
+
+/// Rollouts waiting to be written; beyond it they are dropped (and counted).
+const WRITE_QUEUE: usize = 16;
+/// Rollouts in one insert call, at most.
+const WRITE_BATCH: usize = 16;
+/// The name of the one tensor of an item: the rollout's encoded bytes.
+const ROLLOUT: &str = "rollout";
+
+/// Where the learner's replay is.
+#[derive(Clone)]
+pub struct ReplayLink {
+    pub client: ReplayClient<GrpcChannel>,
+    pub table: String,
+    pub policy: String,
+}
+
+/// An accepted rollout as a replay item: its encoded bytes, as one u8 tensor.
+pub fn item_of(r: &Rollout) -> ReplayItem {
+    let bytes = r.encode_to_vec();
+    ReplayItem {
+        tensors: vec![NamedTensor {
+            name: ROLLOUT.into(),
+            tensor: Some(Tensor::from_bytes(proto::v1::DType::DtypeU8, &[bytes.len()], bytes.into())),
+        }],
+        priority: 1.0,
+        policy_version: r.policy_version,
+    }
+}
+
+/// The rollout an item holds, validated as the streaming edge validates (but for its age).
+pub fn columns_of(item: &ReplayItem, spec: &RolloutSpec) -> Result<Columns, String> {
+    let t = item
+        .tensors
+        .iter()
+        .find(|t| t.name == ROLLOUT)
+        .and_then(|t| t.tensor.as_ref())
+        .ok_or_else(|| format!("a replay item without a {ROLLOUT:?} tensor"))?;
+    let r = Rollout::decode(t.data.clone()).map_err(|e| format!("a replay item's rollout: {e}"))?;
+    validate(&r, spec, u64::MAX).map_err(|e| e.to_string())
+}
+
+/// Starts the writer; returns the queue the streaming edge hands accepted rollouts to.
+pub fn spawn_writer(link: ReplayLink, shutdown: CancellationToken) -> mpsc::Sender<Rollout> {
+    let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+    tokio::spawn(write(link, rx, shutdown));
+    tx
+}
+
+async fn write(mut link: ReplayLink, mut rx: mpsc::Receiver<Rollout>, shutdown: CancellationToken) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        let first = tokio::select! {
+            r = rx.recv() => r,
+            _ = shutdown.cancelled() => None,
+        };
+        let Some(first) = first else { return };
+        let mut items = vec![item_of(&first)];
+        while items.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(r) => items.push(item_of(&r)),
+                Err(_) => break,
+            }
+        }
+        let n = items.len() as u64;
+        let req = InsertRequest {
+            table: link.table.clone(),
+            policy: link.policy.clone(),
+            items,
+            timeout_s: 5.0,
+        };
+        match link.client.insert(req).await {
+            Ok(_) => {
+                backoff.reset();
+                metrics::counter!(names::LEARNER_REPLAY_INSERTED).increment(n);
+            }
+            Err(status) => {
+                metrics::counter!(names::LEARNER_REPLAY_WRITE_ERRORS).increment(1);
+                tracing::warn!(code = ?status.code(), error = %status.message(), dropped = n, "could not write rollouts to replay; backing off");
+                // What arrives meanwhile is dropped, not queued without bound.
+                let until = Instant::now() + backoff.next_delay();
+                while Instant::now() < until {
+                    let wait = until.saturating_duration_since(Instant::now());
+                    tokio::select! {
+                        r = rx.recv() => match r {
+                            Some(_) => metrics::counter!(names::LEARNER_REPLAY_DROPPED).increment(1),
+                            None => return,
+                        },
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The sampling side, on the batcher thread.
+pub struct Sampler {
+    link: ReplayLink,
+    spec: RolloutSpec,
+    runtime: tokio::runtime::Handle,
+    backoff: Backoff,
+    /// Replay is not asked before this (after a failure).
+    resume_at: Instant,
+    /// Columns an item held last time (to ask for about as many items as needed).
+    per_item: usize,
+}
+
+impl Sampler {
+    pub fn new(link: ReplayLink, spec: RolloutSpec, runtime: tokio::runtime::Handle) -> Sampler {
+        let per_item = spec.max_envs;
+        Sampler {
+            link,
+            spec,
+            runtime,
+            backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(10)),
+            resume_at: Instant::now(),
+            per_item,
+        }
+    }
+
+    /// `k` columns of replayed rollouts, with the age of each (the newest known version minus
+    /// its own), or `None` when replay cannot give them now: the batch is filled from the
+    /// stream, and replay is asked again after a backoff.
+    pub fn columns(&mut self, k: usize, newest: u64) -> Option<Vec<Columns>> {
+        if Instant::now() < self.resume_at {
+            return None;
+        }
+        let mut got: Vec<Columns> = Vec::new();
+        let mut have = 0;
+        while have < k {
+            let want = (k - have).div_ceil(self.per_item.max(1)).clamp(1, 256) as u32;
+            let req = SampleRequest {
+                table: self.link.table.clone(),
+                policy: self.link.policy.clone(),
+                batch_size: want,
+                timeout_s: 1.0,
+            };
+            let mut client = self.link.client.clone();
+            let res = self.runtime.block_on(async move {
+                tokio::time::timeout(Duration::from_secs(3), client.sample(req)).await
+            });
+            let items = match res {
+                Ok(Ok(r)) => r.into_inner().items,
+                Ok(Err(status)) => {
+                    self.failed(&format!("{:?}: {}", status.code(), status.message()));
+                    return None;
+                }
+                Err(_) => {
+                    self.failed("no answer within 3 s");
+                    return None;
+                }
+            };
+            for s in items {
+                let Some(item) = s.item else { continue };
+                match columns_of(&item, &self.spec) {
+                    Ok(cols) => {
+                        self.per_item = cols.n;
+                        metrics::histogram!(names::LEARNER_REPLAY_SAMPLE_AGE)
+                            .record(newest.saturating_sub(cols.policy_version) as f64);
+                        have += cols.n;
+                        got.push(cols);
+                    }
+                    Err(e) => {
+                        metrics::counter!(names::LEARNER_ROLLOUTS_REJECTED, "reason" => "replayed").increment(1);
+                        tracing::warn!(key = s.key, error = %e, "refused a replayed rollout");
+                    }
+                }
+            }
+        }
+        self.backoff.reset();
+        // Exactly k: the last rollout gives what is still needed.
+        let extra = have - k;
+        if extra > 0 {
+            let last = got.pop().expect("have > k > 0");
+            let at = last.n - extra;
+            let (keep, _) = last.split(at);
+            got.push(keep);
+        }
+        Some(got)
+    }
+
+    fn failed(&mut self, why: &str) {
+        let wait = self.backoff.next_delay();
+        self.resume_at = Instant::now() + wait;
+        metrics::counter!(names::LEARNER_REPLAY_SAMPLE_FAILURES).increment(1);
+        tracing::info!(why, retry_in_s = wait.as_secs_f64(), "no replayed columns for this batch; filling it from the stream");
+    }
+}
