@@ -3,13 +3,19 @@
 #   chart.sh          helm lint --strict, helm template | kubernetes-validate --strict, yamllint,
 #                     the prometheus-operator objects against their schemas, schema negatives;
 #                     one learner (StatefulSet, Service, claim, --policy) per policy for the
-#                     two-policy values (ci/lbf-two-teams-values.yaml);
-#   observability.sh  promtool check/test rules (per-policy alerts tested with two policies),
-#                     promtool check config on both compose Prometheus configs, the dashboard's
-#                     schema, every panel's PromQL, its metrics in docs/METRICS.md and its
-#                     policy filters;
+#                     two-policy values (ci/lbf-two-teams-values.yaml); replay on its own for
+#                     ci/separate-replay-values.yaml (a `coordinator --role replay` Deployment with
+#                     its Service, probes, tokens and Redis shards, the coordinator at --role
+#                     coordinator, a troupe-replay ServiceMonitor);
+#   observability.sh  promtool check/test rules (per-policy alerts tested with two policies; the
+#                     replay alerts firing and quiet), promtool check config on both compose
+#                     Prometheus configs (with and without replay's target file), the dashboard's
+#                     schema, every panel's PromQL, its metrics in docs/METRICS.md, its policy
+#                     filters and a Replay row that shows every troupe_replay_* metric;
 #   images.sh         hadolint on the Dockerfile, docker-compose config -q on every compose file
-#                     (compose.teams.yaml: a learner service per policy);
+#                     (compose.teams.yaml: a learner service per policy; compose.replay.yaml:
+#                     replay as its own service, `--role replay`, the coordinator at --role
+#                     coordinator, its Redis shard and Prometheus target);
 #   wiring.py         the chart's and compose's workloads started as local processes: they train;
 #   live.py           a local cluster scraped by a real Prometheus: promtool check metrics, a
 #                     non-zero frames rate, every dashboard query, the alert rules loaded;

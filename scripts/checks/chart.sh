@@ -6,7 +6,10 @@
 #      `helm lint --strict`; `helm template`; kubernetes-validate --strict (k8s 1.32) on the core
 #      kinds; scripts/checks/validate_monitoring.js on the prometheus-operator kinds (which
 #      kubernetes-validate has no schemas for); yamllint on the rendered output; and assertions
-#      on what the manifests wire together (names, ports, probes, security settings);
+#      on what the manifests wire together (names, ports, probes, security settings; where
+#      replay runs: inside the coordinator, or with ci/separate-replay-values.yaml a workload of
+#      its own running `coordinator --role replay` beside a `--role coordinator` coordinator,
+#      with its Service, probes, tokens, Redis shards and ServiceMonitor);
 #   3. negative tests: values the schema or the templates must refuse.
 # Usage: scripts/checks/chart.sh   (installs the pinned tools on first use: scripts/setup.sh)
 set -euo pipefail
@@ -50,7 +53,9 @@ EOF
 # Asserts what the rendered manifests wire together. EXPECT is JSON: gpu (learner asks for a GPU),
 # redis (the chart's Redis), hpa, monitoring (number of prometheus-operator objects), dashboard,
 # tls / auth / clientAuth / serverName (the security settings), onFenced, learnerId, policies
-# (learner.policies, default ["default"]: one learner StatefulSet + headless Service each).
+# (learner.policies, default ["default"]: one learner StatefulSet + headless Service each),
+# replay ({separate, shards, urls, appendfsync}; default: inside the coordinator, no Redis of
+# its own).
 assert_manifest() { # FILE EXPECT_JSON
   python3 - "$1" "$2" "$RELEASE" "$NAMESPACE" <<'EOF'
 import json, re, sys, yaml
@@ -93,10 +98,16 @@ policies = expect.get("policies", ["default"])
 check(coord and learners and actor, "coordinator Deployment, learner StatefulSet(s) and actor Deployment must all render")
 if errors: sys.exit("\n".join(errors))
 
+replay_expect = {"separate": False, "shards": 0, "urls": [], "appendfsync": "everysec", **expect.get("replay", {})}
+replay = next((d for d in docs if d["kind"] == "Deployment" and component(d) == "replay"), None)
+check((replay is not None) == replay_expect["separate"], "replay Deployment rendered iff replay.separate")
 workloads = [("coordinator", coord)] + [("learner", l) for l in learners] + [("actor", actor)]
-redis = find("StatefulSet", "-redis")
+if replay: workloads.append(("replay", replay))
+redis = next((d for d in docs if d["kind"] == "StatefulSet" and component(d) == "redis"), None)
 check((redis is not None) == expect["redis"], "redis StatefulSet rendered iff redis.enabled")
 if redis: workloads.append(("redis", redis))
+shards = sorted((d for d in docs if d["kind"] == "StatefulSet" and component(d) == "replay-redis"), key=lambda d: d["metadata"]["name"])
+workloads += [("replay-redis", s) for s in shards]
 checksums = set()
 for name, w in workloads:
     pod = w["spec"]["template"]
@@ -114,17 +125,18 @@ for name, w in workloads:
               and sc.get("capabilities", {}).get("drop") == ["ALL"] and sc.get("runAsNonRoot") is True,
               f"{name}/{c['name']}: container securityContext")
         check(any(m["mountPath"] == "/tmp" for m in c.get("volumeMounts", [])), f"{name}/{c['name']}: /tmp mount")
-    if name == "redis": continue
+    if name in ("redis", "replay-redis"): continue
     ann = pod["metadata"].get("annotations", {})
     checksums.add(ann.get("checksum/config"))
     check(pod["metadata"]["labels"].get("troupe.dev/run") == expect["run"], f"{name}: troupe.dev/run label")
     c = spec["containers"][0]
-    check(c["command"] == [name], f"{name}: command must be [{name}]")
+    binary = "coordinator" if name == "replay" else name
+    check(c["command"] == [binary], f"{name}: command must be [{binary}]")
     check(("--log-json" in c["args"]) == expect.get("logJson", True), f"{name}: --log-json")
     # Probes target the plain-text health port (--health-listen), never the gRPC port, which
     # speaks TLS when tls.enabled and which the kubelet's gRPC probes cannot.
-    health_port = {"coordinator": 50054, "learner": 50055, "actor": 50053}[name]
-    ready = {"coordinator": "troupe.v1.Coordinator", "learner": "troupe.v1.Learner", "actor": "troupe.v1.Actor"}[name]
+    health_port = {"coordinator": 50054, "replay": 50057, "learner": 50055, "actor": 50053}[name]
+    ready = {"coordinator": "troupe.v1.Coordinator", "replay": "troupe.v1.Replay", "learner": "troupe.v1.Learner", "actor": "troupe.v1.Actor"}[name]
     for probe, service in (("startupProbe", ""), ("livenessProbe", ""), ("readinessProbe", ready)):
         g = c.get(probe, {}).get("grpc", {})
         check(g.get("port") == health_port and g.get("service") == service, f"{name}: {probe} grpc {health_port} {service!r}")
@@ -132,7 +144,7 @@ for name, w in workloads:
     check(any(m["mountPath"] == "/var/lib/troupe" for m in c.get("volumeMounts", [])), f"{name}: writable /var/lib/troupe")
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     check(ports.get("health") == health_port, f"{name}: containerPort health {health_port}")
-    metrics_port = {"coordinator": 9100, "learner": 9102, "actor": 9101}[name]
+    metrics_port = {"coordinator": 9100, "replay": 9103, "learner": 9102, "actor": 9101}[name]
     check(ports.get("metrics") == metrics_port, f"{name}: metrics port {metrics_port}")
     check(arg(c, "--metrics-listen") == f"0.0.0.0:{metrics_port}", f"{name}: --metrics-listen")
     if expect.get("podAnnotations", True):
@@ -142,13 +154,13 @@ for name, w in workloads:
         m = [v for v in c.get("volumeMounts", []) if v["mountPath"] == mount]
         check(bool(m) == enabled and all(v.get("readOnly") for v in m), f"{name}: {mount} mounted read-only iff enabled")
     scheme = "https" if expect.get("tls") else "http"
-    if name != "coordinator":
+    if name not in ("coordinator", "replay"):
         problem = service_port(arg(c, "--coordinator"), scheme)
         check(problem is None, f"{name}: --coordinator: {problem}")
     # TLS and tokens: each process gets the settings of its roles (server: certificate and the
     # tokens it accepts; client: the CA and its own token), and only the Secret keys it needs.
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
-    server, client = name in ("coordinator", "learner"), name in ("learner", "actor")
+    server, client = name in ("coordinator", "replay", "learner"), name in ("learner", "actor")
     tls_on, mtls = expect.get("tls", False), expect.get("clientAuth", False)
     auth_on = expect.get("auth", False)
     want_env = {}
@@ -176,7 +188,10 @@ for name, w in workloads:
         want = ["ca.crt", "tls.crt", "tls.key"] if server or mtls else ["ca.crt"]
         check(items("tls") == want, f"{name}: TLS Secret keys {items('tls')}, want {want}")
     if auth_on:
-        want = {"coordinator": ["actor", "admin", "evaluator", "learner"], "learner": ["actor", "learner"], "actor": ["actor"]}[name]
+        # replay: Insert takes actor and learner tokens, Sample/UpdatePriorities learner,
+        # TableInfo every role, admin all of them
+        want = {"coordinator": ["actor", "admin", "evaluator", "learner"], "replay": ["actor", "admin", "evaluator", "learner"],
+                "learner": ["actor", "learner"], "actor": ["actor"]}[name]
         check(items("tokens") == want, f"{name}: token Secret keys {items('tokens')}, want {want}")
 check(len(checksums) == 1 and None not in checksums, "checksum/config must be set and equal on the Troupe workloads")
 
@@ -198,16 +213,85 @@ elif expect.get("redisSecret"):
 else:
     check(redis_env.get("value") == expect["redisUrl"], "TROUPE_REDIS_URL = externalRedis.url")
 
+# Replay: inside the coordinator (--role all, no --role flag), or alone (replay.separate): a
+# one-replica Recreate Deployment running `coordinator --role replay` on 50056 (health 50057,
+# metrics 9103) with the run config and a Service of its own, the coordinator at --role
+# coordinator. Its Redis: --replay-redis-url once per shard (the chart's shards, then
+# replay.redisUrls), on the process that serves replay only; each chart shard a StatefulSet (append-only file) with
+# a Service of its own.
+fullname = coord["metadata"]["name"].removesuffix("-coordinator")
+def selects(selector, labels):
+    return all(labels.get(k) == v for k, v in selector.items())
+c = coord["spec"]["template"]["spec"]["containers"][0]
+if replay_expect["separate"]:
+    check(arg(c, "--role") == "coordinator", "coordinator: --role coordinator when replay runs alone")
+    rc = replay["spec"]["template"]["spec"]["containers"][0]
+    check(arg(rc, "--role") == "replay", "replay: --role replay")
+    check(arg(rc, "--config") == "/etc/troupe/run/run.toml" and arg(rc, "--listen") == "0.0.0.0:50056", "replay: --config/--listen 0.0.0.0:50056")
+    check(replay["spec"]["replicas"] == 1 and replay["spec"]["strategy"]["type"] == "Recreate", "replay: 1 replica, Recreate")
+    rvols = replay["spec"]["template"]["spec"]["volumes"]
+    check(any(m["mountPath"] == "/etc/troupe/run" for m in rc["volumeMounts"])
+          and any(v.get("configMap", {}).get("name") == cm_name for v in rvols), "replay: the run config ConfigMap at /etc/troupe/run")
+    ports = {p["name"]: p["containerPort"] for p in rc["ports"]}
+    check(ports.get("grpc") == 50056, "replay: containerPort grpc 50056")
+    svc = services.get(replay["metadata"]["name"])
+    check(svc is not None, f"replay: a Service named {replay['metadata']['name']}")
+    if svc:
+        pod_labels = replay["spec"]["template"]["metadata"]["labels"]
+        check(selects(svc["spec"]["selector"], pod_labels), "replay Service selects the replay pod")
+        for other_name, other in workloads:
+            if other is not replay:
+                check(not selects(svc["spec"]["selector"], other["spec"]["template"]["metadata"]["labels"]),
+                      f"replay Service also selects {other_name} pods")
+        check({p["port"]: p["targetPort"] for p in svc["spec"]["ports"]} == {50056: "grpc", 9103: "metrics"}, "replay Service ports grpc 50056, metrics 9103")
+    serving = rc
+else:
+    check(arg(c, "--role") in (None, "all"), "coordinator: serves replay itself (no --role, or --role all)")
+    serving = c
+def replay_urls(container):
+    args = container.get("args", [])
+    return [args[i + 1] for i, a in enumerate(args) if a == "--replay-redis-url"]
+want_urls = [f"redis://{s['metadata']['name']}.{ns}.svc:6379" for s in shards] + replay_expect["urls"]
+check(replay_urls(serving) == want_urls, f"replay: --replay-redis-url {replay_urls(serving)} != {want_urls} (the chart's shards, then replay.redisUrls)")
+for u in want_urls[:len(shards)]:
+    problem = service_port(u, "redis")
+    check(problem is None, f"replay: --replay-redis-url: {problem}")
+for w in (coord, replay):
+    if w is not None:
+        check(env(w["spec"]["template"]["spec"]["containers"][0], "TROUPE_REPLAY_REDIS_URLS") is None, f"{w['metadata']['name']}: shards as flags, not TROUPE_REPLAY_REDIS_URLS")
+if replay_expect["separate"]:
+    check(replay_urls(c) == [], "coordinator: no --replay-redis-url when replay runs alone")
+    check((env(serving, "TROUPE_REDIS_URL") is None) == bool(want_urls), "replay: TROUPE_REDIS_URL only without Redis of its own")
+check(len(shards) == replay_expect["shards"], f"{len(shards)} replay Redis shards, want {replay_expect['shards']}")
+for i, s in enumerate(shards):
+    sname = s["metadata"]["name"]
+    check(sname == f"{fullname}-replay-redis-{i}" and len(sname) <= 52, f"replay shard {i}: named {sname}")
+    sc = s["spec"]["template"]["spec"]["containers"][0]
+    check(sc["args"][:4] == ["--appendonly", "yes", "--appendfsync", replay_expect["appendfsync"]],
+          f"{sname}: --appendonly yes --appendfsync {replay_expect['appendfsync']}")
+    labels = s["spec"]["template"]["metadata"]["labels"]
+    check(s["spec"]["selector"]["matchLabels"].get("troupe.dev/shard") == str(i) and selects(s["spec"]["selector"]["matchLabels"], labels),
+          f"{sname}: selector with troupe.dev/shard={i} selects its pods")
+    ssvc = services.get(s["spec"]["serviceName"])
+    check(ssvc is not None and ssvc["metadata"]["name"] == sname, f"{sname}: its Service")
+    if ssvc:
+        for _, other in workloads:
+            check(selects(ssvc["spec"]["selector"], other["spec"]["template"]["metadata"]["labels"]) == (other is s),
+                  f"Service {sname} must select the pods of {sname} only")
+    claims = [t["metadata"]["name"] for t in s["spec"].get("volumeClaimTemplates", [])]
+    check(claims == ["data"] or any(v["name"] == "data" and "emptyDir" in v for v in s["spec"]["template"]["spec"]["volumes"]),
+          f"{sname}: a data volume at /data")
+if redis:
+    check(redis["spec"]["template"]["spec"]["containers"][0]["args"][:4] == ["--appendonly", "yes", "--appendfsync", "everysec"],
+          "redis: --appendonly yes --appendfsync everysec")
+
 # One learner per policy: a StatefulSet and a headless Service each, named <fullname>-learner
 # with one policy (the single-learner names and selector), <fullname>-learner-<policy as a DNS
 # label> with several; each runs --policy NAME and carries troupe.dev/policy on its pods.
-fullname = coord["metadata"]["name"].removesuffix("-coordinator")
 multi = len(policies) > 1
 check(len(learners) == len(policies), f"{len(learners)} learner StatefulSets for policies {policies}")
 learner_services = [s for s in services.values() if component(s) == "learner"]
 check(len(learner_services) == len(policies), f"{len(learner_services)} learner Services for policies {policies}")
-def selects(selector, labels):
-    return all(labels.get(k) == v for k, v in selector.items())
 by_policy = {}
 for learner in learners:
     spec = learner["spec"]["template"]["spec"]
@@ -266,6 +350,13 @@ if hpa:
 
 mon = [d for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/")]
 check(len(mon) == expect["monitoring"], f"{len(mon)} prometheus-operator objects, expected {expect['monitoring']}")
+service_monitors = {m["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/component"): m for m in mon if m["kind"] == "ServiceMonitor"}
+if service_monitors:
+    # the replay process alone is scraped as job troupe-replay (the dashboard and TroupeReplayUnreachable)
+    check(("replay" in service_monitors) == replay_expect["separate"], "a replay ServiceMonitor iff replay.separate")
+    for comp, m in service_monitors.items():
+        jobs = [r.get("replacement") for r in m["spec"]["endpoints"][0].get("relabelings", []) if r.get("targetLabel") == "job"]
+        check(jobs == [f"troupe-{comp}"], f"ServiceMonitor/{m['metadata']['name']}: job {jobs}, want troupe-{comp}")
 for m in mon:
     if m["kind"] in ("ServiceMonitor", "PodMonitor"):
         eps = m["spec"].get("endpoints") or m["spec"].get("podMetricsEndpoints")
@@ -308,6 +399,8 @@ CASES=(
   "full|-f $CHART/ci/full-values.yaml|{\"gpu\":true,\"redis\":false,\"redisSecret\":\"troupe-redis\",\"hpa\":true,\"monitoring\":4,\"dashboard\":true,\"device\":\"auto\",\"run\":\"cartpole\",\"tls\":true,\"auth\":true,\"clientAuth\":true,\"serverName\":\"troupe.internal\",\"onFenced\":\"wait\"}"
   "external-url|-f $CHART/ci/external-url-values.yaml|{\"gpu\":false,\"redis\":false,\"redisUrl\":\"redis://redis.example.internal:6379/0\",\"hpa\":false,\"monitoring\":0,\"dashboard\":false,\"device\":\"cpu\",\"run\":\"acrobot-cpu\",\"podAnnotations\":false}"
   "lbf-two-teams|-f $CHART/ci/lbf-two-teams-values.yaml|{\"gpu\":false,\"redis\":true,\"hpa\":false,\"monitoring\":4,\"dashboard\":true,\"device\":\"cpu\",\"run\":\"lbf-two-teams\",\"policies\":[\"agent_0\",\"agent_1\"]}"
+  "separate-replay|-f $CHART/ci/separate-replay-values.yaml|{\"gpu\":false,\"redis\":true,\"hpa\":false,\"monitoring\":5,\"dashboard\":true,\"device\":\"cpu\",\"run\":\"cartpole-replay\",\"tls\":true,\"auth\":true,\"replay\":{\"separate\":true,\"shards\":2,\"urls\":[\"redis://replay-extra.example.internal:6379/0\"],\"appendfsync\":\"always\"}}"
+  "replay-inside-with-shards|-f $CHART/values-cpu.yaml --set replay.shards=1,replay.shard.persistence.enabled=false|{\"gpu\":false,\"redis\":true,\"hpa\":false,\"monitoring\":0,\"dashboard\":true,\"device\":\"cpu\",\"run\":\"cartpole\",\"replay\":{\"shards\":1}}"
   "set-flags|-f $CHART/values-cpu.yaml --set metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabled=true,metrics.prometheusRule.enabled=true,actor.autoscaling.enabled=true,redis.enabled=false,externalRedis.url=redis://redis:6379,tls.enabled=true,tls.secretName=troupe-tls,logJson=false,learner.id=trainer-a|{\"gpu\":false,\"redis\":false,\"redisUrl\":\"redis://redis:6379\",\"hpa\":true,\"monitoring\":4,\"dashboard\":true,\"device\":\"cpu\",\"run\":\"cartpole\",\"tls\":true,\"logJson\":false,\"learnerId\":\"trainer-a\"}"
 )
 # every test value file under ci/ must be covered above
@@ -356,6 +449,12 @@ NEGATIVE=(
   "policies vs shared config|--set learner.policies={agent_0}|mapping is \"shared\""
   "policies vs per_agent config|-f $CHART/ci/lbf-two-teams-values.yaml --set learner.policies={default}|mapping is \"per_agent\""
   "policies with one DNS name|-f $CHART/ci/lbf-two-teams-values.yaml --set learner.policies={agent_0,Agent-0}|both make the learner name"
+  "replay.separate type|--set-string replay.separate=yes|replay.separate"
+  "replay shards range|--set replay.shards=17|replay.shards"
+  "replay URL scheme|--set replay.redisUrls={http://x:6379}|replay.redisUrls"
+  "replay appendfsync enum|--set replay.shard.appendfsync=sometimes|appendfsync"
+  "replay URL twice|--set replay.shards=1 --set replay.redisUrls={redis://troupe-replay-redis-0.troupe-check.svc:6379}|listed twice"
+  "replay shard name too long|--set replay.shards=1 --set fullnameOverride=abcdefghijabcdefghijabcdefghijabcdefghij|at most 52"
   "learner name too long|-f $CHART/ci/lbf-two-teams-values.yaml --set fullnameOverride=abcdefghijabcdefghijabcdefghijabcdefghij|at most 52"
 )
 for neg in "${NEGATIVE[@]}"; do

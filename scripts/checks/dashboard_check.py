@@ -8,6 +8,8 @@ Static mode (the default; no Grafana needed):
     overlapping, every query panel and target on datasource {"type": "prometheus",
     "uid": "${datasource}"}, refIds unique per panel, the `datasource`, `run` and `policy`
     variables, and the "main" panels (MAIN_PANELS) present;
+  - checks that each row of ROW_METRICS exists and that its panels, together, query every
+    metric docs/METRICS.md lists under that prefix (the Replay row: every troupe_replay_* metric);
   - checks that every series selector in every expression filters run=~"$run", names a metric
     docs/METRICS.md lists (a histogram's _bucket/_sum/_count series count as it; `up` is
     Prometheus's own), and, when docs/METRICS.md gives that metric a `policy` label (every
@@ -59,6 +61,11 @@ MAIN_PANELS = [
     "Queue depths",
     "Actors up",
 ]
+
+# Rows whose panels must, together, query every catalogued metric with the prefix.
+ROW_METRICS = {
+    "Replay": "troupe_replay_",
+}
 
 # Grafana's built-in variables as they reach Prometheus, for checking outside Grafana.
 BUILTINS = {
@@ -329,12 +336,46 @@ def check_structure(dashboard, metrics=None):
                 elif metrics[known][1] and POLICY_MATCHER not in matchers:
                     problems.append(f'{where}: {name} has a policy label (docs/METRICS.md) but the selector lacks policy=~"$policy": {expr}')
 
+    problems.extend(check_rows(dashboard, metrics))
+
     titles = [p.get("title") for p in query_panels(dashboard)]
     for main in MAIN_PANELS:
         if titles.count(main) != 1:
             problems.append(f"main panel {main!r} appears {titles.count(main)} times (want once)")
     if problems:
         raise Failure("structure:\n" + "\n".join("  " + p for p in problems))
+
+
+def rows(dashboard):
+    """{row title: [its panels]}: a row's panels are those below it (by gridPos y) down to the next
+    row; rows are never collapsed here, so their panels sit at the top level."""
+    out, current = {}, None
+    for p in sorted(dashboard.get("panels", []), key=lambda p: (p.get("gridPos", {}).get("y", 0), p.get("gridPos", {}).get("x", 0))):
+        if p.get("type") == "row":
+            current = out.setdefault(p.get("title"), [])
+        elif current is not None:
+            current.append(p)
+    return out
+
+
+def check_rows(dashboard, metrics):
+    problems = []
+    by_row = rows(dashboard)
+    for title, prefix in ROW_METRICS.items():
+        if title not in by_row:
+            problems.append(f"no row {title!r} (for the {prefix}* metrics)")
+            continue
+        queried = set()
+        for p in by_row[title]:
+            for t in p.get("targets", []):
+                try:
+                    queried.update(catalog_name(name, metrics) for name, _ in selectors(t.get("expr", "")))
+                except Failure:
+                    pass  # reported by the selector checks
+        missing = sorted(m for m in metrics if m.startswith(prefix) and m not in queried)
+        if missing:
+            problems.append(f"row {title!r}: no panel queries {', '.join(missing)} (docs/METRICS.md)")
+    return problems
 
 
 def expressions(dashboard, run=".*", policy=".*"):

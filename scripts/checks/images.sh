@@ -12,7 +12,10 @@
 #      healthchecks and the actor service can be scaled (no container_name, no host ports); the
 #      learners (one service per policy) each have their own TROUPE_POLICY, lease id, volume and
 #      advertised address (their own service name), and the stack's Prometheus config scrapes
-#      exactly those learners.
+#      exactly those learners; with compose.replay.yaml a `replay` service runs `coordinator
+#      --role replay` on the coordinator's run config with its own Redis shard(s), the
+#      coordinator runs --role coordinator, and Prometheus gets replay's target (job
+#      troupe-replay); without it there is no replay service and the coordinator serves replay.
 # Usage: scripts/checks/images.sh   (from anywhere; installs its tools on first use)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -29,7 +32,7 @@ step "hadolint Dockerfile"
 hadolint --config .hadolint.yaml Dockerfile
 
 step "yamllint compose files and .hadolint.yaml (.yamllint.yaml)"
-yamllint --strict compose.yaml compose.gpu.yaml compose.tls.yaml compose.teams.yaml .hadolint.yaml
+yamllint --strict compose.yaml compose.gpu.yaml compose.tls.yaml compose.teams.yaml compose.replay.yaml .hadolint.yaml
 
 step "Dockerfile COPY sources, stages and .dockerignore"
 python3 - Dockerfile .dockerignore <<'PY'
@@ -160,6 +163,9 @@ stacks=(
   "compose.yaml compose.gpu.yaml compose.tls.yaml"
   "compose.yaml compose.teams.yaml"
   "compose.yaml compose.teams.yaml compose.gpu.yaml compose.tls.yaml"
+  "compose.yaml compose.replay.yaml"
+  "compose.yaml compose.replay.yaml compose.tls.yaml"
+  "compose.yaml compose.teams.yaml compose.replay.yaml compose.gpu.yaml compose.tls.yaml"
 )
 i=0
 for stack in "${stacks[@]}"; do
@@ -202,7 +208,7 @@ for i in range(count):
                 errors.append(f"{where}: bind source {src} does not exist")
             elif not (src.resolve().is_relative_to(root) or src.resolve().is_relative_to(tmp.resolve())):
                 errors.append(f"{where}: bind source {src} lies outside the repository")
-        if name in ("coordinator", "actor") or name.startswith("learner"):
+        if name in ("coordinator", "replay", "actor") or name.startswith("learner"):
             test = (svc.get("healthcheck") or {}).get("test") or []
             if "troupe-health" not in test:
                 errors.append(f"{where}: no troupe-health healthcheck")
@@ -245,6 +251,53 @@ for i in range(count):
         if arg.startswith("/etc/troupe/configs/"):
             if not (root / "configs" / arg.removeprefix("/etc/troupe/configs/")).is_file():
                 errors.append(f"stack {i}: coordinator config {arg} is not in configs/")
+    # Replay: inside the coordinator (--role all, the default), or with compose.replay.yaml the
+    # `replay` service (`coordinator --role replay`) beside a --role coordinator coordinator.
+    def flag(cmd, name):
+        return cmd[cmd.index(name) + 1] if name in cmd[:-1] else None
+    services = stack["services"]
+    coord = services.get("coordinator", {})
+    coord_role = flag(coord.get("command", []), "--role") or (coord.get("environment") or {}).get("TROUPE_ROLE") or "all"
+    replay = services.get("replay")
+    targets_mount = next((v for v in prom.get("volumes", []) if v.get("target") == "/etc/prometheus/replay-targets.yml"), None)
+    if replay is None:
+        if coord_role != "all":
+            errors.append(f"stack {i}: the coordinator runs --role {coord_role} but no replay service runs")
+        if targets_mount:
+            errors.append(f"stack {i}: Prometheus gets replay's target, but no replay service runs")
+    else:
+        rcmd, renv = replay.get("command", []), replay.get("environment") or {}
+        if coord_role != "coordinator":
+            errors.append(f"stack {i}: replay runs alone, so the coordinator must run --role coordinator, not {coord_role}")
+        if rcmd[:1] != ["coordinator"] or flag(rcmd, "--role") != "replay":
+            errors.append(f"stack {i}: the replay service must run `coordinator --role replay`, not {rcmd}")
+        coord_config = flag(coord.get("command", []), "--config")
+        replay_config = flag(rcmd, "--config") or renv.get("TROUPE_CONFIG")
+        if replay_config != coord_config:
+            errors.append(f"stack {i}: replay reads {replay_config}, the coordinator {coord_config}: replay's tables and policies come from the run config")
+        test = (replay.get("healthcheck") or {}).get("test") or []
+        if flag(test, "--service") != "troupe.v1.Replay" or flag(test, "--address") != "127.0.0.1:" + (flag(rcmd, "--health-listen") or ":").rsplit(":", 1)[1]:
+            errors.append(f"stack {i}: replay's healthcheck must ask its --health-listen port for troupe.v1.Replay: {test}")
+        urls = (flag(rcmd, "--replay-redis-url") or renv.get("TROUPE_REPLAY_REDIS_URLS") or "").split(",")
+        for url in urls:
+            m = re.fullmatch(r"redis://([a-z0-9_-]+):(\d+)(/\d+)?", url)
+            shard = services.get(m.group(1)) if m else None
+            if shard is None:
+                errors.append(f"stack {i}: replay's Redis {url!r} is not a service of the stack")
+            elif (shard.get("command") or [])[:3] != ["redis-server", "--appendonly", "yes"]:
+                errors.append(f"stack {i}: replay's Redis {m.group(1)} runs without --appendonly yes")
+        if not targets_mount:
+            errors.append(f"stack {i}: Prometheus does not get replay's target (helm/troupe/files/prometheus-replay-targets.yml)")
+        else:
+            listed = [t for group in yaml.safe_load(Path(targets_mount["source"]).read_text()) for t in group["targets"]]
+            want = ["replay:" + (flag(rcmd, "--metrics-listen") or ":").rsplit(":", 1)[1]]
+            if listed != want:
+                errors.append(f"stack {i}: replay's Prometheus targets {listed}, want {want} (its --metrics-listen)")
+    if cfg:
+        job = jobs.get("troupe-replay")
+        files = [f for sd in (job or {}).get("file_sd_configs", []) for f in sd.get("files", [])]
+        if files != ["/etc/prometheus/replay-targets*.yml"]:
+            errors.append(f"stack {i}: {Path(cfg).name}: job troupe-replay must read /etc/prometheus/replay-targets*.yml (file_sd), not {files}")
 if errors:
     sys.exit("compose:\n  " + "\n  ".join(errors))
 print(f"compose: {count} stacks resolved; bind mounts present", file=sys.stderr)

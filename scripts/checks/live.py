@@ -55,6 +55,9 @@ TEAMS_POLICIES = ("agent_0", "agent_1")
 DASHBOARD_CHECK = os.path.join(ROOT, "scripts", "checks", "dashboard_check.py")
 ACTORS = 2
 JOBS = {"troupe-coordinator": "coordinator", "troupe-learner": "learner", "troupe-actor": "actor"}
+# Jobs of the shipped config with no process here: troupe-replay scrapes the replay service when
+# it runs on its own (compose.replay.yaml); this cluster's coordinator serves replay itself.
+OPTIONAL_JOBS = {"troupe-replay"}
 FRAMES_QUERIES = [
     "sum(rate(troupe_actor_frames_total[15s]))",
     "sum(rate(troupe_learner_frames_total[15s]))",
@@ -244,12 +247,16 @@ def prometheus_config(targets, run_name, work, src_name="prometheus.yml", learne
         raise CheckError("prometheus.yml does not load alerts.yaml")
     cfg["rule_files"] = rules
     jobs = {}
+    scrape_configs = []
     for job in cfg.get("scrape_configs", []) or []:
         name = job.get("job_name")
-        if name not in JOBS:
-            raise CheckError(f"prometheus.yml: job {name!r} is not one of {', '.join(JOBS)}")
+        if name not in JOBS and name not in OPTIONAL_JOBS:
+            raise CheckError(f"prometheus.yml: job {name!r} is not one of {', '.join(list(JOBS) + sorted(OPTIONAL_JOBS))}")
         if not any(r.get("target_label") == "run" for r in job.get("relabel_configs", []) or []):
             raise CheckError(f"prometheus.yml: job {name} has no relabeling that sets the `run` label")
+        if name in OPTIONAL_JOBS:
+            continue  # nothing to scrape: left out of the generated config
+        scrape_configs.append(job)
         for k in SD_KEYS:
             job.pop(k, None)
         job["static_configs"] = [{"targets": targets[JOBS[name]]}]
@@ -262,6 +269,7 @@ def prometheus_config(targets, run_name, work, src_name="prometheus.yml", learne
     missing = set(JOBS) - set(jobs)
     if missing:
         raise CheckError(f"prometheus.yml has no job {', '.join(sorted(missing))}")
+    cfg["scrape_configs"] = scrape_configs
     path = os.path.join(work, "prometheus.yml")
     with open(path, "w") as f:
         yaml.safe_dump(cfg, f, sort_keys=False)

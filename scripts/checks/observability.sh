@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Checks Troupe's observability files, offline: the Prometheus rules and their unit tests, the
 # compose Prometheus configs (prometheus.yml; prometheus-teams.yml, one learner per policy for
-# compose.teams.yaml, which must equal prometheus.yml but for its learner targets and run name),
+# compose.teams.yaml, which must equal prometheus.yml but for its learner targets and run name;
+# both with and without compose.replay.yaml's replay target file, prometheus-replay-targets.yml),
 # the Grafana dashboard (schema, structure, every query through promtool, every metric in
 # docs/METRICS.md, a policy filter wherever the metric has a policy label) and the YAML style of
 # all of them.
-#   helm/troupe/files/{alerts.yaml,alerts_test.yaml,prometheus.yml,prometheus-teams.yml,dashboard.json}
+#   helm/troupe/files/{alerts.yaml,alerts_test.yaml,prometheus.yml,prometheus-teams.yml,
+#                      prometheus-replay-targets.yml,dashboard.json}
 #   deploy/grafana/provisioning/**
 # Needs promtool (Debian's prometheus package) and the deployment tools from scripts/setup.sh
 # (yamllint; jsonschema in the tools venv). Usage: scripts/checks/observability.sh
@@ -39,10 +41,14 @@ for config in prometheus.yml prometheus-teams.yml; do
   grep -q "$tmp/etc/prometheus/alerts.yaml" "$tmp/etc/prometheus/prometheus.yml" \
     || { echo "$config does not load /etc/prometheus/alerts.yaml" >&2; exit 1; }
   promtool check config "$tmp/etc/prometheus/prometheus.yml"
+  step "promtool check config $config with compose.replay.yaml's replay target file"
+  cp "$FILES/prometheus-replay-targets.yml" "$tmp/etc/prometheus/replay-targets.yml"
+  promtool check config "$tmp/etc/prometheus/prometheus.yml"
+  rm "$tmp/etc/prometheus/replay-targets.yml"
 done
 
 step "prometheus-teams.yml is prometheus.yml with one learner target per policy"
-"$TROUPE_TOOLS_VENV/bin/python" - "$FILES/prometheus.yml" "$FILES/prometheus-teams.yml" <<'PY'
+"$TROUPE_TOOLS_VENV/bin/python" - "$FILES/prometheus.yml" "$FILES/prometheus-teams.yml" "$FILES/prometheus-replay-targets.yml" <<'PY'
 import copy, sys, yaml
 base, teams = (yaml.safe_load(open(p)) for p in sys.argv[1:3])
 def normal(cfg):
@@ -69,6 +75,14 @@ if runs != {"lbf-two-teams"}:
     errors.append(f"prometheus-teams.yml: run labels {sorted(runs)}, want lbf-two-teams (configs/lbf-two-teams.toml)")
 if not learner_job(base).get("honor_labels"):
     errors.append("the learner job needs honor_labels: true (learners label their own series with policy)")
+# Replay on its own (compose.replay.yaml): job troupe-replay, its target from the file that only
+# compose.replay.yaml mounts, so the default stack has no replay target (and no alert about it).
+replay_job = next((j for j in base["scrape_configs"] if j["job_name"] == "troupe-replay"), {})
+if replay_job.get("file_sd_configs") != [{"files": ["/etc/prometheus/replay-targets*.yml"]}] or "static_configs" in replay_job:
+    errors.append("prometheus.yml: job troupe-replay must take its targets only from /etc/prometheus/replay-targets*.yml (file_sd)")
+replay_targets = yaml.safe_load(open(sys.argv[3]))
+if replay_targets != [{"targets": ["replay:9103"]}]:
+    errors.append(f"prometheus-replay-targets.yml: {replay_targets}, want one group with replay:9103 (compose.yaml's replay --metrics-listen)")
 if errors:
     sys.exit("\n".join(errors))
 print("prometheus-teams.yml: prometheus.yml with learner-agent_0 and learner-agent_1, run lbf-two-teams")
@@ -83,6 +97,7 @@ yaml_files=(
   "$FILES/alerts_test.yaml"
   "$FILES/prometheus.yml"
   "$FILES/prometheus-teams.yml"
+  "$FILES/prometheus-replay-targets.yml"
   "$ROOT/deploy/grafana/provisioning/datasources/prometheus.yaml"
   "$ROOT/deploy/grafana/provisioning/dashboards/troupe.yaml"
 )

@@ -283,11 +283,14 @@ readinessProbe:
 The /tmp emptyDir (the root filesystem is read-only) and the optional TLS and token Secrets,
 each component given only the keys it needs (other keys in the Secrets, e.g. a CA's key,
 reach no pod):
-  TLS Secret (tls.crt, tls.key, ca.crt): the coordinator and the learner all three; actors only
-    ca.crt, plus tls.crt and tls.key with tls.clientAuth (they present a certificate then);
-  token Secret (actor, learner, evaluator, admin): the coordinator every role's token (it
-    accepts them all); the learner its own and the actors' (it accepts actors' streams and
-    keys the actor-binding secrets with its own); an actor only its own.
+  TLS Secret (tls.crt, tls.key, ca.crt): the coordinator, the replay process and the learner all
+    three; actors only ca.crt, plus tls.crt and tls.key with tls.clientAuth (they present a
+    certificate then);
+  token Secret (actor, learner, evaluator, admin): the coordinator and the replay process every
+    role's token (they accept them all: replay's Insert actor and learner, Sample and
+    UpdatePriorities learner, TableInfo every role; admin everything); the learner its own and
+    the actors' (it accepts actors' streams and keys the actor-binding secrets with its own); an
+    actor only its own.
 Call with (dict "ctx" $ "component" "coordinator").
 */}}
 {{- define "troupe.commonVolumes" -}}
@@ -315,7 +318,7 @@ Call with (dict "ctx" $ "component" "coordinator").
     secretName: {{ required "auth.secretName is required when auth.enabled" $values.auth.secretName }}
     defaultMode: 0440
     items:
-      {{- range get (dict "coordinator" (list "actor" "learner" "evaluator" "admin") "learner" (list "actor" "learner") "actor" (list "actor")) .component }}
+      {{- range get (dict "coordinator" (list "actor" "learner" "evaluator" "admin") "replay" (list "actor" "learner" "evaluator" "admin") "learner" (list "actor" "learner") "actor" (list "actor")) .component }}
       - key: {{ . }}
         path: {{ . }}
       {{- end }}
@@ -339,7 +342,7 @@ Call with (dict "ctx" $ "component" "coordinator").
 
 {{/*
 TLS and token settings as TROUPE_* variables, pointing at the Secrets' files mounted above.
-Servers (coordinator, learner) present tls.crt/tls.key and check callers' tokens against
+Servers (coordinator, replay, learner) present tls.crt/tls.key and check callers' tokens against
 /etc/troupe/tokens; clients (learner, actor) verify servers against ca.crt and send their
 own role's token. tls.clientAuth turns on mutual TLS everywhere; tls.serverName is the name
 clients verify in the servers' certificate instead of the host they dial.
@@ -347,7 +350,7 @@ Call with (dict "ctx" $ "component" "coordinator").
 */}}
 {{- define "troupe.securityEnv" -}}
 {{- $values := .ctx.Values }}
-{{- $server := has .component (list "coordinator" "learner") }}
+{{- $server := has .component (list "coordinator" "replay" "learner") }}
 {{- $client := has .component (list "learner" "actor") }}
 {{- if $values.tls.enabled }}
 - name: TROUPE_TLS_CA
@@ -429,4 +432,229 @@ Where the coordinator finds Redis: the chart's Redis, an existing Secret, or ext
 {{- else }}
   value: {{ required "externalRedis.url or externalRedis.existingSecret is required when redis.enabled=false" .Values.externalRedis.url | quote }}
 {{- end }}
+{{- end }}
+
+{{/*
+The replay service (docs/DEPLOY.md, "Placing replay"). Inside the coordinator (--role all) unless
+replay.separate: then <fullname>-replay runs `coordinator --role replay` on ports of its own.
+*/}}
+{{- define "troupe.replayUrl" -}}
+{{- if .Values.replay.separate }}
+{{- printf "%s://%s-replay.%s.svc:50056" (include "troupe.scheme" .) (include "troupe.fullname" .) .Release.Namespace }}
+{{- else }}
+{{- include "troupe.coordinatorUrl" . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The chart's replay Redis shards (replay.shards), as a JSON list of {name, shard} (read it with
+`include "troupe.replayShards" . | fromJsonArray`): <fullname>-replay-redis-<i> for shard i.
+Fails when a name would exceed 52 characters (a StatefulSet's pods carry
+"<name>-<10 characters>" in a 63-character label).
+*/}}
+{{- define "troupe.replayShards" -}}
+{{- $fullname := include "troupe.fullname" . }}
+{{- $out := list }}
+{{- range $i := until (int .Values.replay.shards) }}
+{{- $name := printf "%s-replay-redis-%d" $fullname $i }}
+{{- if gt (len $name) 52 }}
+{{- fail (printf "replay.shards: shard %d would be named %s, %d characters (at most 52): shorten fullnameOverride" $i $name (len $name)) }}
+{{- end }}
+{{- $out = append $out (dict "name" $name "shard" (toString $i)) }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/*
+The replay tables' Redis URLs (--replay-redis-url, in this order: the shard numbers): the
+chart's shards, then replay.redisUrls. Empty: replay uses the coordinator's Redis
+(TROUPE_REDIS_URL). As a JSON list.
+*/}}
+{{- define "troupe.replayRedisUrls" -}}
+{{- $urls := list }}
+{{- range include "troupe.replayShards" . | fromJsonArray }}
+{{- $urls = append $urls (printf "redis://%s.%s.svc:6379" .name $.Release.Namespace) }}
+{{- end }}
+{{- $seen := dict }}
+{{- range concat $urls .Values.replay.redisUrls }}
+{{- if hasKey $seen . }}
+{{- fail (printf "replay: the Redis URL %s is listed twice (replay.redisUrls and the chart's shards): each shard once" .) }}
+{{- end }}
+{{- $_ := set $seen . true }}
+{{- end }}
+{{- toJson (concat $urls .Values.replay.redisUrls) }}
+{{- end }}
+
+{{/*
+--replay-redis-url URL, once per shard, for the process that serves replay, when replay has
+Redis of its own.
+*/}}
+{{- define "troupe.replayRedisUrlArgs" -}}
+{{- range include "troupe.replayRedisUrls" . | fromJsonArray }}
+- --replay-redis-url
+- {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+Selector labels of a Redis StatefulSet: the component's, plus troupe.dev/shard for a replay
+shard. Call with (dict "ctx" $ "component" "redis" "shard" "").
+*/}}
+{{- define "troupe.redisSelectorLabels" -}}
+{{ include "troupe.selectorLabels" (dict "ctx" .ctx "component" .component) }}
+{{- if .shard }}
+troupe.dev/shard: {{ .shard | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+A Redis StatefulSet on the official image with an append-only file under /data: the chart's
+Redis (component redis) and each replay shard (component replay-redis). Call with (dict "ctx" $
+"name" NAME "component" "redis" "shard" "" "values" <settings: appendfsync, persistence,
+extraArgs, resources, pod labels and annotations, scheduling> "holds" "The policy versions").
+*/}}
+{{- define "troupe.redisStatefulSet" -}}
+{{- $ctx := .ctx }}
+{{- $values := .values }}
+{{- $image := $ctx.Values.redis.image }}
+{{- $selector := dict "ctx" $ctx "component" .component "shard" .shard }}
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: {{ .name }}
+  namespace: {{ $ctx.Release.Namespace }}
+  labels:
+    {{- include "troupe.labels" (dict "ctx" $ctx "component" .component) | nindent 4 }}
+    {{- with .shard }}
+    troupe.dev/shard: {{ . | quote }}
+    {{- end }}
+spec:
+  replicas: 1
+  serviceName: {{ .name }}
+  selector:
+    matchLabels:
+      {{- include "troupe.redisSelectorLabels" $selector | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "troupe.labels" (dict "ctx" $ctx "component" .component) | nindent 8 }}
+        {{- with .shard }}
+        troupe.dev/shard: {{ . | quote }}
+        {{- end }}
+        {{- with $values.podLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      {{- with $values.podAnnotations }}
+      annotations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+    spec:
+      {{- include "troupe.podCommon" $ctx | nindent 6 }}
+      {{- with include "troupe.scheduling" $values | trim }}
+      {{- . | nindent 6 }}
+      {{- end }}
+      containers:
+        - name: redis
+          image: {{ printf "%s:%s" $image.repository $image.tag }}
+          imagePullPolicy: {{ $image.pullPolicy }}
+          command:
+            - redis-server
+          # {{ .holds }} survive a restart in the append-only file under /data.
+          args:
+            - --appendonly
+            - "yes"
+            - --appendfsync
+            - {{ $values.appendfsync | default "everysec" }}
+            {{- with $values.extraArgs }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+          ports:
+            - name: redis
+              containerPort: 6379
+              protocol: TCP
+          # LOADING (replaying the append-only file) is alive but not ready.
+          livenessProbe:
+            exec:
+              command:
+                - sh
+                - -c
+                - 'case "$(redis-cli -h 127.0.0.1 -p 6379 ping)" in PONG|LOADING*) exit 0 ;; *) exit 1 ;; esac'
+            initialDelaySeconds: 10
+            periodSeconds: 10
+            timeoutSeconds: 5
+            failureThreshold: 6
+          readinessProbe:
+            exec:
+              command:
+                - sh
+                - -c
+                - 'test "$(redis-cli -h 127.0.0.1 -p 6379 ping)" = PONG'
+            periodSeconds: 5
+            timeoutSeconds: 2
+            failureThreshold: 3
+          resources:
+            {{- toYaml $values.resources | nindent 12 }}
+          securityContext:
+            {{- toYaml $ctx.Values.containerSecurityContext | nindent 12 }}
+          volumeMounts:
+            - name: data
+              mountPath: /data
+            - name: tmp
+              mountPath: /tmp
+      volumes:
+        - name: tmp
+          emptyDir: {}
+        {{- if not $values.persistence.enabled }}
+        - name: data
+          emptyDir: {}
+        {{- end }}
+  {{- if $values.persistence.enabled }}
+  volumeClaimTemplates:
+    - apiVersion: v1
+      kind: PersistentVolumeClaim
+      metadata:
+        name: data
+        labels:
+          {{- include "troupe.redisSelectorLabels" $selector | nindent 10 }}
+        {{- with $values.persistence.annotations }}
+        annotations:
+          {{- toYaml . | nindent 10 }}
+        {{- end }}
+      spec:
+        accessModes:
+          {{- toYaml $values.persistence.accessModes | nindent 10 }}
+        {{- with $values.persistence.storageClass }}
+        storageClassName: {{ . }}
+        {{- end }}
+        resources:
+          requests:
+            storage: {{ $values.persistence.size }}
+  {{- end }}
+{{- end }}
+
+{{/*
+The ClusterIP Service of a Redis StatefulSet. Call as troupe.redisStatefulSet (name, component,
+shard).
+*/}}
+{{- define "troupe.redisService" -}}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ .name }}
+  namespace: {{ .ctx.Release.Namespace }}
+  labels:
+    {{- include "troupe.labels" (dict "ctx" .ctx "component" .component) | nindent 4 }}
+    {{- with .shard }}
+    troupe.dev/shard: {{ . | quote }}
+    {{- end }}
+spec:
+  type: ClusterIP
+  selector:
+    {{- include "troupe.redisSelectorLabels" (dict "ctx" .ctx "component" .component "shard" .shard) | nindent 4 }}
+  ports:
+    - name: redis
+      port: 6379
+      targetPort: redis
+      protocol: TCP
+      appProtocol: redis
 {{- end }}
