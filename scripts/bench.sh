@@ -17,6 +17,8 @@
 #     simple-spread, lbf-two-teams), frames and seconds to their targets;
 #   lbforaging_env_steps_per_s: lbforaging 2.0.0's Python loop (native_env_steps_per_s has the
 #     Rust LBF beside it);
+#   replay_vs_redis_ratio(_2_shards): 4 KiB items inserted and sampled through the replay
+#     service against redis-benchmark SET/GET on the same Redis (tests/benches/replay.rs);
 #   learner_update: update ms and frames/s against libtorch intra-op threads (1, 2; CUDA too
 #     where there is one).
 #
@@ -51,16 +53,18 @@ if [ "$PIXELS" = 1 ]; then
   pong=$(cargo bench -p tests --bench throughput -- 60 configs/pong.toml 2>/dev/null | grep '^{')
 fi
 update=$(cargo bench -p learner --bench update -- 5 1 2 2>/dev/null | grep '^{')
+replay=$(cargo bench -p tests --bench replay -- "$SECONDS_PER" 2>/dev/null | grep '^{')
 solve='{"cartpole_solve": null, "thresholds": null, "teams": null}'
 if [ "$SOLVE" = 1 ]; then
   solve=$(python3 "$TROUPE_ROOT/scripts/bench_solve.py" "$OUT" | grep '^{')
 fi
-python3 - "$OUT/bench.json" "$a" "$bc" "$native" "$gym" "$host" "$minatar" "$pong" "$update" "$solve" <<'PY'
+python3 - "$OUT/bench.json" "$a" "$bc" "$native" "$gym" "$host" "$minatar" "$pong" "$update" "$solve" "$replay" <<'PY'
 import json, os, platform, sys
 path, a, bc = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 native, gym, host = json.loads(sys.argv[4]), json.loads(sys.argv[5]), json.loads(sys.argv[6])
 minatar, pong = json.loads(sys.argv[7]), json.loads(sys.argv[8])
 update, solve = json.loads(sys.argv[9]), json.loads(sys.argv[10])
+replay = json.loads(sys.argv[11])
 out = {
     "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     "a_bare_loop_env_steps_per_s": a["env_steps_per_s"],
@@ -83,6 +87,9 @@ out = {
     "cartpole_solve": solve["cartpole_solve"],
     "thresholds": solve["thresholds"],
     "teams": solve.get("teams"),
+    "replay_vs_redis_ratio": replay["replay_vs_redis_ratio"],
+    "replay_vs_redis_ratio_2_shards": replay["replay_vs_redis_ratio_2_shards"],
+    "replay": replay,
     "lbforaging_env_steps_per_s": gym.get("lbforaging"),
     "learner_update": update,
     "detail": {"bare_loop": a, "cluster": bc, "native_envs": native, "gymnasium_envs": gym, "host_bare_loop": host, "minatar_breakout": minatar, "pong": pong},
