@@ -164,7 +164,11 @@ pub async fn run(
             let shards =
                 replay::storage::Shards::connect(&urls, &config.name, Duration::from_secs_f64(args.redis_patience_s))
                     .await?;
-            tracing::info!(shards = shards.len(), tables = config.replay.tables.len(), "replay serving");
+            tracing::info!(
+                shards = shards.len(),
+                tables = config.replay.tables.len(),
+                "replay serving"
+            );
             Some(
                 ReplayServer::new(replay::ReplayService::new(config.replay.clone(), shards))
                     .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)

@@ -42,7 +42,11 @@ pub fn item_of(r: &Rollout) -> ReplayItem {
     ReplayItem {
         tensors: vec![NamedTensor {
             name: ROLLOUT.into(),
-            tensor: Some(Tensor::from_bytes(proto::v1::DType::DtypeU8, &[bytes.len()], bytes.into())),
+            tensor: Some(Tensor::from_bytes(
+                proto::v1::DType::DtypeU8,
+                &[bytes.len()],
+                bytes.into(),
+            )),
         }],
         priority: 1.0,
         policy_version: r.policy_version,
@@ -159,9 +163,9 @@ impl Sampler {
                 timeout_s: 1.0,
             };
             let mut client = self.link.client.clone();
-            let res = self.runtime.block_on(async move {
-                tokio::time::timeout(Duration::from_secs(3), client.sample(req)).await
-            });
+            let res = self
+                .runtime
+                .block_on(async move { tokio::time::timeout(Duration::from_secs(3), client.sample(req)).await });
             let items = match res {
                 Ok(Ok(r)) => r.into_inner().items,
                 Ok(Err(status)) => {
@@ -206,6 +210,10 @@ impl Sampler {
         let wait = self.backoff.next_delay();
         self.resume_at = Instant::now() + wait;
         metrics::counter!(names::LEARNER_REPLAY_SAMPLE_FAILURES).increment(1);
-        tracing::info!(why, retry_in_s = wait.as_secs_f64(), "no replayed columns for this batch; filling it from the stream");
+        tracing::info!(
+            why,
+            retry_in_s = wait.as_secs_f64(),
+            "no replayed columns for this batch; filling it from the stream"
+        );
     }
 }

@@ -30,7 +30,11 @@ fn item(i: u64) -> ReplayItem {
     ReplayItem {
         tensors: vec![NamedTensor {
             name: "x".into(),
-            tensor: Some(Tensor::from_bytes(proto::v1::DType::DtypeU8, &[ITEM_BYTES], data.into())),
+            tensor: Some(Tensor::from_bytes(
+                proto::v1::DType::DtypeU8,
+                &[ITEM_BYTES],
+                data.into(),
+            )),
         }],
         priority: 1.0,
         policy_version: 1,
@@ -43,7 +47,14 @@ async fn start_replay(dir: &std::path::Path, urls: &[String]) -> anyhow::Result<
     let mut cmd = Command::new(bin("coordinator"));
     cmd.arg("--config")
         .arg(dir.join("run.toml"))
-        .args(["--role", "replay", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args([
+            "--role",
+            "replay",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
         .args(["--redis-url", &urls[0], "--replay-redis-url", &urls.join(",")])
         .arg("--ready-file")
         .arg(&ready);
@@ -111,14 +122,29 @@ async fn through_service(addr: &str, seconds: f64, insert: bool) -> anyhow::Resu
 fn redis_benchmark(sock: &str, test: &str, requests: u64) -> anyhow::Result<f64> {
     let out = Command::new("redis-benchmark")
         .args(["-s", sock, "-t", test, "-d", &ITEM_BYTES.to_string()])
-        .args(["-P", &BATCH.to_string(), "-c", &CLIENTS.to_string(), "-n", &requests.to_string(), "--csv"])
+        .args([
+            "-P",
+            &BATCH.to_string(),
+            "-c",
+            &CLIENTS.to_string(),
+            "-n",
+            &requests.to_string(),
+            "--csv",
+        ])
         .output()?;
-    anyhow::ensure!(out.status.success(), "redis-benchmark: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "redis-benchmark: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     // "test","rps",...: the second line holds the figures.
     let line = text
         .lines()
-        .find(|l| l.to_ascii_uppercase().contains(&format!("\"{}\"", test.to_ascii_uppercase())))
+        .find(|l| {
+            l.to_ascii_uppercase()
+                .contains(&format!("\"{}\"", test.to_ascii_uppercase()))
+        })
         .ok_or_else(|| anyhow::anyhow!("no {test} line in: {text}"))?;
     let rps = line.split(',').nth(1).unwrap_or("").trim_matches('"').parse::<f64>()?;
     Ok(rps)
@@ -150,15 +176,22 @@ async fn main() -> anyhow::Result<()> {
         let n = (inserts * seconds).max(20_000.0) as u64;
         let set = par_benchmark(&socks, "set", n)?;
         let get = par_benchmark(&socks, "get", n)?;
-        let key = if shards == 1 { String::new() } else { format!("_{shards}_shards") };
+        let key = if shards == 1 {
+            String::new()
+        } else {
+            format!("_{shards}_shards")
+        };
         out.insert(format!("replay_insert_items_per_s{key}"), inserts.into());
         out.insert(format!("replay_sample_items_per_s{key}"), samples.into());
         out.insert(format!("redis_set_per_s{key}"), set.into());
         out.insert(format!("redis_get_per_s{key}"), get.into());
-        out.insert(format!("replay_vs_redis_ratio{key}"), serde_json::json!({
-            "insert_over_set": inserts / set,
-            "sample_over_get": samples / get,
-        }));
+        out.insert(
+            format!("replay_vs_redis_ratio{key}"),
+            serde_json::json!({
+                "insert_over_set": inserts / set,
+                "sample_over_get": samples / get,
+            }),
+        );
         drop(redis);
     }
     out.insert("bench".into(), "replay".into());

@@ -195,7 +195,11 @@ async fn simple_spread_beats_random_play_with_a_training_central_critic() -> any
     let within = Duration::from_secs(600);
     let solved = loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        if let Some(l) = tests::scrape(&cluster.learner_metrics).ok().as_deref().and_then(baseline_loss) {
+        if let Some(l) = tests::scrape(&cluster.learner_metrics)
+            .ok()
+            .as_deref()
+            .and_then(baseline_loss)
+        {
             if losses.last() != Some(&l) {
                 losses.push(l);
             }
@@ -253,10 +257,16 @@ async fn impala_with_half_its_batches_replayed_still_solves_cartpole() -> anyhow
     );
     assert!(s.mean_return_100 >= 475.0);
     assert_eq!(fraction, 0.5, "{m}");
-    assert!(failures < 0.2 * updates, "most batches were half replayed: {failures} of {updates} were not");
+    assert!(
+        failures < 0.2 * updates,
+        "most batches were half replayed: {failures} of {updates} were not"
+    );
     let c = tests::scrape(&cluster.coordinator_metrics)?;
     let sampled = tests::metric(&c, "troupe_replay_samples_total").unwrap_or(0.0);
     let inserted = tests::metric(&c, "troupe_replay_inserts_total").unwrap_or(0.0);
-    assert!(inserted > 10.0 && sampled >= 0.5 * updates, "inserted {inserted}, sampled {sampled}");
+    assert!(
+        inserted > 10.0 && sampled >= 0.5 * updates,
+        "inserted {inserted}, sampled {sampled}"
+    );
     Ok(())
 }

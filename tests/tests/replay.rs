@@ -76,7 +76,14 @@ impl Node {
         let mut cmd = Command::new(bin("coordinator"));
         cmd.arg("--config")
             .arg(self.dir.path().join("run.toml"))
-            .args(["--role", "replay", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args([
+                "--role",
+                "replay",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
             .args(["--redis-url", urls[0], "--replay-redis-url", &urls.join(",")])
             .arg("--ready-file")
             .arg(&ready);
@@ -125,7 +132,11 @@ fn item(id: u64, priority: f64) -> ReplayItem {
 
 fn id_of(it: &ReplayItem) -> u64 {
     let t = it.tensors[0].tensor.as_ref().unwrap();
-    let v: Vec<f32> = t.data.chunks(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    let v: Vec<f32> = t
+        .data
+        .chunks(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
     v[0] as u64 * 65536 + v[1] as u64
 }
 
@@ -235,11 +246,21 @@ fn priority_of(id: u64) -> f64 {
     }
 }
 
-async fn kill_and_restart(shards: usize, restart: impl Fn(&mut Node) -> anyhow::Result<()>, name: &str) -> anyhow::Result<()> {
+async fn kill_and_restart(
+    shards: usize,
+    restart: impl Fn(&mut Node) -> anyhow::Result<()>,
+    name: &str,
+) -> anyhow::Result<()> {
     let mut node = Node::start(shards).await?;
     let stop = tokio_util::sync::CancellationToken::new();
     let writer = tokio::spawn(insert_until(node.addr.clone(), "queue", 0, stop.clone(), |_| 1.0));
-    let prio_writer = tokio::spawn(insert_until(node.addr.clone(), "prio", 1 << 30, stop.clone(), priority_of));
+    let prio_writer = tokio::spawn(insert_until(
+        node.addr.clone(),
+        "prio",
+        1 << 30,
+        stop.clone(),
+        priority_of,
+    ));
     tokio::time::sleep(Duration::from_millis(1000)).await;
     // Before the restart: some of the queue is delivered (sampled once, so removed), and 20
     // prioritized items get new priorities.
@@ -296,7 +317,11 @@ async fn kill_and_restart(shards: usize, restart: impl Fn(&mut Node) -> anyhow::
     let (mut acked, sent) = writer.await?;
     let (prio, prio_sent) = prio_writer.await?;
     let (late, late_sent) = late.await?;
-    assert!(!acked.is_empty() && !late.is_empty(), "{name}: inserts before and after\n{}", node.log());
+    assert!(
+        !acked.is_empty() && !late.is_empty(),
+        "{name}: inserts before and after\n{}",
+        node.log()
+    );
     // A restart hands out no key again, even those of items sampled to their limit.
     let before_max = acked.keys().max().copied().unwrap_or(0);
     assert!(
@@ -344,7 +369,10 @@ async fn kill_and_restart(shards: usize, restart: impl Fn(&mut Node) -> anyhow::
     let mut saw_updated = 0;
     for s in &r.items {
         let id = id_of(s.item.as_ref().unwrap());
-        assert!(prio_sent.contains(&id) || id >= 1 << 40, "{name}: item {id}: no one sent it");
+        assert!(
+            prio_sent.contains(&id) || id >= 1 << 40,
+            "{name}: item {id}: no one sent it"
+        );
         let p = priority_of(id);
         saw_updated += (p == 500.0) as usize;
         assert!(
@@ -509,7 +537,10 @@ async fn a_wait_past_its_deadline_fails_instead_of_hanging() -> anyhow::Result<(
     let waited = start.elapsed();
     assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err}");
     assert!(err.message().contains("rate limiter"), "{err}");
-    assert!(waited >= Duration::from_millis(250) && waited < Duration::from_secs(5), "{waited:?}");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
     // An insert that fits wakes a waiting sampler at once.
     let addr = node.addr.clone();
     let waiter = tokio::spawn(async move {
@@ -565,14 +596,20 @@ async fn bad_requests_are_invalid_arguments_naming_the_problem() -> anyhow::Resu
     let mut torn = item(4, 1.0);
     torn.tensors[0].tensor.as_mut().unwrap().shape = vec![5];
     let cases: Vec<(InsertRequest, &str)> = vec![
-        (ins("nope", vec![item(1, 1.0)]), "table: expected one of the run's replay tables"),
+        (
+            ins("nope", vec![item(1, 1.0)]),
+            "table: expected one of the run's replay tables",
+        ),
         (ins("small", vec![other_shape]), "holds items of"),
         (ins("small", vec![other_dtype]), "holds items of"),
         (ins("small", vec![torn]), "shape [5] of f32 needs 20 bytes, got 8"),
         (ins("small", vec![item(5, f64::NAN)]), "items[0].priority"),
         (ins("small", vec![item(5, f64::INFINITY)]), "items[0].priority"),
         (ins("small", vec![item(1, 1.0), item(5, -1.0)]), "items[1].priority"),
-        (ins("small", (0..4).map(|i| item(i, 1.0)).collect()), "items: expected 1 to 3"),
+        (
+            ins("small", (0..4).map(|i| item(i, 1.0)).collect()),
+            "items: expected 1 to 3",
+        ),
         (ins("small", vec![]), "items: expected 1 to 3"),
     ];
     for (req, want) in cases {

@@ -39,7 +39,10 @@ async fn cartpole_is_solved_by_a_local_cluster() -> anyhow::Result<()> {
         (frames - updates * per_update).abs() <= per_update,
         "each update consumes T x B frames: {frames} frames, {updates} updates"
     );
-    assert!(m.contains("troupe_learner_device_info{policy=\"default\",device=\"cpu\"} 1"), "{m}");
+    assert!(
+        m.contains("troupe_learner_device_info{policy=\"default\",device=\"cpu\"} 1"),
+        "{m}"
+    );
     // APPO's own terms are in the metrics.
     assert_eq!(config.learner.algorithm, troupe::config::AlgorithmKind::Appo);
     for term in ["policy", "baseline", "entropy", "kl", "clip_fraction"] {

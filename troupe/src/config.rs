@@ -120,14 +120,27 @@ impl ReplayConfig {
         for (i, t) in self.tables.iter().enumerate() {
             let key = |k: &str| format!("replay.tables[{i}].{k}");
             if !valid_policy_name(&t.name) {
-                return bad(&key("name"), "1 to 64 letters, digits, '-' and '_'", &format!("{:?}", t.name));
+                return bad(
+                    &key("name"),
+                    "1 to 64 letters, digits, '-' and '_'",
+                    &format!("{:?}", t.name),
+                );
             }
             if self.tables[..i].iter().any(|o| o.name == t.name) {
-                return bad(&key("name"), "table names that appear once", &format!("{:?} twice", t.name));
+                return bad(
+                    &key("name"),
+                    "table names that appear once",
+                    &format!("{:?} twice", t.name),
+                );
             }
             check_range(&key("max_size"), t.max_size as f64, 1.0, 1e12)?;
             check_range(&key("priority_exponent"), t.priority_exponent, 0.0, 10.0)?;
-            check_range(&key("importance_sampling_exponent"), t.importance_sampling_exponent, 0.0, 1.0)?;
+            check_range(
+                &key("importance_sampling_exponent"),
+                t.importance_sampling_exponent,
+                0.0,
+                1.0,
+            )?;
             if let Some(b) = t.importance_sampling_exponent_final {
                 check_range(&key("importance_sampling_exponent_final"), b, 0.0, 1.0)?;
             }
@@ -135,12 +148,19 @@ impl ReplayConfig {
             if t.min_size_to_sample < 1 || t.min_size_to_sample > t.max_size {
                 return bad(
                     &key("min_size_to_sample"),
-                    &format!("1 to max_size ({}): a table that never reaches it is never sampled", t.max_size),
+                    &format!(
+                        "1 to max_size ({}): a table that never reaches it is never sampled",
+                        t.max_size
+                    ),
                     &t.min_size_to_sample.to_string(),
                 );
             }
             if t.samples_per_insert.is_none() && t.error_buffer.is_some() {
-                return bad(&key("error_buffer"), "no error_buffer without samples_per_insert", "a value");
+                return bad(
+                    &key("error_buffer"),
+                    "no error_buffer without samples_per_insert",
+                    "a value",
+                );
             }
             if let Some(spi) = t.samples_per_insert {
                 check_open_range(&key("samples_per_insert"), spi, 0.0, 1e6)?;
@@ -835,7 +855,11 @@ impl RunConfig {
                 );
             }
         } else if !l.replay_table.is_empty() {
-            return bad("learner.replay_table", "no table without learner.replay_ratio > 0", &format!("{:?}", l.replay_table));
+            return bad(
+                "learner.replay_table",
+                "no table without learner.replay_ratio > 0",
+                &format!("{:?}", l.replay_table),
+            );
         }
         if self.model.central_critic && self.model.share_torso {
             return bad(
@@ -1121,8 +1145,14 @@ mod tests {
     fn replay_tables_that_could_deadlock_are_refused() {
         let table = |extra: &str| format!("[[replay.tables]]\nname = \"t\"\nmax_size = 100\n{extra}");
         let cases = [
-            ("min_size_to_sample = 101", "replay.tables[0].min_size_to_sample: expected 1 to max_size (100)"),
-            ("min_size_to_sample = 0", "replay.tables[0].min_size_to_sample: expected 1 to max_size"),
+            (
+                "min_size_to_sample = 101",
+                "replay.tables[0].min_size_to_sample: expected 1 to max_size (100)",
+            ),
+            (
+                "min_size_to_sample = 0",
+                "replay.tables[0].min_size_to_sample: expected 1 to max_size",
+            ),
             (
                 "samples_per_insert = 4.0\nerror_buffer = 2.0",
                 "replay.tables[0].error_buffer: expected at least max(1, samples_per_insert) = 4",
@@ -1135,9 +1165,18 @@ mod tests {
                 "samples_per_insert = 8.0\nmax_times_sampled = 2",
                 "replay.tables[0].samples_per_insert: expected at most max_times_sampled (2)",
             ),
-            ("error_buffer = 5.0", "replay.tables[0].error_buffer: expected no error_buffer without samples_per_insert"),
-            ("samples_per_insert = -1.0", "replay.tables[0].samples_per_insert: expected a value in (0, 1000000]"),
-            ("priority_exponent = -1.0", "replay.tables[0].priority_exponent: expected a value in [0, 10]"),
+            (
+                "error_buffer = 5.0",
+                "replay.tables[0].error_buffer: expected no error_buffer without samples_per_insert",
+            ),
+            (
+                "samples_per_insert = -1.0",
+                "replay.tables[0].samples_per_insert: expected a value in (0, 1000000]",
+            ),
+            (
+                "priority_exponent = -1.0",
+                "replay.tables[0].priority_exponent: expected a value in [0, 10]",
+            ),
             ("sampler = \"lifo\"", "replay.tables[0].sampler: unknown variant `lifo`"),
         ];
         for (extra, want) in cases {
@@ -1145,7 +1184,10 @@ mod tests {
             assert!(err.contains(want), "{extra}: {err}");
         }
         let twice = "[[replay.tables]]\nname = \"t\"\n[[replay.tables]]\nname = \"t\"";
-        assert!(RunConfig::from_toml(twice).unwrap_err().to_string().contains("replay.tables[1].name"));
+        assert!(RunConfig::from_toml(twice)
+            .unwrap_err()
+            .to_string()
+            .contains("replay.tables[1].name"));
         let ok = RunConfig::from_toml(&table(
             "sampler = \"prioritized\"\nsamples_per_insert = 4.0\nmin_size_to_sample = 10\nmax_times_sampled = 8",
         ))

@@ -251,13 +251,21 @@ fn describe_all() {
         LEARNER_REPLAY_SAMPLE_AGE,
         "age of replayed rollouts, in policy versions: the newest version minus the rollout's"
     );
-    describe_counter!(LEARNER_REPLAY_INSERTED, Unit::Count, "accepted rollouts the learner wrote to replay");
+    describe_counter!(
+        LEARNER_REPLAY_INSERTED,
+        Unit::Count,
+        "accepted rollouts the learner wrote to replay"
+    );
     describe_counter!(
         LEARNER_REPLAY_DROPPED,
         Unit::Count,
         "accepted rollouts not written to replay: its writer was backing off or behind"
     );
-    describe_counter!(LEARNER_REPLAY_WRITE_ERRORS, Unit::Count, "failed replay insert calls of the learner");
+    describe_counter!(
+        LEARNER_REPLAY_WRITE_ERRORS,
+        Unit::Count,
+        "failed replay insert calls of the learner"
+    );
     describe_counter!(
         LEARNER_REPLAY_SAMPLE_FAILURES,
         Unit::Count,
@@ -265,7 +273,11 @@ fn describe_all() {
     );
     describe_gauge!(REPLAY_ITEMS, "items a replay table holds, by policy and table");
     describe_gauge!(REPLAY_BYTES, "payload bytes a replay table holds, by policy and table");
-    describe_counter!(REPLAY_INSERTS, Unit::Count, "items inserted into a replay table, by policy and table");
+    describe_counter!(
+        REPLAY_INSERTS,
+        Unit::Count,
+        "items inserted into a replay table, by policy and table"
+    );
     describe_counter!(
         REPLAY_SAMPLES,
         Unit::Count,
@@ -286,8 +298,15 @@ fn describe_all() {
         Unit::Count,
         "inserts and samples whose rate-limiter wait ran past its deadline (DEADLINE_EXCEEDED), by policy, table and side"
     );
-    describe_histogram!(REPLAY_PRIORITY, "priorities given to replay items (inserted or updated), by policy and table");
-    describe_counter!(REPLAY_REDIS_ERRORS, Unit::Count, "failed Redis commands of the replay service");
+    describe_histogram!(
+        REPLAY_PRIORITY,
+        "priorities given to replay items (inserted or updated), by policy and table"
+    );
+    describe_counter!(
+        REPLAY_REDIS_ERRORS,
+        Unit::Count,
+        "failed Redis commands of the replay service"
+    );
     describe_counter!(
         REPLAY_ITEMS_LOST,
         Unit::Count,
@@ -495,7 +514,13 @@ pub fn init_tracing(json: bool) {
 /// Installs the recorder, binds `addr` and serves `/metrics` there until `shutdown`; returns the
 /// bound address (port 0 picks a free one).
 pub async fn start_metrics(addr: SocketAddr, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
-    start_metrics_with(addr, &crate::config::EnvConfig::default().return_buckets(), &[], shutdown).await
+    start_metrics_with(
+        addr,
+        &crate::config::EnvConfig::default().return_buckets(),
+        &[],
+        shutdown,
+    )
+    .await
 }
 
 /// [`start_metrics`] for a learner: every series it exports carries `policy="NAME"`, the

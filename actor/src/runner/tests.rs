@@ -235,7 +235,11 @@ fn recurrent_state_passes_through_the_other_agents_turns() {
     let mut runner = EnvRunner::new(Box::new(env), &[policy], RewardMode::Agent, t, &[s], 3).unwrap();
     let r = runner.unroll(&[&net], 1, &[1], &mut |_| {}).unwrap().remove(0);
     let valid = TensorView::new::<u8>("valid", r.valid.as_ref()).unwrap().to_vec::<u8>();
-    assert_eq!(valid.iter().filter(|&&v| v == 0).count(), t, "one agent waits at every step");
+    assert_eq!(
+        valid.iter().filter(|&&v| v == 0).count(),
+        t,
+        "one agent waits at every step"
+    );
     let obs = TensorView::new::<f32>("observations", r.observations.as_ref())
         .unwrap()
         .to_finite_f32()
@@ -259,7 +263,11 @@ fn recurrent_state_passes_through_the_other_agents_turns() {
         .unwrap();
     let diff = |a: &[f32]| behaviour.iter().zip(a).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     let present = Tensor::from_slice(&present).view([(t + 1) as i64, n as i64]);
-    assert!(diff(&replay(Some(&present))) < 1e-5, "{}", diff(&replay(Some(&present))));
+    assert!(
+        diff(&replay(Some(&present))) < 1e-5,
+        "{}",
+        diff(&replay(Some(&present)))
+    );
     // A replay that keeps the states of the waiting turns computes other params: the test can
     // tell the two apart.
     assert!(diff(&replay(None)) > 1e-3, "{}", diff(&replay(None)));

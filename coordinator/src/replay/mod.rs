@@ -76,7 +76,9 @@ fn sampler_name(s: SamplerKind) -> &'static str {
 fn signature(item: &ReplayItem) -> Result<String, Error> {
     let mut parts = Vec::with_capacity(item.tensors.len());
     if item.tensors.is_empty() {
-        return Err(Error::InvalidArgument("items[].tensors: expected 1 or more tensors, got none".into()));
+        return Err(Error::InvalidArgument(
+            "items[].tensors: expected 1 or more tensors, got none".into(),
+        ));
     }
     for (i, nt) in item.tensors.iter().enumerate() {
         let t = nt
@@ -123,7 +125,9 @@ fn dtype_name(d: DType) -> &'static str {
 /// enough that the table's total stays finite.
 fn check_priority(field: &str, p: f64, cfg: &ReplayTableConfig) -> Result<(), Error> {
     if !(p.is_finite() && p >= 0.0) {
-        return Err(Error::InvalidArgument(format!("{field}: expected a finite priority >= 0, got {p}")));
+        return Err(Error::InvalidArgument(format!(
+            "{field}: expected a finite priority >= 0, got {p}"
+        )));
     }
     let cap = 1e300 / cfg.max_size as f64;
     if cfg.sampler == SamplerKind::Prioritized && !(p.powf(cfg.priority_exponent) <= cap) {
@@ -377,7 +381,9 @@ impl ReplayService {
         let news: Vec<(f64, u64)> = req.items.iter().map(|it| (it.priority, it.policy_version)).collect();
         // Run to the end even if the caller goes away: the index and Redis change together.
         let task = tokio::spawn(Self::insert_locked(h.clone(), sig, news, encoded, deadline));
-        let keys = task.await.map_err(|e| Error::Internal(format!("replay insert: {e}")))??;
+        let keys = task
+            .await
+            .map_err(|e| Error::Internal(format!("replay insert: {e}")))??;
         metrics::counter!(names::REPLAY_INSERTS, &h.labels()).increment(n as u64);
         for it in &req.items {
             metrics::histogram!(names::REPLAY_PRIORITY, &h.labels()).record(it.priority);
@@ -476,7 +482,9 @@ impl ReplayService {
                 result
             }
         });
-        let (items, size) = task.await.map_err(|e| Error::Internal(format!("replay sample: {e}")))??;
+        let (items, size) = task
+            .await
+            .map_err(|e| Error::Internal(format!("replay sample: {e}")))??;
         metrics::counter!(names::REPLAY_SAMPLES, &h.labels()).increment(items.len() as u64);
         Ok(SampleResponse {
             items,
@@ -519,7 +527,8 @@ impl ReplayService {
         for d in drawn.iter().filter(|d| !failed.contains(&d.shard)) {
             match payloads.get(&d.key).cloned().flatten() {
                 Some(p) => {
-                    let item = ReplayItem::decode(p).map_err(|e| Error::Internal(format!("replay item {}: {e}", d.key)))?;
+                    let item =
+                        ReplayItem::decode(p).map_err(|e| Error::Internal(format!("replay item {}: {e}", d.key)))?;
                     out.push(SampledItem {
                         key: d.key,
                         probability: d.probability,
@@ -585,7 +594,9 @@ impl ReplayService {
                 Ok::<_, Error>((updated, ups))
             }
         });
-        let (updated, ups) = task.await.map_err(|e| Error::Internal(format!("replay update: {e}")))??;
+        let (updated, ups) = task
+            .await
+            .map_err(|e| Error::Internal(format!("replay update: {e}")))??;
         for &(_, p) in &ups {
             metrics::histogram!(names::REPLAY_PRIORITY, &h.labels()).record(p);
         }
@@ -647,6 +658,8 @@ impl Replay for ReplayService {
     }
 
     async fn table_info(&self, request: Request<TableInfoRequest>) -> Result<Response<TableInfoResponse>, Status> {
-        Ok(Response::new(ReplayService::table_info(self, request.into_inner()).await?))
+        Ok(Response::new(
+            ReplayService::table_info(self, request.into_inner()).await?,
+        ))
     }
 }

@@ -43,8 +43,8 @@ impl Shards {
         anyhow::ensure!(!urls.is_empty(), "--replay-redis-url: expected 1 or more Redis URLs");
         let mut conns = Vec::new();
         for url in urls {
-            let client = redis::Client::open(url.as_str())
-                .map_err(|e| anyhow::anyhow!("--replay-redis-url {url}: {e}"))?;
+            let client =
+                redis::Client::open(url.as_str()).map_err(|e| anyhow::anyhow!("--replay-redis-url {url}: {e}"))?;
             let config = redis::aio::ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
                 .set_response_timeout(Some(std::time::Duration::from_secs(10)));
@@ -167,7 +167,11 @@ impl TableStore {
                 .arg("version")
                 .arg(it.version)
                 .ignore();
-            pipe.cmd("ZADD").arg(self.items_key(shard)).arg(it.key).arg(it.key).ignore();
+            pipe.cmd("ZADD")
+                .arg(self.items_key(shard))
+                .arg(it.key)
+                .arg(it.key)
+                .ignore();
         }
         pipe.cmd("HINCRBY")
             .arg(self.counts_key(shard))
@@ -177,7 +181,11 @@ impl TableStore {
         // The newest key ever given, so a restart never hands out a key again (the newest
         // items may be gone by then: sampled to their limit).
         if let Some(last) = items.iter().map(|(i, _)| i.key).max() {
-            pipe.cmd("HSET").arg(self.counts_key(shard)).arg("last_key").arg(last).ignore();
+            pipe.cmd("HSET")
+                .arg(self.counts_key(shard))
+                .arg("last_key")
+                .arg(last)
+                .ignore();
         }
         let mut c = self.conn(shard);
         pipe.query_async::<()>(&mut c).await.map_err(|e| redis_err(shard, e))
@@ -205,7 +213,10 @@ impl TableStore {
     ///
     /// Each shard's transaction stands alone: a shard that fails leaves its draws undone there
     /// (its entry is the error), while the others' are done.
-    pub async fn sample(&self, draws: &[(u64, usize, bool)]) -> Vec<(usize, Result<HashMap<u64, Option<Bytes>>, Error>)> {
+    pub async fn sample(
+        &self,
+        draws: &[(u64, usize, bool)],
+    ) -> Vec<(usize, Result<HashMap<u64, Option<Bytes>>, Error>)> {
         let mut results = Vec::new();
         for (shard, keys) in by_shard(draws.iter().map(|&(k, s, removed)| (s, (k, removed)))) {
             results.push((shard, self.sample_shard(shard, &keys).await));
@@ -318,7 +329,8 @@ impl TableStore {
                 }
                 let rows: Vec<redis::Value> = pipe.query_async(&mut c).await.map_err(|e| redis_err(shard, e))?;
                 for (k, pair) in chunk.iter().zip(rows.chunks(2)) {
-                    let parse = |e: redis::ParsingError| Error::Internal(format!("replay item {k} on shard {shard}: {e}"));
+                    let parse =
+                        |e: redis::ParsingError| Error::Internal(format!("replay item {k} on shard {shard}: {e}"));
                     let fields: (Option<f64>, Option<u64>, Option<u64>) =
                         redis::from_redis_value(pair[0].clone()).map_err(parse)?;
                     let len: u64 = redis::from_redis_value(pair[1].clone()).map_err(parse)?;

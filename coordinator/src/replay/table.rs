@@ -20,7 +20,9 @@ use super::sum_tree::SumTree;
 pub enum Sampler {
     Uniform,
     /// Proportional prioritization: item i with probability `p_i^alpha / sum_j p_j^alpha`.
-    Prioritized { alpha: f64 },
+    Prioritized {
+        alpha: f64,
+    },
     /// The oldest item.
     Fifo,
 }
@@ -496,7 +498,12 @@ mod tests {
             let q = p.powf(alpha) / total;
             let sd = (n as f64 * q * (1.0 - q)).sqrt();
             let dev = (hits[i] as f64 - n as f64 * q).abs();
-            assert!(dev <= 4.5 * sd.max(1e-9), "item {i}: {} hits, expected {:.0} +- {sd:.0}", hits[i], n as f64 * q);
+            assert!(
+                dev <= 4.5 * sd.max(1e-9),
+                "item {i}: {} hits, expected {:.0} +- {sd:.0}",
+                hits[i],
+                n as f64 * q
+            );
         }
         assert_eq!(hits[4], 0, "priority 0 is never drawn");
     }
