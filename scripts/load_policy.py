@@ -268,37 +268,26 @@ class Policy(nn.Module):
         return self._params(pf), nxt
 
     def choose(self, params, mask=None, generator=None):
-        """The greedy action, or with a generator a sample of the policy's distribution (legal
-        actions only), as the actors act."""
-        if generator is None:
-            return self.greedy(params, mask)
+        """The most likely action (argmax per component, legal ones only; the Gaussian's mean),
+        or with a generator a sample of the policy's distribution, as the actors act."""
         if self.action["type"] == "box":
             d = len(self.action["low"])
-            mean, log_std = params[..., :d], params[..., d : 2 * d]
+            mean = params[..., :d]
+            if generator is None:
+                return mean
             noise = torch.randn(mean.shape, generator=generator)
-            return mean + noise * log_std.exp()
+            return mean + noise * params[..., d : 2 * d].exp()
         nvec = [self.action["n"]] if self.action["type"] == "discrete" else self.action["nvec"]
         out, offset = [], 0
         for n in nvec:
             logits = params[..., offset : offset + n]
             if mask is not None:
                 logits = logits.masked_fill(torch.as_tensor(mask[..., offset : offset + n]) == 0, -1e9)
-            probs = torch.softmax(logits, -1).reshape(-1, n)
-            out.append(torch.multinomial(probs, 1, generator=generator).reshape(logits.shape[:-1]))
-            offset += n
-        return torch.stack(out, -1)
-
-    def greedy(self, params, mask=None):
-        """The most likely action: argmax per component (legal ones only), or the Gaussian mean."""
-        if self.action["type"] == "box":
-            return params[..., : len(self.action["low"])]
-        nvec = [self.action["n"]] if self.action["type"] == "discrete" else self.action["nvec"]
-        out, offset = [], 0
-        for n in nvec:
-            logits = params[..., offset : offset + n]
-            if mask is not None:
-                logits = logits.masked_fill(torch.as_tensor(mask[..., offset : offset + n]) == 0, -1e9)
-            out.append(logits.argmax(-1))
+            if generator is None:
+                out.append(logits.argmax(-1))
+            else:
+                probs = torch.softmax(logits, -1).reshape(-1, n)
+                out.append(torch.multinomial(probs, 1, generator=generator).reshape(logits.shape[:-1]))
             offset += n
         return torch.stack(out, -1)
 

@@ -36,6 +36,28 @@ fn redis_err(e: redis::RedisError) -> Error {
     Error::Unavailable(format!("redis: {e}"))
 }
 
+/// A connection manager to the Redis at `url` (it reconnects by itself after), retrying with
+/// backoff for up to `patience` at start-up.
+pub async fn connect_redis(url: &str, patience: Duration) -> anyhow::Result<ConnectionManager> {
+    let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("redis URL {url}: {e}"))?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(3)))
+        .set_response_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(3);
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut backoff = troupe::process::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    loop {
+        match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
+            Ok(conn) => return Ok(conn),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(url, error = %e, "redis not reachable yet, retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => anyhow::bail!("redis at {url}: {e}"),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     conn: ConnectionManager,
@@ -149,30 +171,13 @@ pub struct PolicyStore {
 impl Store {
     /// Connects, retrying for up to `patience` (Redis may start after us).
     pub async fn connect(url: &str, run: &str, patience: Duration) -> anyhow::Result<Store> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(3)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(3);
-        let deadline = tokio::time::Instant::now() + patience;
-        let mut backoff = troupe::process::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-        loop {
-            match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
-                Ok(conn) => {
-                    metrics::gauge!(names::COORD_REDIS_UP).set(1.0);
-                    metrics::counter!(names::COORD_REDIS_ERRORS).absolute(0);
-                    return Ok(Store {
-                        conn,
-                        prefix: format!("troupe:{run}:"),
-                    });
-                }
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    tracing::warn!(error = %e, "redis not reachable yet, retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-                Err(e) => anyhow::bail!("redis at {url}: {e}"),
-            }
-        }
+        let conn = connect_redis(url, patience).await?;
+        metrics::gauge!(names::COORD_REDIS_UP).set(1.0);
+        metrics::counter!(names::COORD_REDIS_ERRORS).absolute(0);
+        Ok(Store {
+            conn,
+            prefix: format!("troupe:{run}:"),
+        })
     }
 
     /// A round trip to Redis (`PING`).

@@ -403,7 +403,7 @@ pub struct LearnerService {
     pub shutdown: CancellationToken,
     /// With `learner.replay_ratio`: accepted rollouts also go to replay's writer (bounded; a
     /// full queue drops them there, counted, and never holds a stream back).
-    pub replay_writer: Option<mpsc::Sender<Rollout>>,
+    pub replay_writer: Option<mpsc::Sender<proto::v1::ReplayItem>>,
 }
 
 /// Counts open streams in a gauge for as long as it lives.
@@ -537,15 +537,19 @@ impl Learner for LearnerService {
                     }
                     continue;
                 }
+                // With replay on, an accepted rollout is also encoded as a replay item here,
+                // off the async workers like its decoding.
+                let for_replay = replay_writer.is_some();
                 let decoded = tokio::task::spawn_blocking(move || {
                     let c = validate(&rollout, &spec2, version);
-                    (c, rollout)
+                    let item = (for_replay && c.is_ok()).then(|| crate::replay::item_of(&rollout));
+                    (c, item)
                 })
                 .await;
                 let cols = match decoded {
-                    Ok((Ok(c), rollout)) => {
-                        if let Some(w) = &replay_writer {
-                            if w.try_send(rollout).is_err() {
+                    Ok((Ok(c), item)) => {
+                        if let (Some(w), Some(item)) = (&replay_writer, item) {
+                            if w.try_send(item).is_err() {
                                 metrics::counter!(names::LEARNER_REPLAY_DROPPED).increment(1);
                             }
                         }

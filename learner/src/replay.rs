@@ -23,8 +23,10 @@ use crate::ingest::{validate, RolloutSpec};
 
 /// Rollouts waiting to be written; beyond it they are dropped (and counted).
 const WRITE_QUEUE: usize = 16;
-/// Rollouts in one insert call, at most.
+/// Rollouts in one insert call, at most, and their bytes (one rollout part is at most the
+/// message cap, so pixel rollouts go one per call).
 const WRITE_BATCH: usize = 16;
+const WRITE_BYTES: usize = proto::MAX_MESSAGE_BYTES / 2;
 /// The name of the one tensor of an item: the rollout's encoded bytes.
 const ROLLOUT: &str = "rollout";
 
@@ -65,27 +67,38 @@ pub fn columns_of(item: &ReplayItem, spec: &RolloutSpec) -> Result<Columns, Stri
     validate(&r, spec, u64::MAX).map_err(|e| e.to_string())
 }
 
-/// Starts the writer; returns the queue the streaming edge hands accepted rollouts to.
-pub fn spawn_writer(link: ReplayLink, shutdown: CancellationToken) -> mpsc::Sender<Rollout> {
+/// Starts the writer; returns the queue the streaming edge hands accepted rollouts to, as
+/// items ([`item_of`]).
+pub fn spawn_writer(link: ReplayLink, shutdown: CancellationToken) -> mpsc::Sender<ReplayItem> {
     let (tx, rx) = mpsc::channel(WRITE_QUEUE);
     tokio::spawn(write(link, rx, shutdown));
     tx
 }
 
-async fn write(mut link: ReplayLink, mut rx: mpsc::Receiver<Rollout>, shutdown: CancellationToken) {
+async fn write(mut link: ReplayLink, mut rx: mpsc::Receiver<ReplayItem>, shutdown: CancellationToken) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    // An item that would have made the last call too large: the next call's first.
+    let mut held: Option<ReplayItem> = None;
     loop {
-        let first = tokio::select! {
-            r = rx.recv() => r,
-            _ = shutdown.cancelled() => None,
+        let first = match held.take() {
+            Some(item) => Some(item),
+            None => tokio::select! {
+                r = rx.recv() => r,
+                _ = shutdown.cancelled() => None,
+            },
         };
         let Some(first) = first else { return };
-        let mut items = vec![item_of(&first)];
+        let mut bytes = first.encoded_len();
+        let mut items = vec![first];
         while items.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(r) => items.push(item_of(&r)),
-                Err(_) => break,
+            let Ok(item) = rx.try_recv() else { break };
+            let more = item.encoded_len();
+            if bytes + more > WRITE_BYTES {
+                held = Some(item);
+                break;
             }
+            bytes += more;
+            items.push(item);
         }
         let n = items.len() as u64;
         let req = InsertRequest {

@@ -114,42 +114,38 @@ pub fn vtrace_from_flags(
     tch::no_grad(|| {
         let steps = rewards.size()[0];
         let done = (ends.terminated + ends.truncated).clamp_max(1.0);
-        let Some(valid) = ends.valid else {
-            let values = values_all.narrow(0, 0, steps);
-            let following = values_all.narrow(0, 1, steps);
-            let next_values = ends.truncation_values.where_self(&ends.truncated.gt(0.5), &following);
-            return vtrace(&VTraceInput {
-                present: None,
-                log_rhos,
-                rewards,
-                values: &values,
-                next_values: &next_values,
-                discounts: &((1.0 - ends.terminated) * p.discount),
-                trace_discounts: &((1.0 - done) * p.discount),
-                rho_bar: p.rho_bar,
-                c_bar: p.c_bar,
-                pg_rho_bar: p.pg_rho_bar,
-            });
+        let present = ends.valid.map(|v| v.gt(0.5));
+        let values_all = match &present {
+            // Values carried back over absent steps: row s is V(x_s) where present, else row
+            // s + 1's.
+            Some(present) => {
+                let mut carried = vec![values_all.get(steps)];
+                for s in (0..steps).rev() {
+                    let next = carried.last().expect("one row").shallow_clone();
+                    carried.push(values_all.get(s).where_self(&present.get(s), &next));
+                }
+                carried.reverse();
+                Tensor::stack(&carried, 0)
+            }
+            None => values_all.shallow_clone(),
         };
-        let present = valid.gt(0.5);
-        // Values carried back over absent steps: row s is V(x_s) where present, else row s + 1's.
-        let mut carried = vec![values_all.get(steps)];
-        for s in (0..steps).rev() {
-            let next = carried.last().expect("one row").shallow_clone();
-            carried.push(values_all.get(s).where_self(&present.get(s), &next));
-        }
-        carried.reverse();
-        let values_all = Tensor::stack(&carried, 0);
         let values = values_all.narrow(0, 0, steps);
         let following = values_all.narrow(0, 1, steps);
         // Truncated: the value of the episode's last observation. Terminated: multiplied by 0.
         let next_values = ends.truncation_values.where_self(&ends.truncated.gt(0.5), &following);
-        let gamma = Tensor::full_like(valid, p.discount).where_self(&present, &valid.ones_like());
+        // An absent step is not discounted (time, for an agent, is its own steps) and its
+        // importance weight is 1.
+        let (gamma, log_rhos) = match &present {
+            Some(present) => (
+                Tensor::full_like(rewards, p.discount).where_self(present, &rewards.ones_like()),
+                log_rhos.where_self(present, &log_rhos.zeros_like()),
+            ),
+            None => (Tensor::full_like(rewards, p.discount), log_rhos.shallow_clone()),
+        };
         let discounts = (1.0 - ends.terminated) * &gamma;
         let trace_discounts = (1.0 - done) * &gamma;
-        let log_rhos = log_rhos.where_self(&present, &log_rhos.zeros_like());
         vtrace(&VTraceInput {
-            present: Some(&present),
+            present: present.as_ref(),
             log_rhos: &log_rhos,
             rewards,
             values: &values,

@@ -145,6 +145,10 @@ struct TableHandle {
     policy: String,
     name: String,
     cfg: ReplayTableConfig,
+    /// Items one insert or sample may carry: the batch limit, `max_size` (inserts) and what
+    /// the rate limiter can always let through at once.
+    max_insert: usize,
+    max_sample: usize,
     store: TableStore,
     state: Mutex<State>,
     changed: Notify,
@@ -312,10 +316,14 @@ impl ReplayService {
             seconds = started.elapsed().as_secs_f64(),
             "replay table rebuilt from redis"
         );
+        let limiter = limiter_of(cfg);
+        let at_once = |inserting: bool| usize::try_from(limiter.max_batch(inserting)).unwrap_or(usize::MAX);
         let handle = Arc::new(TableHandle {
             policy: policy.to_string(),
             name: name.to_string(),
             cfg: cfg.clone(),
+            max_insert: MAX_BATCH.min(cfg.max_size as usize).min(at_once(true)),
+            max_sample: MAX_BATCH.min(at_once(false)),
             store,
             state: Mutex::new(State {
                 table,
@@ -348,9 +356,7 @@ impl ReplayService {
     pub async fn insert(&self, req: InsertRequest) -> Result<InsertResponse, Error> {
         let h = self.table(&req.policy, &req.table).await?;
         let n = req.items.len();
-        let max = MAX_BATCH
-            .min(h.cfg.max_size as usize)
-            .min(limiter_of(&h.cfg).max_batch(true).try_into().unwrap_or(usize::MAX));
+        let max = h.max_insert;
         if n == 0 || n > max {
             return Err(Error::InvalidArgument(format!(
                 "items: expected 1 to {max} items per insert (the batch limit, the table's max_size {} and what its rate limiter can always let through at once), got {n}",
@@ -466,7 +472,7 @@ impl ReplayService {
     pub async fn sample(&self, req: SampleRequest) -> Result<SampleResponse, Error> {
         let h = self.table(&req.policy, &req.table).await?;
         let n = req.batch_size as usize;
-        let max = MAX_BATCH.min(limiter_of(&h.cfg).max_batch(false).try_into().unwrap_or(usize::MAX));
+        let max = h.max_sample;
         if n == 0 || n > max {
             return Err(Error::InvalidArgument(format!(
                 "batch_size: expected 1 to {max} (the batch limit and what the table's rate limiter can always let through at once), got {n}"

@@ -43,22 +43,9 @@ impl Shards {
         anyhow::ensure!(!urls.is_empty(), "--replay-redis-url: expected 1 or more Redis URLs");
         let mut conns = Vec::new();
         for url in urls {
-            let client =
-                redis::Client::open(url.as_str()).map_err(|e| anyhow::anyhow!("--replay-redis-url {url}: {e}"))?;
-            let config = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(std::time::Duration::from_secs(5)))
-                .set_response_timeout(Some(std::time::Duration::from_secs(10)));
-            let deadline = tokio::time::Instant::now() + patience;
-            let conn = loop {
-                match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
-                    Ok(c) => break c,
-                    Err(e) if tokio::time::Instant::now() < deadline => {
-                        tracing::warn!(url, error = %e, "replay redis not reachable yet; retrying");
-                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                    }
-                    Err(e) => anyhow::bail!("replay redis {url}: {e}"),
-                }
-            };
+            let conn = crate::store::connect_redis(url, patience)
+                .await
+                .map_err(|e| anyhow::anyhow!("--replay-redis-url: {e}"))?;
             conns.push(conn);
         }
         Ok(Shards {
