@@ -19,7 +19,7 @@ pub mod storage;
 pub mod sum_tree;
 pub mod table;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,7 +37,7 @@ use troupe::config::{ReplayConfig, ReplayTableConfig, SamplerKind};
 use troupe::telemetry::names;
 use troupe::Error;
 
-use rate_limiter::RateLimiter;
+use rate_limiter::{Counts, RateLimiter};
 use storage::{Shards, TableStore};
 use table::{NewItem, Sampler, Table};
 
@@ -139,8 +139,17 @@ fn check_priority(field: &str, p: f64, cfg: &ReplayTableConfig) -> Result<(), Er
     Ok(())
 }
 
-/// One table of one policy: its index (under an async lock, held across its Redis writes, so
-/// the index and Redis change together) and the notification its waiters wait on.
+/// One table of one policy: its index (under an async lock, held only while the index
+/// changes, never across Redis calls) and the notification its waiters wait on.
+///
+/// Redis calls run with the lock released, so requests overlap their round trips:
+/// - an insert reserves its keys (the limiter counts them on the insert side), writes its
+///   items, then commits them to the index; inserts commit in key order, so eviction stays
+///   FIFO when their writes finish out of order;
+/// - a sample draws from the index (counted at once), reads the payloads and writes the sample
+///   counts, then takes back the draws of a shard that failed;
+/// - an item that leaves the index (evicted, or drawn to its `max_times_sampled`) while a draw
+///   still reads it keeps its payload until the last such draw is done.
 struct TableHandle {
     policy: String,
     name: String,
@@ -161,6 +170,72 @@ struct State {
     next_shard: usize,
     signature: Option<String>,
     rng: StdRng,
+    /// Items of inserts admitted but not yet in the index (writing, or written and waiting).
+    uncommitted: u64,
+    /// The first key of each insert whose Redis write is under way.
+    writing: BTreeSet<u64>,
+    /// Inserts written to Redis that wait for an earlier one before they join the index.
+    written: BTreeMap<u64, Vec<NewItem>>,
+    /// Draws whose Redis reads are under way, per item.
+    reading: HashMap<u64, u32>,
+    /// Items out of the index whose Redis delete waits for the draws still reading them.
+    doomed: HashMap<u64, usize>,
+}
+
+impl State {
+    /// The counters the insert side is admitted on: uncommitted inserts count as done.
+    fn insert_counts(&self) -> Counts {
+        let mut c = self.table.counts();
+        c.inserts += self.uncommitted;
+        c.size += self.uncommitted;
+        c
+    }
+
+    /// Of items that left the index, those to delete from Redis now; the rest wait for the
+    /// draws reading them ([`Self::done_reading`]).
+    fn to_delete(&mut self, gone: Vec<(u64, usize)>) -> Vec<(u64, usize)> {
+        let mut now = Vec::with_capacity(gone.len());
+        for (key, shard) in gone {
+            if self.reading.contains_key(&key) {
+                self.doomed.insert(key, shard);
+            } else {
+                now.push((key, shard));
+            }
+        }
+        now
+    }
+
+    /// A draw of `keys` is done reading: the doomed items nobody reads any more, to delete.
+    fn done_reading(&mut self, keys: impl Iterator<Item = u64>) -> Vec<(u64, usize)> {
+        let mut now = Vec::new();
+        for key in keys {
+            let Some(n) = self.reading.get_mut(&key) else { continue };
+            *n -= 1;
+            if *n == 0 {
+                self.reading.remove(&key);
+                if let Some(shard) = self.doomed.remove(&key) {
+                    now.push((key, shard));
+                }
+            }
+        }
+        now
+    }
+
+    /// Moves written inserts into the index in key order, up to the first one still writing.
+    /// Returns the items they evicted: (to delete now, how many).
+    fn commit(&mut self) -> (Vec<(u64, usize)>, u64) {
+        let mut evicted = Vec::new();
+        while let Some(entry) = self.written.first_entry() {
+            if self.writing.first().is_some_and(|&w| w < *entry.key()) {
+                break;
+            }
+            let items = entry.remove();
+            self.uncommitted -= items.len() as u64;
+            evicted.extend(self.table.add(items, false));
+        }
+        let n = evicted.len() as u64;
+        (self.to_delete(evicted), n)
+    }
 }
 
 impl TableHandle {
@@ -190,14 +265,12 @@ impl TableHandle {
             // Registered before the check, so a change between the check and the wait wakes it.
             notified.as_mut().enable();
             {
-                // The lock is held across Redis calls: waiting for it counts against the deadline.
                 let Ok(st) = tokio::time::timeout_at(deadline.into(), self.state.lock()).await else {
                     return Err(self.timed_out(side, n, started, None, &labels));
                 };
-                let c = st.table.counts();
                 let ok = match side {
-                    "insert" => st.table.limiter.can_insert(&c, n),
-                    _ => st.table.limiter.can_sample(&c, n),
+                    "insert" => st.table.limiter.can_insert(&st.insert_counts(), n),
+                    _ => st.table.limiter.can_sample(&st.table.counts(), n),
                 };
                 if ok {
                     metrics::histogram!(names::REPLAY_WAIT_SECONDS, &labels).record(started.elapsed().as_secs_f64());
@@ -232,7 +305,7 @@ impl TableHandle {
                     c.size, c.inserts, c.samples, l.min_size_to_sample, l.samples_per_insert, l.min_diff, l.max_diff
                 )
             }
-            None => "the table was busy with Redis all along".to_string(),
+            None => "the table's lock was never free".to_string(),
         };
         Error::DeadlineExceeded(format!(
             "replay table {} of policy {}: the rate limiter held this {side} of {n} back for {:.1} s ({state})",
@@ -240,6 +313,17 @@ impl TableHandle {
             self.policy,
             started.elapsed().as_secs_f64()
         ))
+    }
+
+    /// Deletes items that left the index from Redis (after the lock is released). A delete that
+    /// fails leaves them for the next rebuild, which drops them again.
+    async fn delete(&self, keys: Vec<(u64, usize)>) {
+        if keys.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.delete(&keys).await {
+            tracing::warn!(table = %self.name, items = keys.len(), error = %e, "could not delete items that left the table; a rebuild will");
+        }
     }
 
     /// Unlocks the table after a change and wakes whoever waits on it.
@@ -300,7 +384,13 @@ impl ReplayService {
         let signature = store.signature().await?;
         let mut table = Table::new(cfg.max_size, cfg.max_times_sampled, sampler_of(cfg), limiter_of(cfg));
         let next_key = last_key + 1;
-        let evicted = table.add(items, true);
+        // An item drawn to its limit while another draw still read it was counted, not yet
+        // deleted, when the process stopped: it goes now.
+        let (items, spent): (Vec<NewItem>, Vec<NewItem>) = items
+            .into_iter()
+            .partition(|i| cfg.max_times_sampled == 0 || i.times_sampled < cfg.max_times_sampled);
+        let mut evicted = table.add(items, true);
+        evicted.extend(spent.iter().map(|i| (i.key, i.shard)));
         table.set_totals(inserts, samples);
         if !evicted.is_empty() {
             // Left behind by an eviction whose delete failed: evicted again now.
@@ -331,6 +421,11 @@ impl ReplayService {
                 next_shard: (next_key as usize) % self.shards.len(),
                 signature,
                 rng: StdRng::from_os_rng(),
+                uncommitted: 0,
+                writing: BTreeSet::new(),
+                written: BTreeMap::new(),
+                reading: HashMap::new(),
+                doomed: HashMap::new(),
             }),
             changed: Notify::new(),
         });
@@ -450,23 +545,29 @@ impl ReplayService {
         // Keys are spent even if the write fails: a key is never reused.
         st.next_key += n as u64;
         st.next_shard = (shard + 1) % h.store.shards();
-        if let Err(e) = h.store.insert(shard, &new).await {
-            h.release(st);
-            return Err(e);
-        }
+        st.uncommitted += n as u64;
+        st.writing.insert(first);
+        drop(st);
+        let written = h.store.insert(shard, &new).await;
+        let mut st = h.state.lock().await;
+        st.writing.remove(&first);
         let keys: Vec<u64> = new.iter().map(|(i, _)| i.key).collect();
-        let evicted = st.table.add(new.into_iter().map(|(i, _)| i).collect(), false);
-        if !evicted.is_empty() {
+        match written {
+            Ok(()) => {
+                st.written.insert(first, new.into_iter().map(|(i, _)| i).collect());
+            }
+            Err(_) => st.uncommitted -= n as u64,
+        }
+        // A failed write may be the one later inserts waited for.
+        let (deletes, evicted) = st.commit();
+        h.release(st);
+        if evicted > 0 {
             let mut labels = h.labels().to_vec();
             labels.push(("reason", "evicted".to_string()));
-            metrics::counter!(names::REPLAY_EVICTIONS, &labels).increment(evicted.len() as u64);
-            if let Err(e) = h.store.delete(&evicted).await {
-                // The index has let them go; the next rebuild evicts them again.
-                tracing::warn!(table = %h.name, error = %e, "could not delete evicted items; a rebuild will");
-            }
+            metrics::counter!(names::REPLAY_EVICTIONS, &labels).increment(evicted);
         }
-        h.release(st);
-        Ok(keys)
+        h.delete(deletes).await;
+        written.map(|()| keys)
     }
 
     pub async fn sample(&self, req: SampleRequest) -> Result<SampleResponse, Error> {
@@ -481,12 +582,7 @@ impl ReplayService {
         let deadline = Self::deadline(&h.cfg, req.timeout_s)?;
         let task = tokio::spawn({
             let h = h.clone();
-            async move {
-                let mut guard = h.admit("sample", n as u64, deadline).await?;
-                let result = Self::draw(&h, &mut guard, n).await;
-                h.release(guard);
-                result
-            }
+            async move { Self::draw(&h, n, deadline).await }
         });
         let (items, size) = task
             .await
@@ -498,15 +594,36 @@ impl ReplayService {
         })
     }
 
-    /// Draws `n` items of the admitted table and reads their payloads. A shard whose writes
-    /// fail has its draws taken back (the others' stand: their transactions are done); only
-    /// when every shard fails is the sample UNAVAILABLE. Returns the draws and the table's size
-    /// when they were drawn (N of the importance weights).
-    async fn draw(h: &TableHandle, st: &mut State, n: usize) -> Result<(Vec<SampledItem>, u64), Error> {
-        let State { table, rng, .. } = st;
-        let size = table.len() as u64;
-        let drawn = table.draw(n, rng);
-        let writes: Vec<(u64, usize, bool)> = drawn.iter().map(|d| (d.key, d.shard, d.removed)).collect();
+    /// Draws `n` items once the limiter lets them through, then reads their payloads with the
+    /// lock released. A shard whose writes fail has its draws taken back (the others' stand:
+    /// their transactions are done); only when every shard fails is the sample UNAVAILABLE.
+    /// Returns the draws and the table's size when they were drawn (N of the importance
+    /// weights).
+    async fn draw(h: &TableHandle, n: usize, deadline: Instant) -> Result<(Vec<SampledItem>, u64), Error> {
+        let mut guard = h.admit("sample", n as u64, deadline).await?;
+        let st = &mut *guard;
+        let size = st.table.len() as u64;
+        let drawn = st.table.draw(n, &mut st.rng);
+        let mut own: HashMap<u64, u32> = HashMap::new();
+        for d in &drawn {
+            *own.entry(d.key).or_default() += 1;
+            *st.reading.entry(d.key).or_default() += 1;
+        }
+        // An item this draw takes to its limit is deleted with the draw's writes, unless another
+        // draw still reads it: then it waits for that one, and this draw only counts its sample.
+        let writes: Vec<(u64, usize, bool)> = drawn
+            .iter()
+            .map(|d| {
+                let alone = st.reading[&d.key] == own[&d.key];
+                if d.removed && !alone {
+                    st.doomed.insert(d.key, d.shard);
+                }
+                (d.key, d.shard, d.removed && alone)
+            })
+            .collect();
+        // The draws' samples count at once: inserts waiting on them may go ahead.
+        h.release(guard);
+
         let mut payloads = HashMap::new();
         let mut failed = Vec::new();
         let mut first_error = None;
@@ -519,41 +636,56 @@ impl ReplayService {
                 }
             }
         }
+
+        let mut st = h.state.lock().await;
+        let mut deletes = Vec::new();
         if !failed.is_empty() {
             let undone: Vec<table::Drawn> = drawn.iter().filter(|d| failed.contains(&d.shard)).cloned().collect();
-            table.undo(&undone);
+            for d in undone.iter().filter(|d| d.removed) {
+                st.doomed.remove(&d.key);
+            }
+            let evicted = st.table.undo(&undone);
+            deletes = st.to_delete(evicted);
         }
+        deletes.extend(st.done_reading(drawn.iter().map(|d| d.key)));
         let removed = drawn.iter().filter(|d| d.removed && !failed.contains(&d.shard)).count() as u64;
+        let mut out = Vec::with_capacity(drawn.len());
+        let mut lost = Vec::new();
+        for d in drawn.iter().filter(|d| !failed.contains(&d.shard)) {
+            match payloads.get(&d.key).cloned().flatten() {
+                Some(p) => out.push((d, p)),
+                None => {
+                    // Redis no longer has it (it lost its data): the index and Redis let it go.
+                    if lost.contains(&d.key) {
+                        continue;
+                    }
+                    lost.push(d.key);
+                    st.table.remove(d.key);
+                    st.doomed.remove(&d.key);
+                    metrics::counter!(names::REPLAY_ITEMS_LOST).increment(1);
+                    tracing::warn!(table = %h.name, key = d.key, "a sampled item is gone from redis; dropping it");
+                    deletes.push((d.key, d.shard));
+                }
+            }
+        }
+        h.release(st);
         if removed > 0 {
             let mut labels = h.labels().to_vec();
             labels.push(("reason", "max_times_sampled".to_string()));
             metrics::counter!(names::REPLAY_EVICTIONS, &labels).increment(removed);
         }
-        let mut out = Vec::with_capacity(drawn.len());
-        for d in drawn.iter().filter(|d| !failed.contains(&d.shard)) {
-            match payloads.get(&d.key).cloned().flatten() {
-                Some(p) => {
-                    let item =
-                        ReplayItem::decode(p).map_err(|e| Error::Internal(format!("replay item {}: {e}", d.key)))?;
-                    out.push(SampledItem {
-                        key: d.key,
-                        probability: d.probability,
-                        times_sampled: d.times_sampled,
-                        item: Some(item),
-                    });
-                }
-                None => {
-                    // Redis no longer has it (it lost its data): the index and Redis let it go.
-                    metrics::counter!(names::REPLAY_ITEMS_LOST).increment(1);
-                    tracing::warn!(table = %h.name, key = d.key, "a sampled item is gone from redis; dropping it");
-                    table.remove(d.key);
-                    if let Err(e) = h.store.forget(d.key, d.shard).await {
-                        tracing::warn!(table = %h.name, key = d.key, error = %e, "could not forget a lost item");
-                    }
-                }
-            }
+        h.delete(deletes).await;
+        let mut items = Vec::with_capacity(out.len());
+        for (d, p) in out {
+            let item = ReplayItem::decode(p).map_err(|e| Error::Internal(format!("replay item {}: {e}", d.key)))?;
+            items.push(SampledItem {
+                key: d.key,
+                probability: d.probability,
+                times_sampled: d.times_sampled,
+                item: Some(item),
+            });
         }
-        if out.is_empty() {
+        if items.is_empty() {
             return Err(first_error.unwrap_or_else(|| {
                 Error::Unavailable(format!(
                     "replay table {}: redis no longer holds the sampled items (it lost its data?)",
@@ -561,7 +693,7 @@ impl ReplayService {
                 ))
             }));
         }
-        Ok((out, size))
+        Ok((items, size))
     }
 
     pub async fn update_priorities(&self, req: UpdatePrioritiesRequest) -> Result<UpdatePrioritiesResponse, Error> {

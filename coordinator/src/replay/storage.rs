@@ -13,8 +13,10 @@
 //! An insert's items all go to one shard (round robin over batches), in one transaction with
 //! the shard's insert count, so a batch is stored whole or not at all. A sample's payload reads,
 //! sample counts and the deletions it causes (`max_times_sampled`) go in one transaction per
-//! shard. Evictions are deleted after the insert that caused them; one that a failure left
-//! behind comes back at the next rebuild and is evicted again there.
+//! shard. Evictions are deleted after the insert that caused them, or once the draws still
+//! reading them are done; one that a failure left behind comes back at the next rebuild and is
+//! evicted again there. An item drawn to its limit while another draw reads it keeps its hash
+//! (with `times_sampled` at the limit) until that draw is done; a rebuild drops such items.
 
 use std::collections::HashMap;
 
@@ -198,15 +200,21 @@ impl TableStore {
     /// items drawn to their limit. Returns the payloads by key (`None`: the item is gone from
     /// Redis, e.g. a Redis that lost its data).
     ///
-    /// Each shard's transaction stands alone: a shard that fails leaves its draws undone there
-    /// (its entry is the error), while the others' are done.
+    /// The shards' transactions run at once, and each stands alone: a shard that fails leaves
+    /// its draws undone there (its entry is the error), while the others' are done.
     pub async fn sample(
         &self,
         draws: &[(u64, usize, bool)],
     ) -> Vec<(usize, Result<HashMap<u64, Option<Bytes>>, Error>)> {
-        let mut results = Vec::new();
+        let mut shards = tokio::task::JoinSet::new();
         for (shard, keys) in by_shard(draws.iter().map(|&(k, s, removed)| (s, (k, removed)))) {
-            results.push((shard, self.sample_shard(shard, &keys).await));
+            let store = self.clone();
+            shards.spawn(async move { (shard, store.sample_shard(shard, &keys).await) });
+        }
+        let mut results = Vec::new();
+        while let Some(done) = shards.join_next().await {
+            // A shard's task only ends early by panicking: that panic is this caller's.
+            results.push(done.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())));
         }
         results
     }

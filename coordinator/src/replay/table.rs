@@ -243,10 +243,13 @@ impl Table {
     }
 
     /// Takes back a draw whose writes to Redis failed: sample counts and removals as before.
-    pub fn undo(&mut self, drawn: &[Drawn]) {
+    /// Returns what putting removed items back evicted (inserts may have filled the table
+    /// since the draw).
+    pub fn undo(&mut self, drawn: &[Drawn]) -> Vec<(u64, usize)> {
+        let mut evicted = Vec::new();
         for d in drawn.iter().rev() {
             if d.removed {
-                self.add(
+                let out = self.add(
                     vec![NewItem {
                         key: d.key,
                         priority: d.priority,
@@ -257,11 +260,13 @@ impl Table {
                     }],
                     true,
                 );
+                evicted.extend(out);
             } else if let Some(info) = self.items.get_mut(&d.key) {
-                info.times_sampled -= 1;
+                info.times_sampled = info.times_sampled.saturating_sub(1);
             }
             self.counts.samples -= 1;
         }
+        evicted
     }
 
     fn pick(&self, rng: &mut impl Rng) -> Option<usize> {
