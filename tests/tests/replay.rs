@@ -3,7 +3,8 @@
 //! (appendonly) and of one shard of two: none lost, none twice, priorities as they were.
 //! Overlapping callers on a full table lose nothing. The rate limiter holds its ratio under
 //! concurrent inserters and samplers, and a wait past its deadline fails instead of hanging. Bad
-//! requests are INVALID_ARGUMENT, naming the problem.
+//! requests are INVALID_ARGUMENT, naming the problem. A learner whose replay dies trains on, and
+//! replays again once it is back.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -641,6 +642,64 @@ async fn overlapping_callers_on_a_full_table_lose_nothing() -> anyhow::Result<()
     node.start_replay().await?;
     assert_eq!(table_size(&node, "churn").await?, before, "the rebuilt index");
     assert_eq!(redis_items(&node, "churn")?, before as usize);
+    Ok(())
+}
+
+/// IMPALA with half of each batch replayed (configs/cartpole-replay.toml), its replay on its
+/// own (`coordinator --role replay` over a Redis of its own): when replay is killed, the
+/// learner goes on training on fresh rollouts (each batch filled from the stream, replay asked
+/// again after a backoff), and once replay is back on its address, rebuilt from Redis, the
+/// learner draws from it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_learner_trains_on_while_replay_is_down_and_replays_again_once_it_is_back() -> anyhow::Result<()> {
+    let config = tests::shipped_config("cartpole-replay");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut node = Node::start_with(1, &config.to_toml(), &format!("127.0.0.1:{port}")).await?;
+    let mut cluster = tests::Cluster::start_with(&config, &["--replay", &node.addr], false).await?;
+    cluster.add_actor().await?;
+    let learner = |name: &'static str| {
+        let m = tests::scrape(&cluster.learner_metrics).unwrap_or_default();
+        tests::metric(&m, name).unwrap_or(0.0)
+    };
+    // Each replayed rollout's age is observed once: the histogram's count is what was replayed.
+    const REPLAYED: &str = "troupe_learner_replay_sample_age_count";
+    const UPDATES: &str = "troupe_learner_updates_total";
+    const FAILURES: &str = "troupe_learner_replay_sample_failures_total";
+    tests::eventually("the learner replays", Duration::from_secs(60), || async {
+        Ok((learner(REPLAYED) > 0.0).then_some(()))
+    })
+    .await?;
+
+    node.replay.as_mut().unwrap().kill9();
+    let (replayed, updates, failures) = (learner(REPLAYED), learner(UPDATES), learner(FAILURES));
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let trained = learner(UPDATES) - updates;
+    let failed = learner(FAILURES) - failures;
+    println!("replay down for 6 s: {trained} updates, {failed} batches without replay");
+    assert!(
+        trained >= 20.0,
+        "the learner went on training: {trained} updates in 6 s"
+    );
+    assert!(failed >= 1.0, "the learner noticed replay was down");
+    assert!(
+        learner(REPLAYED) - replayed <= 16.0,
+        "nothing is replayed while replay is down (but what was under way)"
+    );
+    let log = cluster.learner.as_ref().unwrap().log_tail(400);
+    assert!(log.contains("filling it from the stream"), "{log}");
+
+    node.start_replay().await?;
+    let before = learner(REPLAYED);
+    let back = Instant::now();
+    tests::eventually("the learner replays again", Duration::from_secs(30), || async {
+        Ok((learner(REPLAYED) > before).then_some(()))
+    })
+    .await?;
+    println!(
+        "replaying again {:.1} s after replay came back",
+        back.elapsed().as_secs_f64()
+    );
+    assert!(table_size(&node, "rollouts").await? > 0);
     Ok(())
 }
 
