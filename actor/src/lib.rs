@@ -26,6 +26,7 @@ use proto::v1::coordinator_client::CoordinatorClient;
 use proto::v1::{EpisodeStat, RegisterActorRequest, ReportEnvSpecRequest, Rollout};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use troupe::config::ReplayInserter;
 use troupe::model::{Model, ModelSpec};
 use troupe::process::{grpc_channel, Backoff, GrpcChannel};
 use troupe::security::Security;
@@ -60,6 +61,10 @@ pub struct Args {
     /// troupe.v1.Actor once registered); port 0 picks a free port.
     #[arg(long, env = "TROUPE_HEALTH_LISTEN", default_value = "127.0.0.1:50053")]
     pub health_listen: SocketAddr,
+    /// The replay service, where the run has the actors write their rollouts to replay
+    /// (`learner.replay_inserter = "actors"`); default: the coordinator, which serves it.
+    #[arg(long, env = "TROUPE_REPLAY")]
+    pub replay: Option<String>,
     /// Rollouts waiting to be sent before the env loop waits.
     #[arg(long, env = "TROUPE_ACTOR_OUTBOX", default_value_t = 1)]
     pub outbox_capacity: usize,
@@ -257,12 +262,18 @@ pub async fn run(args: Args, security: Security, reg: Registration, shutdown: Ca
     let (runner_done_tx, runner_done) = tokio::sync::oneshot::channel::<()>();
     let env_coordinator = coordinator.clone();
     let python_path = args.python_path.clone();
+    let replay = (reg.config.learner.replay_inserter == ReplayInserter::Actors).then(|| {
+        let address = args.replay.clone().unwrap_or_else(|| args.coordinator.clone());
+        tracing::info!(replay = %address, table = %reg.config.learner.replay_table, "writing rollouts to replay");
+        (address, security.clone())
+    });
     let runner = std::thread::Builder::new().name("env-runner".into()).spawn(move || {
         let result = run_envs(EnvLoop {
             reg,
             python_path,
             coordinator: env_coordinator,
             links: links_tx,
+            replay,
             outbox_capacity,
             progress,
             runtime,
@@ -389,6 +400,9 @@ struct EnvLoop {
     coordinator: GrpcChannel,
     /// Where the env thread sends the policies it acts for, once it knows them.
     links: tokio::sync::oneshot::Sender<PolicyLinks>,
+    /// The replay service's address and this actor's credentials, when the actors write
+    /// rollouts to replay.
+    replay: Option<(String, Security)>,
     outbox_capacity: usize,
     progress: Arc<Mutex<Progress>>,
     runtime: tokio::runtime::Handle,
@@ -401,6 +415,7 @@ fn run_envs(env_loop: EnvLoop) -> anyhow::Result<()> {
         python_path,
         coordinator,
         links,
+        replay,
         outbox_capacity,
         progress,
         runtime,
@@ -444,6 +459,20 @@ fn run_envs(env_loop: EnvLoop) -> anyhow::Result<()> {
         outbox_rxs.push(orx);
     }
     let names: Vec<String> = policies.iter().map(|p| p.policy.clone()).collect();
+    // Each policy's replay writer, when the actors write rollouts to replay.
+    let mut replay_writers = Vec::new();
+    if let Some((address, security)) = &replay {
+        let _in_runtime = runtime.enter();
+        for name in &names {
+            let link = troupe::replay::ReplayLink::connect(address, security, &reg.config.learner.replay_table, name)
+                .context("--replay")?;
+            replay_writers.push(troupe::replay::spawn_writer(
+                link,
+                troupe::replay::WriterMetrics::ACTOR,
+                shutdown.clone(),
+            ));
+        }
+    }
     if links
         .send(PolicyLinks {
             policies: names.clone(),
@@ -543,6 +572,12 @@ fn run_envs(env_loop: EnvLoop) -> anyhow::Result<()> {
                 .iter()
                 .position(|n| *n == rollout.policy)
                 .expect("the runner's own policies");
+            if let Some(writer) = replay_writers.get(g) {
+                // Never waits: a writer that is behind or backing off drops it (counted).
+                if writer.try_send(troupe::replay::item_of(&rollout)).is_err() {
+                    metrics::counter!(names::ACTOR_REPLAY_DROPPED, "policy" => names[g].clone()).increment(1);
+                }
+            }
             let outbox = &outbox_txs[g];
             let start = Instant::now();
             let sent = if names.len() == 1 {

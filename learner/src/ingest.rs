@@ -542,7 +542,7 @@ impl Learner for LearnerService {
                 let for_replay = replay_writer.is_some();
                 let decoded = tokio::task::spawn_blocking(move || {
                     let c = validate(&rollout, &spec2, version);
-                    let item = (for_replay && c.is_ok()).then(|| crate::replay::item_of(&rollout));
+                    let item = (for_replay && c.is_ok()).then(|| troupe::replay::item_of(&rollout));
                     (c, item)
                 })
                 .await;

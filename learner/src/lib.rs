@@ -32,6 +32,7 @@ use proto::v1::RegisterLearnerRequest;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use troupe::config::ReplayInserter;
 use troupe::model::ModelSpec;
 use troupe::process::{grpc_channel, write_ready_file, Backoff, GrpcChannel};
 use troupe::security::Security;
@@ -421,19 +422,17 @@ pub async fn run(
     });
     let (replay_sampler, replay_writer) = if config.learner.replay_ratio > 0.0 {
         let address = args.replay.as_deref().unwrap_or(&args.coordinator);
-        let channel = grpc_channel(address, &security).context("--replay")?;
-        let link = replay::ReplayLink {
-            client: proto::v1::replay_client::ReplayClient::new(channel)
-                .max_decoding_message_size(proto::MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(proto::MAX_MESSAGE_BYTES),
-            table: config.learner.replay_table.clone(),
-            policy: env_spec.policy.clone(),
-        };
+        let link =
+            troupe::replay::ReplayLink::connect(address, &security, &config.learner.replay_table, &env_spec.policy)
+                .context("--replay")?;
         let k = config.learner.replayed_columns();
         tracing::info!(address, table = %link.table, replayed_columns = k, batch = config.learner.batch_size, "replaying a share of each batch");
-        let writer = replay::spawn_writer(link.clone(), shutdown.clone());
+        // With actors inserting, what they send is in replay already.
+        let writer = (config.learner.replay_inserter == ReplayInserter::Learner).then(|| {
+            troupe::replay::spawn_writer(link.clone(), troupe::replay::WriterMetrics::LEARNER, shutdown.clone())
+        });
         let sampler = replay::Sampler::new(link, (*rollout_spec).clone(), tokio::runtime::Handle::current());
-        (Some((sampler, k)), Some(writer))
+        (Some((sampler, k)), writer)
     } else {
         (None, None)
     };

@@ -1,6 +1,7 @@
 //! Replay in the learner (IMPALA/APPO with `learner.replay_ratio`): every rollout the streaming
-//! edge accepts is also written to the policy's copy of `learner.replay_table`, and that share
-//! of each batch's columns is drawn back from it. V-trace corrects for their policy lag, so
+//! edge accepts is also written to the policy's copy of `learner.replay_table` (by
+//! [`troupe::replay`]'s writer, unless `learner.replay_inserter = "actors"`: then the actors
+//! write what they send), and that share of each batch's columns is drawn back from it. V-trace corrects for their policy lag, so
 //! ingest's staleness and version checks stay at the streaming edge: a replayed rollout is old
 //! by design. It is still validated, as every rollout is, before it is trained on.
 //!
@@ -11,49 +12,13 @@
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use proto::v1::replay_client::ReplayClient;
-use proto::v1::{InsertRequest, NamedTensor, ReplayItem, Rollout, SampleRequest, Tensor};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
-use troupe::process::{Backoff, GrpcChannel};
+use proto::v1::{ReplayItem, Rollout, SampleRequest};
+use troupe::process::Backoff;
+use troupe::replay::{ReplayLink, ROLLOUT};
 use troupe::telemetry::names;
 
 use crate::batch::Columns;
 use crate::ingest::{validate, RolloutSpec};
-
-/// Rollouts waiting to be written; beyond it they are dropped (and counted).
-const WRITE_QUEUE: usize = 16;
-/// Rollouts in one insert call, at most, and their bytes (one rollout part is at most the
-/// message cap, so pixel rollouts go one per call).
-const WRITE_BATCH: usize = 16;
-const WRITE_BYTES: usize = proto::MAX_MESSAGE_BYTES / 2;
-/// The name of the one tensor of an item: the rollout's encoded bytes.
-const ROLLOUT: &str = "rollout";
-
-/// Where the learner's replay is.
-#[derive(Clone)]
-pub struct ReplayLink {
-    pub client: ReplayClient<GrpcChannel>,
-    pub table: String,
-    pub policy: String,
-}
-
-/// An accepted rollout as a replay item: its encoded bytes, as one u8 tensor.
-pub fn item_of(r: &Rollout) -> ReplayItem {
-    let bytes = r.encode_to_vec();
-    ReplayItem {
-        tensors: vec![NamedTensor {
-            name: ROLLOUT.into(),
-            tensor: Some(Tensor::from_bytes(
-                proto::v1::DType::DtypeU8,
-                &[bytes.len()],
-                bytes.into(),
-            )),
-        }],
-        priority: 1.0,
-        policy_version: r.policy_version,
-    }
-}
 
 /// The rollout an item holds, validated as the streaming edge validates (but for its age).
 pub fn columns_of(item: &ReplayItem, spec: &RolloutSpec) -> Result<Columns, String> {
@@ -65,72 +30,6 @@ pub fn columns_of(item: &ReplayItem, spec: &RolloutSpec) -> Result<Columns, Stri
         .ok_or_else(|| format!("a replay item without a {ROLLOUT:?} tensor"))?;
     let r = Rollout::decode(t.data.clone()).map_err(|e| format!("a replay item's rollout: {e}"))?;
     validate(&r, spec, u64::MAX).map_err(|e| e.to_string())
-}
-
-/// Starts the writer; returns the queue the streaming edge hands accepted rollouts to, as
-/// items ([`item_of`]).
-pub fn spawn_writer(link: ReplayLink, shutdown: CancellationToken) -> mpsc::Sender<ReplayItem> {
-    let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-    tokio::spawn(write(link, rx, shutdown));
-    tx
-}
-
-async fn write(mut link: ReplayLink, mut rx: mpsc::Receiver<ReplayItem>, shutdown: CancellationToken) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
-    // An item that would have made the last call too large: the next call's first.
-    let mut held: Option<ReplayItem> = None;
-    loop {
-        let first = match held.take() {
-            Some(item) => Some(item),
-            None => tokio::select! {
-                r = rx.recv() => r,
-                _ = shutdown.cancelled() => None,
-            },
-        };
-        let Some(first) = first else { return };
-        let mut bytes = first.encoded_len();
-        let mut items = vec![first];
-        while items.len() < WRITE_BATCH {
-            let Ok(item) = rx.try_recv() else { break };
-            let more = item.encoded_len();
-            if bytes + more > WRITE_BYTES {
-                held = Some(item);
-                break;
-            }
-            bytes += more;
-            items.push(item);
-        }
-        let n = items.len() as u64;
-        let req = InsertRequest {
-            table: link.table.clone(),
-            policy: link.policy.clone(),
-            items,
-            timeout_s: 5.0,
-        };
-        match link.client.insert(req).await {
-            Ok(_) => {
-                backoff.reset();
-                metrics::counter!(names::LEARNER_REPLAY_INSERTED).increment(n);
-            }
-            Err(status) => {
-                metrics::counter!(names::LEARNER_REPLAY_WRITE_ERRORS).increment(1);
-                tracing::warn!(code = ?status.code(), error = %status.message(), dropped = n, "could not write rollouts to replay; backing off");
-                // What arrives meanwhile is dropped, not queued without bound.
-                let until = Instant::now() + backoff.next_delay();
-                while Instant::now() < until {
-                    let wait = until.saturating_duration_since(Instant::now());
-                    tokio::select! {
-                        r = rx.recv() => match r {
-                            Some(_) => metrics::counter!(names::LEARNER_REPLAY_DROPPED).increment(1),
-                            None => return,
-                        },
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = shutdown.cancelled() => return,
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// The sampling side, on the batcher thread.

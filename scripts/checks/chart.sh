@@ -248,6 +248,16 @@ if replay_expect["separate"]:
 else:
     check(arg(c, "--role") in (None, "all"), "coordinator: serves replay itself (no --role, or --role all)")
     serving = c
+# Learners (which sample and may write) and actors (which write with learner.replay_inserter =
+# "actors") dial the replay process when it runs alone, and the coordinator (no --replay) else.
+for wname, w in [("learner", l) for l in learners] + [("actor", actor)]:
+    url = arg(w["spec"]["template"]["spec"]["containers"][0], "--replay")
+    if replay_expect["separate"]:
+        problem = service_port(re.sub(r"^https?", "grpc", url or ""), "grpc")
+        check(problem is None and url.endswith(f"{replay['metadata']['name']}.{ns}.svc:50056"),
+              f"{w['metadata']['name']}: --replay {url!r} names the replay Service ({problem})")
+    else:
+        check(url is None, f"{w['metadata']['name']}: no --replay while the coordinator serves replay")
 def replay_urls(container):
     args = container.get("args", [])
     return [args[i + 1] for i, a in enumerate(args) if a == "--replay-redis-url"]

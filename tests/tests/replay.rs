@@ -703,6 +703,44 @@ async fn the_learner_trains_on_while_replay_is_down_and_replays_again_once_it_is
     Ok(())
 }
 
+/// With `learner.replay_inserter = "actors"` (Ape-X's arrangement), each actor writes the
+/// rollouts it sends to its policy's table itself, through the coordinator's replay service:
+/// the learner writes nothing, yet its batches are half replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actors_write_to_replay_when_the_config_says_so() -> anyhow::Result<()> {
+    let mut config = tests::shipped_config("cartpole-replay");
+    config.learner.replay_inserter = troupe::config::ReplayInserter::Actors;
+    let mut cluster = tests::Cluster::start(&config).await?;
+    cluster.add_actor().await?;
+    cluster.add_actor().await?;
+    let value = |addr: &str, name: &str| {
+        let m = tests::scrape(addr).unwrap_or_default();
+        tests::metric(&m, name).unwrap_or(0.0)
+    };
+    tests::eventually("the learner replays", Duration::from_secs(60), || async {
+        Ok((value(&cluster.learner_metrics, "troupe_learner_replay_sample_age_count") >= 100.0).then_some(()))
+    })
+    .await?;
+    let by_actors: Vec<f64> = cluster
+        .actor_metrics
+        .iter()
+        .map(|a| value(a, "troupe_actor_replay_inserted_total"))
+        .collect();
+    let by_learner = value(&cluster.learner_metrics, "troupe_learner_replay_inserted_total");
+    let inserted = value(&cluster.coordinator_metrics, "troupe_replay_inserts_total");
+    println!("replay inserts: {by_actors:?} by the actors, {by_learner} by the learner, {inserted} in the table");
+    assert!(by_actors.iter().all(|&n| n > 0.0), "every actor wrote: {by_actors:?}");
+    assert_eq!(by_learner, 0.0, "the learner wrote nothing");
+    // Read after the actors': a table counts an insert before its writer does.
+    assert!(
+        inserted >= by_actors.iter().sum::<f64>(),
+        "the table got the actors' inserts"
+    );
+    let fraction = value(&cluster.learner_metrics, "troupe_learner_replayed_fraction");
+    assert_eq!(fraction, 0.5);
+    Ok(())
+}
+
 /// A sample of an empty table waits for its deadline, then fails; it does not hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_past_its_deadline_fails_instead_of_hanging() -> anyhow::Result<()> {

@@ -52,6 +52,19 @@ pub enum SamplerKind {
     Fifo,
 }
 
+/// Who writes fresh rollouts to replay (`learner.replay_inserter`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayInserter {
+    /// The learner writes each rollout it accepts (validated, and within its policy lag).
+    #[default]
+    Learner,
+    /// Each actor writes what it sends, beside the stream (Ape-X's actors): the learner's
+    /// ingest does no replay work, and replay fills even while the learner is away. Replayed
+    /// rollouts are validated when sampled, as every rollout is.
+    Actors,
+}
+
 /// `[[replay.tables]]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -466,6 +479,8 @@ pub struct LearnerConfig {
     pub replay_ratio: f64,
     /// The `[[replay.tables]]` entry the learner writes to and samples from (its policy's copy).
     pub replay_table: String,
+    /// Who writes fresh rollouts to `replay_table`: "learner" or "actors".
+    pub replay_inserter: ReplayInserter,
 }
 
 /// IMPALA's loss: `-mean(log pi(a|x) * A) + baseline_cost * 0.5 * mean((v_s - V)^2)
@@ -608,6 +623,7 @@ impl Default for LearnerConfig {
             checkpoint_every_s: 30.0,
             replay_ratio: 0.0,
             replay_table: String::new(),
+            replay_inserter: ReplayInserter::Learner,
         }
     }
 }
@@ -854,6 +870,12 @@ impl RunConfig {
                     &format!("{} ({k} replayed columns)", l.replay_ratio),
                 );
             }
+        } else if l.replay_inserter != ReplayInserter::Learner {
+            return bad(
+                "learner.replay_inserter",
+                "\"learner\" (the default) without learner.replay_ratio > 0",
+                "\"actors\"",
+            );
         } else if !l.replay_table.is_empty() {
             return bad(
                 "learner.replay_table",
@@ -1137,6 +1159,28 @@ mod tests {
         assert!(!err.contains('\n'));
         let err = RunConfig::from_toml("[trainer]\nx = 1\n").unwrap_err().to_string();
         assert!(err.contains("trainer") && err.contains("unknown field"), "{err}");
+    }
+
+    /// Actors write to replay only in a run whose learner replays; the key names its values.
+    #[test]
+    fn actors_insert_only_where_the_learner_replays() {
+        let base = "[[replay.tables]]\nname = \"t\"\nmax_size = 100\n[learner]\nbatch_size = 8\n";
+        let err = RunConfig::from_toml(&format!("{base}replay_inserter = \"actors\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("learner.replay_inserter"), "{err}");
+        let ok = RunConfig::from_toml(&format!(
+            "{base}replay_inserter = \"actors\"\nreplay_ratio = 0.5\nreplay_table = \"t\"\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.learner.replay_inserter, ReplayInserter::Actors);
+        let err = RunConfig::from_toml(&format!("{base}replay_inserter = \"env\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("replay_inserter") && err.contains("unknown variant"),
+            "{err}"
+        );
     }
 
     /// Replay tables that could block a side forever are refused at start-up, as Reverb

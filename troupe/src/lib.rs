@@ -12,6 +12,7 @@ pub mod model;
 pub mod policy_file;
 pub mod policy_map;
 pub mod process;
+pub mod replay;
 pub mod security;
 pub mod spaces;
 pub mod telemetry;

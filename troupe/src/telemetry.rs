@@ -23,6 +23,9 @@ pub mod names {
     pub const ACTOR_OUTBOX_DEPTH: &str = "troupe_actor_outbox_depth";
     pub const ACTOR_RECONNECTS: &str = "troupe_actor_reconnects_total";
     pub const ACTOR_POLICY_SWITCHES: &str = "troupe_actor_policy_switches_total";
+    pub const ACTOR_REPLAY_INSERTED: &str = "troupe_actor_replay_inserted_total";
+    pub const ACTOR_REPLAY_DROPPED: &str = "troupe_actor_replay_dropped_total";
+    pub const ACTOR_REPLAY_WRITE_ERRORS: &str = "troupe_actor_replay_write_errors_total";
     pub const ACTOR_ENV_ERRORS: &str = "troupe_actor_env_errors_total";
     pub const ACTOR_POLICIES_REFUSED: &str = "troupe_actor_policies_refused_total";
     // Learner.
@@ -119,6 +122,21 @@ fn describe_all() {
         ACTOR_ROLLOUTS_DROPPED,
         Unit::Count,
         "rollouts a multi-policy actor dropped because their policy's outbox stayed full (that learner gone or far behind)"
+    );
+    describe_counter!(
+        ACTOR_REPLAY_INSERTED,
+        Unit::Count,
+        "rollouts the actor wrote to replay (learner.replay_inserter = \"actors\")"
+    );
+    describe_counter!(
+        ACTOR_REPLAY_DROPPED,
+        Unit::Count,
+        "rollouts the actor did not write to replay: its writer was backing off or behind"
+    );
+    describe_counter!(
+        ACTOR_REPLAY_WRITE_ERRORS,
+        Unit::Count,
+        "failed replay insert calls of the actor"
     );
     describe_histogram!(
         ACTOR_SEND_WAIT_SECONDS,
