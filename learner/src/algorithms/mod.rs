@@ -10,8 +10,11 @@
 //!
 //! - [`impala`]: V-trace targets and the V-trace policy gradient.
 //! - [`appo`]: V-trace targets with PPO's clipped surrogate and a KL penalty.
+//! - [`dqn`]: Ape-X DQN's n-step double-DQN targets, importance-weighted loss and priorities
+//!   (the rule alone: no algorithm drives it yet).
 
 pub mod appo;
+pub mod dqn;
 pub mod impala;
 
 use tch::{Device, Kind, Tensor};
