@@ -89,6 +89,7 @@ impl Sampler {
                     return None;
                 }
             };
+            let before = have;
             for s in items {
                 let Some(item) = s.item else { continue };
                 match columns_of(&item, &self.spec) {
@@ -104,6 +105,12 @@ impl Sampler {
                         tracing::warn!(key = s.key, error = %e, "refused a replayed rollout");
                     }
                 }
+            }
+            if have == before {
+                // Every item refused (an actor's rollouts of another shape, a table left over
+                // from another run): asking again at once would spin.
+                self.failed("every replayed rollout of a sample was refused");
+                return None;
             }
         }
         self.backoff.reset();

@@ -27,6 +27,10 @@ use troupe::Error;
 
 use super::table::NewItem;
 
+/// Sets a hash's `last_key` to ARGV[1] if that is above what it holds.
+const RAISE_LAST_KEY: &str = "local cur = tonumber(redis.call('HGET', KEYS[1], 'last_key') or '0') \
+     if tonumber(ARGV[1]) > cur then redis.call('HSET', KEYS[1], 'last_key', ARGV[1]) end return 0";
+
 fn redis_err(shard: usize, e: redis::RedisError) -> Error {
     metrics::counter!(names::REPLAY_REDIS_ERRORS).increment(1);
     Error::Unavailable(format!("replay redis shard {shard}: {e}"))
@@ -168,11 +172,13 @@ impl TableStore {
             .arg(items.len())
             .ignore();
         // The newest key ever given, so a restart never hands out a key again (the newest
-        // items may be gone by then: sampled to their limit).
+        // items may be gone by then: sampled to their limit). Only ever raised: inserts run
+        // at once, and a later batch's transaction may land first.
         if let Some(last) = items.iter().map(|(i, _)| i.key).max() {
-            pipe.cmd("HSET")
+            pipe.cmd("EVAL")
+                .arg(RAISE_LAST_KEY)
+                .arg(1)
                 .arg(self.counts_key(shard))
-                .arg("last_key")
                 .arg(last)
                 .ignore();
         }
