@@ -12,10 +12,13 @@
 //! y_t = sum_{k < m} gamma^k r_{t+k} + gamma^m * bootstrap
 //! ```
 //!
-//! where the window takes up to `n` steps and stops early after a step that ends the episode
-//! (terminated: bootstrap 0; truncated: the value of its last observation), before a step that
-//! is not valid (an absent agent, a reset-only step: bootstrap from the observation there), or
-//! at the end of the unroll (bootstrap from `obs[T]`). A bootstrap value is double DQN's:
+//! where the window takes up to `n` of the column's valid steps and stops early after a step
+//! that ends the episode (terminated: bootstrap 0; truncated: the value of its last
+//! observation, discounted once more) or at the end of the unroll (bootstrap from `obs[T]`);
+//! after `n` steps it bootstraps from the next valid step's observation. A step that is not
+//! valid (its agent absent: another's turn) passes the window through, as V-trace does (see
+//! [`crate::vtrace::vtrace_from_flags`]): its reward counts, it is not discounted and does not
+//! count towards `n`, and its flags still end the episode. A bootstrap value is double DQN's:
 //! `Q_target(x, argmax_a Q_online(x, a))`, the argmax over legal actions where a mask is known.
 //!
 //! The algorithm around them (its target network and when it syncs, a batch source that is
@@ -98,30 +101,36 @@ pub fn targets(x: &TargetInput<'_>, w: NStep) -> Tensor {
             let _ = boot_trunc.view([-1]).index_copy_(0, &index, &values);
         }
         let ones = Tensor::ones([t, b], (Kind::Float, dev));
-        // Row t of "inside_k": step t + k is inside the unroll.
+        // Row t of `inside` at offset k: step t + k is inside the unroll.
         let rows = Tensor::arange(t, (Kind::Float, dev)).unsqueeze(1).expand([t, b], false);
         let mut open = x.valid.shallow_clone();
         let mut disc = ones.shallow_clone();
+        let mut count = Tensor::zeros([t, b], (Kind::Float, dev));
         let mut sum = Tensor::zeros([t, b], (Kind::Float, dev));
         let mut boot = Tensor::zeros([t, b], (Kind::Float, dev));
-        for k in 0..w.n as i64 {
-            if k > 0 {
-                // Step t + k is past the unroll, or not valid: bootstrap from obs[t + k].
-                let inside = rows.lt(t as f64 - k as f64).to_kind(Kind::Float);
-                let usable = &inside * ahead(x.valid, k, t);
-                let stop = &open * (&ones - &usable);
-                boot += &stop * &disc * ahead(&boot_obs, k, t);
-                open = &open * &usable;
-            }
+        // Absent steps stretch a window, so it may reach the end of the unroll whatever n.
+        for k in 0..=t {
+            let obs_k = ahead(&boot_obs, k, t);
+            // Past the last step: bootstrap from obs[T].
+            let inside = rows.lt((t - k) as f64).to_kind(Kind::Float);
+            boot += &open * (&ones - &inside) * &disc * &obs_k;
+            open = &open * &inside;
+            let valid = ahead(x.valid, k, t);
+            // n steps taken: bootstrap from the next valid step's observation.
+            let full = &open * &valid * count.ge(w.n as f64).to_kind(Kind::Float);
+            boot += &full * &disc * &obs_k;
+            open = &open - &full;
             sum += &open * &disc * ahead(x.rewards, k, t);
-            let term = &open * ahead(x.terminated, k, t);
-            let trunc = &open * ahead(x.truncated, k, t) * (&ones - ahead(x.terminated, k, t));
-            boot += &trunc * &disc * w.discount * ahead(&boot_trunc, k, t);
+            let terminated = ahead(x.terminated, k, t);
+            let term = &open * &terminated;
+            let trunc = &open * ahead(x.truncated, k, t) * (&ones - &terminated);
+            // A valid step is discounted; an absent one is not.
+            let gamma = &valid * w.discount + (&ones - &valid);
+            boot += &trunc * &disc * &gamma * ahead(&boot_trunc, k, t);
             open = &open * (&ones - &term) * (&ones - &trunc);
-            disc = &disc * w.discount;
+            count += &valid;
+            disc = &disc * &gamma;
         }
-        // Windows still open after n steps bootstrap from obs[t + n].
-        boot += &open * &disc * ahead(&boot_obs, w.n as i64, t);
         (sum + boot) * x.valid
     })
 }
@@ -144,9 +153,14 @@ pub fn huber(x: &Tensor) -> Tensor {
     a.le(1.0).to_kind(Kind::Float) * 0.5 * x.square() + a.gt(1.0).to_kind(Kind::Float) * (&a - 0.5)
 }
 
+/// Added to every priority (Schaul et al.'s epsilon), so no item's chance of being drawn
+/// again falls to 0.
+pub const PRIORITY_EPSILON: f64 = 1e-6;
+
 /// The loss and new priorities of one batch: `td = y - Q_online(x_t, a_t)` over valid steps,
 /// `loss = sum(w_b * huber(td)) / (valid steps)` with `w_b` the column's importance weight
-/// (`[B]`), and each column's priority `eta * max|td| + (1 - eta) * mean|td|`.
+/// (`[B]`), and each column's priority `eta * max|td| + (1 - eta) * mean|td| +`
+/// [`PRIORITY_EPSILON`].
 pub struct TdLoss {
     pub loss: Tensor,
     /// `[T, B]`, detached.
@@ -163,10 +177,10 @@ pub fn td_loss(q_taken: &Tensor, y: &Tensor, valid: &Tensor, weights: &Tensor, e
     let steps = valid.sum_dim_intlist(0, false, Kind::Float);
     let max = abs.amax(0, false);
     let mean = abs.sum_dim_intlist(0, false, Kind::Float) / steps.clamp_min(1.0);
-    let p = (max * eta + mean * (1.0 - eta))
+    let p = (max * eta + mean * (1.0 - eta) + PRIORITY_EPSILON)
         .to_kind(Kind::Double)
         .to_device(tch::Device::Cpu);
-    let priorities = Vec::<f64>::try_from(&p).unwrap_or_default();
+    let priorities = Vec::<f64>::try_from(&p).expect("a [B] tensor of doubles on the CPU");
     TdLoss {
         loss,
         td: td.detach(),
@@ -188,7 +202,8 @@ mod tests {
         Vec::<f64>::try_from(&x.to_kind(Kind::Double).reshape([-1])).unwrap()
     }
 
-    /// The targets by a plain loop over each step's window, as the module docs state them.
+    /// The targets by a plain loop over each step's window, as the module docs state them: the
+    /// window walks the column's steps one by one, passing absent ones through.
     #[allow(clippy::too_many_arguments)]
     fn reference(
         q_online: &[Vec<Vec<f64>>],
@@ -219,14 +234,19 @@ mod tests {
                 }
                 let mut y = 0.0;
                 let mut disc = 1.0;
-                let mut k = 0;
+                let mut taken = 0;
+                let mut s = t;
                 loop {
-                    let s = t + k;
-                    if k == n || s == t_len || (k > 0 && !valid[s][b]) {
+                    if s == t_len {
+                        y += disc * dq(&q_online[s][b], &q_target[s][b]);
+                        break;
+                    }
+                    if valid[s][b] && taken == n {
                         y += disc * dq(&q_online[s][b], &q_target[s][b]);
                         break;
                     }
                     y += disc * r[s][b];
+                    let gamma = if valid[s][b] { gamma } else { 1.0 };
                     if term[s][b] {
                         break;
                     }
@@ -235,8 +255,11 @@ mod tests {
                         y += disc * gamma * dq(on, tg);
                         break;
                     }
+                    if valid[s][b] {
+                        taken += 1;
+                    }
                     disc *= gamma;
-                    k += 1;
+                    s += 1;
                 }
                 out[t][b] = y;
             }
@@ -269,7 +292,7 @@ mod tests {
                     .collect();
                 let term = flags(&mut rng, 0.15);
                 let truncd = flags(&mut rng, 0.15);
-                let valid = flags(&mut rng, 0.85);
+                let valid = flags(&mut rng, 0.7);
                 let mut trunc = Vec::new();
                 for s in 0..t {
                     for c in 0..b {
@@ -400,8 +423,8 @@ mod tests {
         // huber: 0.125, 2.5 (column 0, weight 1); 0.5 (column 1, weight 0.5); over 3 steps.
         let want = (0.125 + 2.5 + 0.5 * 0.5) / 3.0;
         assert!((out.loss.double_value(&[]) - want).abs() < 1e-6);
-        let p0 = 0.9 * 3.0 + 0.1 * (0.5 + 3.0) / 2.0;
-        let p1 = 0.9 * 1.0 + 0.1 * 1.0;
+        let p0 = 0.9 * 3.0 + 0.1 * (0.5 + 3.0) / 2.0 + PRIORITY_EPSILON;
+        let p1 = 0.9 * 1.0 + 0.1 * 1.0 + PRIORITY_EPSILON;
         assert!(
             (out.priorities[0] - p0).abs() < 1e-6 && (out.priorities[1] - p1).abs() < 1e-6,
             "{:?}",
