@@ -4,6 +4,7 @@
 //! watcher) is gone, and its run directory, which holds the TLS key and the tokens, is deleted.
 //! A two-policy run (configs/lbf-two-teams.toml, one learner per policy) is stopped too.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,7 +37,21 @@ fn stop_with(signal: i32, name: &str, config: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let log = out.path().join("train.log");
-    let mut child = Command::new("bash")
+    let mut cmd = Command::new("bash");
+    // A shell cannot trap a signal ignored when it starts, and a test run launched in the
+    // background (`cmd &`, nohup) hands its children SIGINT, SIGQUIT and SIGHUP ignored: give
+    // the script the dispositions it would have when run from a terminal.
+    // SAFETY: only async-signal-safe calls (signal(2)) between fork and exec.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in [libc::SIGINT, libc::SIGQUIT, libc::SIGHUP, libc::SIGTERM] {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
         .arg(repo_root().join("scripts/train.sh"))
         .args(["--budget-s", "300", "--config", config, "--out"])
         .arg(out.path())
