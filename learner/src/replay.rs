@@ -1,13 +1,15 @@
 //! Replay in the learner (IMPALA/APPO with `learner.replay_ratio`): every rollout the streaming
 //! edge accepts is also written to the policy's copy of `learner.replay_table` (by
-//! [`troupe::replay`]'s writer, unless `learner.replay_inserter = "actors"`: then the actors
-//! write what they send), and that share of each batch's columns is drawn back from it. V-trace corrects for their policy lag, so
-//! ingest's staleness and version checks stay at the streaming edge: a replayed rollout is old
-//! by design. It is still validated, as every rollout is, before it is trained on.
+//! [`troupe::replay`]'s writer, unless `learner.replay_inserter = "actors"`: then the actors write
+//! what they send), and that share of each batch's columns is drawn back from it. V-trace corrects
+//! for their policy lag, so ingest's staleness and version checks stay at the streaming edge: a
+//! replayed rollout is old by design. It is still validated, as every rollout is, before it is
+//! trained on.
 //!
-//! Replay never stops training: a writer that cannot keep up drops rollouts (counted), and a
-//! batch whose replayed share cannot be had (the table below its minimum size, the service
-//! unreachable) is filled from the stream instead, with a backoff before replay is asked again.
+//! Replay never stops training: a writer that cannot keep up drops rollouts (counted), and a batch
+//! whose replayed share cannot be had (the table below its minimum size, the service unreachable,
+//! every sampled rollout refused) is filled from the stream instead, with a backoff before replay
+//! is asked again.
 
 use std::time::{Duration, Instant};
 

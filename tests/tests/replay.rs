@@ -197,6 +197,17 @@ async fn insert_until(
     (acked, base..next)
 }
 
+/// Two [`insert_until`] tasks on `table` at once (ids from 0 and from 2^32), priority 1.
+fn two_inserters(
+    node: &Node,
+    table: &'static str,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Vec<tokio::task::JoinHandle<(BTreeMap<u64, u64>, std::ops::Range<u64>)>> {
+    (0..2u64)
+        .map(|w| tokio::spawn(insert_until(node.addr.clone(), table, w << 32, stop.clone(), |_| 1.0)))
+        .collect()
+}
+
 /// Drains the FIFO queue (each item sampled once, then removed): key -> id, in order.
 async fn drain(c: &mut ReplayClient<Channel>) -> anyhow::Result<Vec<(u64, u64)>> {
     let mut out = Vec::new();
@@ -579,9 +590,7 @@ fn redis_items(node: &Node, table: &str) -> anyhow::Result<usize> {
 async fn overlapping_callers_on_a_full_table_lose_nothing() -> anyhow::Result<()> {
     let mut node = Node::start(1).await?;
     let stop = tokio_util::sync::CancellationToken::new();
-    let writers: Vec<_> = (0..2u64)
-        .map(|w| tokio::spawn(insert_until(node.addr.clone(), "churn", w << 32, stop.clone(), |_| 1.0)))
-        .collect();
+    let writers = two_inserters(&node, "churn", &stop);
     let mut samplers = Vec::new();
     for _ in 0..3 {
         let addr = node.addr.clone();
@@ -660,9 +669,7 @@ async fn overlapping_callers_on_a_full_table_lose_nothing() -> anyhow::Result<()
 async fn keys_are_never_reused_after_a_restart() -> anyhow::Result<()> {
     let mut node = Node::start(1).await?;
     let stop = tokio_util::sync::CancellationToken::new();
-    let writers: Vec<_> = (0..2u64)
-        .map(|w| tokio::spawn(insert_until(node.addr.clone(), "queue", w << 32, stop.clone(), |_| 1.0)))
-        .collect();
+    let writers = two_inserters(&node, "queue", &stop);
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.cancel();
     let mut acked = BTreeMap::new();

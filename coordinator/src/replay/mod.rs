@@ -315,6 +315,15 @@ impl TableHandle {
         ))
     }
 
+    /// Counts `n` items that left the table for `reason`.
+    fn count_removed(&self, reason: &'static str, n: u64) {
+        if n > 0 {
+            let mut labels = self.labels().to_vec();
+            labels.push(("reason", reason.to_string()));
+            metrics::counter!(names::REPLAY_EVICTIONS, &labels).increment(n);
+        }
+    }
+
     /// Deletes items that left the index from Redis (after the lock is released). A delete that
     /// fails leaves them for the next rebuild, which drops them again.
     async fn delete(&self, keys: Vec<(u64, usize)>) {
@@ -561,11 +570,7 @@ impl ReplayService {
         // A failed write may be the one later inserts waited for.
         let (deletes, evicted) = st.commit();
         h.release(st);
-        if evicted > 0 {
-            let mut labels = h.labels().to_vec();
-            labels.push(("reason", "evicted".to_string()));
-            metrics::counter!(names::REPLAY_EVICTIONS, &labels).increment(evicted);
-        }
+        h.count_removed("evicted", evicted);
         h.delete(deletes).await;
         written.map(|()| keys)
     }
@@ -669,11 +674,7 @@ impl ReplayService {
             }
         }
         h.release(st);
-        if removed > 0 {
-            let mut labels = h.labels().to_vec();
-            labels.push(("reason", "max_times_sampled".to_string()));
-            metrics::counter!(names::REPLAY_EVICTIONS, &labels).increment(removed);
-        }
+        h.count_removed("max_times_sampled", removed);
         h.delete(deletes).await;
         let mut items = Vec::with_capacity(out.len());
         for (d, p) in out {

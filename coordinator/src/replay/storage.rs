@@ -260,23 +260,6 @@ impl TableStore {
         Ok(out)
     }
 
-    /// Forgets an item Redis lost (its hash is gone): its entry in the shard's order.
-    pub async fn forget(&self, key: u64, shard: usize) -> Result<(), Error> {
-        let mut c = self.conn(shard);
-        redis::pipe()
-            .atomic()
-            .cmd("ZREM")
-            .arg(self.items_key(shard))
-            .arg(key)
-            .ignore()
-            .cmd("DEL")
-            .arg(self.item_key(shard, key))
-            .ignore()
-            .query_async::<()>(&mut c)
-            .await
-            .map_err(|e| redis_err(shard, e))
-    }
-
     /// New priorities, per shard. An item deleted since keeps no hash: HSET would recreate
     /// it, so only existing items are written (a script checks EXISTS first).
     pub async fn set_priorities(&self, updates: &[(u64, usize, f64)]) -> Result<(), Error> {
