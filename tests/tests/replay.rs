@@ -899,6 +899,26 @@ async fn bad_requests_are_invalid_arguments_naming_the_problem() -> anyhow::Resu
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
         assert!(err.message().contains(want), "{want:?} not in: {}", err.message());
     }
+    // An encoded rollout's length varies with what it holds (varints, truncated episodes):
+    // items of any length go in, but not another dtype or rank under its name.
+    let rollout = |shape: &[usize], bytes: Vec<u8>| ReplayItem {
+        tensors: vec![NamedTensor {
+            name: troupe::replay::ROLLOUT.into(),
+            tensor: Some(Tensor::from_bytes(proto::v1::DType::DtypeU8, shape, bytes.into())),
+        }],
+        priority: 1.0,
+        policy_version: 1,
+    };
+    c.insert(ins(
+        "queue",
+        vec![rollout(&[10], vec![1; 10]), rollout(&[12], vec![2; 12])],
+    ))
+    .await?;
+    let err = c
+        .insert(ins("queue", vec![rollout(&[2, 5], vec![3; 10])]))
+        .await
+        .expect_err("another rank");
+    assert!(err.message().contains("holds items of"), "{err}");
     for (batch_size, table) in [(0, "small"), (5000, "small"), (21, "ratio")] {
         let err = c
             .sample(SampleRequest {

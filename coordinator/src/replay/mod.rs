@@ -72,7 +72,8 @@ fn sampler_name(s: SamplerKind) -> &'static str {
     }
 }
 
-/// A table's item signature: each tensor's name, dtype and shape, in order.
+/// A table's item signature: each tensor's name, dtype and shape, in order (an encoded
+/// rollout's length excepted).
 fn signature(item: &ReplayItem) -> Result<String, Error> {
     let mut parts = Vec::with_capacity(item.tensors.len());
     if item.tensors.is_empty() {
@@ -107,7 +108,15 @@ fn signature(item: &ReplayItem) -> Result<String, Error> {
                 t.data.len()
             )));
         }
-        parts.push(serde_json::json!({"name": nt.name, "dtype": dtype_name(dtype), "shape": t.shape}));
+        // An encoded rollout is one u8 dimension whose length varies with its contents (varints,
+        // truncated episodes): its length is not part of the signature. The learner checks what
+        // it holds against the run's spaces when it is sampled.
+        let shape = if nt.name == troupe::replay::ROLLOUT && dtype == DType::DtypeU8 && t.shape.len() == 1 {
+            serde_json::json!([null])
+        } else {
+            serde_json::json!(t.shape)
+        };
+        parts.push(serde_json::json!({"name": nt.name, "dtype": dtype_name(dtype), "shape": shape}));
     }
     Ok(serde_json::Value::Array(parts).to_string())
 }
