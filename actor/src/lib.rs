@@ -27,7 +27,7 @@ use proto::v1::{EpisodeStat, RegisterActorRequest, ReportEnvSpecRequest, Rollout
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use troupe::config::ReplayInserter;
-use troupe::model::{Model, ModelSpec};
+use troupe::model::{dist, Model, ModelSpec};
 use troupe::process::{grpc_channel, Backoff, GrpcChannel};
 use troupe::security::Security;
 use troupe::spaces::{EnvSpec, PolicySpec};
@@ -256,6 +256,8 @@ pub async fn run(args: Args, security: Security, reg: Registration, shutdown: Ca
     };
     let max_in_flight = reg.config.actor.max_in_flight;
     let outbox_capacity = args.outbox_capacity.max(1);
+    // Ape-X's actors write to replay alone: no rollout stream to the learner.
+    let streams = !reg.config.acts_on_q_values();
 
     let runtime = tokio::runtime::Handle::current();
     let runner_shutdown = shutdown.clone();
@@ -321,14 +323,16 @@ pub async fn run(args: Args, security: Security, reg: Registration, shutdown: Ca
                 addr_tx,
                 shutdown.clone(),
             ));
-            tasks.spawn(rollout_sender::run(
-                security.clone(),
-                identity.clone(),
-                addr_rx,
-                outbox,
-                max_in_flight,
-                shutdown.clone(),
-            ));
+            if streams {
+                tasks.spawn(rollout_sender::run(
+                    security.clone(),
+                    identity.clone(),
+                    addr_rx,
+                    outbox,
+                    max_in_flight,
+                    shutdown.clone(),
+                ));
+            }
         }
     }
 
@@ -496,6 +500,28 @@ fn run_envs(env_loop: EnvLoop) -> anyhow::Result<()> {
         &state_sizes,
         seed,
     )?;
+    // Ape-X: this actor's envs act epsilon-greedily, each with its own epsilon, and what they
+    // collect goes to replay alone (with initial priorities), not to the learner's stream.
+    let q_acting = reg.config.acts_on_q_values();
+    if q_acting {
+        let apex = reg.config.apex();
+        let num_envs = envs.num_envs();
+        let first = (reg.actor_id.saturating_sub(1) as usize % apex.num_actors) * num_envs;
+        let total = apex.num_actors * num_envs;
+        let epsilons: Vec<f64> = (0..num_envs)
+            .map(|e| dist::apex_epsilon(first + e, total, apex.epsilon_base, apex.epsilon_alpha))
+            .collect();
+        tracing::info!(?epsilons, "acting epsilon-greedily over Q-values (Ape-X)");
+        envs.act_on_q_values(runner::QActing {
+            epsilons,
+            dueling: apex.dueling,
+            n_step: apex.n_step,
+            discount: reg.config.learner.discount,
+            eta: apex.priority_eta,
+            reward_clip: reg.config.learner.reward_clip,
+            reward_scale: reg.config.learner.reward_scale,
+        });
+    }
     let mut acting: Vec<ActingPolicy> = names
         .iter()
         .map(|n| ActingPolicy {
@@ -567,6 +593,28 @@ fn run_envs(env_loop: EnvLoop) -> anyhow::Result<()> {
             }
         }
         metrics::counter!(names::ACTOR_FRAMES).increment(frames_per_unroll);
+        if q_acting {
+            let priorities = envs.priorities().to_vec();
+            for (rollout, priority) in parts.iter().zip(priorities) {
+                let g = names
+                    .iter()
+                    .position(|n| *n == rollout.policy)
+                    .expect("the runner's own policies");
+                let item = troupe::replay::item_with_priority(rollout, priority);
+                // Backpressure from replay's rate limiter: wait for room in the writer's
+                // queue (a writer backing off from errors drains it, so this never waits long).
+                let sent = runtime.block_on(async {
+                    tokio::select! {
+                        r = replay_writers[g].send(item) => r.is_ok(),
+                        _ = shutdown.cancelled() => false,
+                    }
+                });
+                if !sent {
+                    return Ok(());
+                }
+            }
+            continue;
+        }
         for rollout in parts {
             let g = names
                 .iter()

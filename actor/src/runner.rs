@@ -143,6 +143,28 @@ pub struct EnvRunner {
     step_reward: Vec<f32>,
     rng: StdRng,
     needs_reset: bool,
+    /// With Ape-X: act epsilon-greedily over Q-values, one rollout per env, and each one's
+    /// initial priority.
+    q_acting: Option<QActing>,
+    /// The last unroll's rollouts' priorities, in their order (with `q_acting`).
+    priorities: Vec<f64>,
+}
+
+/// Ape-X's acting (Horgan et al. 2018): each env acts epsilon-greedily over the model's
+/// Q-values (see `troupe::model::q`) with its own epsilon, and each env's sequence gets an
+/// initial priority from the actor's own Q estimates: its n-step double-DQN TD errors with the
+/// acting network as both online and target network (the learner uses its target network), the
+/// rewards clipped and scaled as the learner will.
+#[derive(Debug, Clone)]
+pub struct QActing {
+    /// One per env.
+    pub epsilons: Vec<f64>,
+    pub dueling: bool,
+    pub n_step: usize,
+    pub discount: f64,
+    pub eta: f64,
+    pub reward_clip: f64,
+    pub reward_scale: f64,
 }
 
 impl EnvRunner {
@@ -231,7 +253,21 @@ impl EnvRunner {
             rng: StdRng::seed_from_u64(seed),
             needs_reset: true,
             spec,
+            q_acting: None,
+            priorities: Vec::new(),
         })
+    }
+
+    /// Acts epsilon-greedily over Q-values from now on (see [`QActing`]).
+    pub fn act_on_q_values(&mut self, q: QActing) {
+        assert_eq!(q.epsilons.len(), self.envs, "one epsilon per env");
+        self.q_acting = Some(q);
+    }
+
+    /// The initial priorities of the last unroll's rollouts, in their order (empty unless
+    /// acting on Q-values).
+    pub fn priorities(&self) -> &[f64] {
+        &self.priorities
     }
 
     /// A runner for a single-agent env's one policy (`default`, agent rewards).
@@ -333,7 +369,7 @@ impl EnvRunner {
         }
         for t in 0..t_len {
             for ((g, a), net) in self.groups.iter_mut().zip(&mut self.actions).zip(nets) {
-                act(g, a, net, t, &mut self.rng);
+                act(g, a, net, t, &mut self.rng, self.q_acting.as_ref());
             }
             let before: Vec<(usize, usize)> = self
                 .groups
@@ -380,13 +416,28 @@ impl EnvRunner {
             }
             self.account(t, on_episode);
         }
-        let rollouts = self
-            .groups
-            .iter()
-            .zip(&self.actions)
-            .zip(versions)
-            .flat_map(|((g, a), &v)| pack(g, a, t_len, actor_id, v))
-            .collect();
+        let Some(q) = &self.q_acting else {
+            let rollouts = self
+                .groups
+                .iter()
+                .zip(&self.actions)
+                .zip(versions)
+                .flat_map(|((g, a), &v)| pack(g, a, t_len, actor_id, v))
+                .collect();
+            return Ok(rollouts);
+        };
+        // One rollout per env (a replay item each, with its own priority).
+        self.priorities.clear();
+        let mut rollouts = Vec::new();
+        for (((g, a), &v), net) in self.groups.iter().zip(&self.actions).zip(versions).zip(nets) {
+            let per_column = initial_priorities(g, a, net, t_len, q);
+            for e in 0..g.n / g.a {
+                let (c0, c1) = (e * g.a, (e + 1) * g.a);
+                rollouts.push(pack_columns(g, a, t_len, actor_id, v, c0, c1));
+                self.priorities
+                    .push(per_column[c0..c1].iter().copied().fold(0.0, f64::max));
+            }
+        }
         Ok(rollouts)
     }
 
@@ -481,33 +532,49 @@ fn step_out(g: &mut Group, t: usize) -> StepOut<'_> {
     }
 }
 
-/// One forward of group g's columns at step t, and actions sampled from it.
-fn act(g: &mut Group, actions: &mut ActionRows, net: &Model, t: usize, rng: &mut StdRng) {
+/// The model's input for observations `rows` (bytes of `[M, obs...]`) of group g's columns
+/// `cols` (their agents' one-hots) and env states `states` (`[M, S]`, with a critic).
+fn input_of(g: &Group, net: &Model, rows: &[u8], cols: &[i64], states: Option<&[f32]>) -> Tensor {
+    let m = cols.len() as i64;
+    let mut shape = vec![m];
+    shape.extend(g.spec.observation.shape.iter().map(|&x| x as i64));
+    let kind = match g.spec.observation.dtype {
+        ObsDType::F32 => Kind::Float,
+        ObsDType::U8 => Kind::Uint8,
+    };
+    let obs = Tensor::from_data_size(rows, &shape, kind);
+    if net.is_packed() {
+        let agents = Tensor::from_slice(cols).remainder(g.a as i64);
+        let s = g.state_width() as i64;
+        let states = states.map(|x| Tensor::from_slice(x).view([m, s]));
+        net.input(&obs, Some(&agents), states.as_ref())
+    } else {
+        net.prepare(&obs)
+    }
+}
+
+/// One forward of group g's columns at step t, and actions sampled from it (or chosen
+/// epsilon-greedily over Q-values, which are then what the rollout's behaviour parameters hold).
+fn act(g: &mut Group, actions: &mut ActionRows, net: &Model, t: usize, rng: &mut StdRng, q: Option<&QActing>) {
     let n = g.n;
     let d = g.spec.action.dim();
     let p = g.spec.action.dist_params();
     let m = g.mask_width();
     let ob = g.spec.observation.bytes();
-    let obs_t = {
-        let rows = &g.obs.bytes()[t * n * ob..(t + 1) * n * ob];
-        let mut shape = vec![n as i64];
-        shape.extend(g.spec.observation.shape.iter().map(|&x| x as i64));
-        let kind = match g.spec.observation.dtype {
-            ObsDType::F32 => Kind::Float,
-            ObsDType::U8 => Kind::Uint8,
-        };
-        Tensor::from_data_size(rows, &shape, kind)
-    };
-    let input = if net.is_packed() {
-        let agents = Tensor::arange(n as i64, (Kind::Int64, tch::Device::Cpu)).remainder(g.a as i64);
-        let s = g.state_width();
-        let states =
-            (s > 0).then(|| Tensor::from_slice(&g.states[t * n * s..(t + 1) * n * s]).view([n as i64, s as i64]));
-        net.input(&obs_t, Some(&agents), states.as_ref())
-    } else {
-        net.prepare(&obs_t)
-    };
-    let (params, next_state) = tch::no_grad(|| net.act(&input, &g.state));
+    let s = g.state_width();
+    let cols: Vec<i64> = (0..n as i64).collect();
+    let states = (s > 0).then(|| &g.states[t * n * s..(t + 1) * n * s]);
+    let input = input_of(g, net, &g.obs.bytes()[t * n * ob..(t + 1) * n * ob], &cols, states);
+    let (params, next_state) = tch::no_grad(|| match q {
+        Some(q) => {
+            let out = net.step(&input, &g.state);
+            (
+                troupe::model::q::q_values(&out.params, &out.value, q.dueling),
+                out.state,
+            )
+        }
+        None => net.act(&input, &g.state),
+    });
     let params = Vec::<f32>::try_from(params.to_kind(Kind::Float).flatten(0, -1)).expect("f32 params");
     g.prev_state = std::mem::replace(&mut g.state, next_state);
     g.params[t * n * p..(t + 1) * n * p].copy_from_slice(&params);
@@ -518,11 +585,86 @@ fn act(g: &mut Group, actions: &mut ActionRows, net: &Model, t: usize, rng: &mut
         match actions {
             ActionRows::Discrete(a) => {
                 let mask = (m > 0).then(|| &g.masks[(t * n + i) * m..(t * n + i + 1) * m]);
-                dist::sample_discrete(&nvec, row, mask, rng, &mut a[at..at + d]);
+                match q {
+                    Some(q) => dist::epsilon_greedy(&nvec, row, mask, q.epsilons[i / g.a], rng, &mut a[at..at + d]),
+                    None => dist::sample_discrete(&nvec, row, mask, rng, &mut a[at..at + d]),
+                }
             }
             ActionRows::Continuous(a) => dist::sample_gaussian(row, rng, &mut a[at..at + d]),
         }
     }
+}
+
+/// Each column's initial priority for the unroll just taken (see [`QActing`]): the Q-values
+/// it acted on (in the behaviour parameters) for rows 0..T, one more forward for the last
+/// observation and for truncated episodes' last observations.
+fn initial_priorities(g: &Group, actions: &ActionRows, net: &Model, t: usize, q: &QActing) -> Vec<f64> {
+    use troupe::model::q::{self as qv, NStep, TargetInput};
+    let (n, ob, a) = (g.n, g.spec.observation.bytes(), g.spec.action.dist_params());
+    let (ti, ni, ai) = (t as i64, n as i64, a as i64);
+    let s = g.state_width();
+    let forward = |rows: &[u8], cols: &[i64], states: Option<&[f32]>| -> Tensor {
+        let x = input_of(g, net, rows, cols, states);
+        let zero = Tensor::zeros([cols.len() as i64, 0], (Kind::Float, tch::Device::Cpu));
+        let out = tch::no_grad(|| net.step(&x, &zero));
+        qv::q_values(&out.params, &out.value, q.dueling)
+    };
+    let all: Vec<i64> = (0..ni).collect();
+    let last = forward(
+        &g.obs.bytes()[t * n * ob..(t + 1) * n * ob],
+        &all,
+        (s > 0).then(|| &g.states[t * n * s..(t + 1) * n * s]),
+    );
+    let q_all = Tensor::cat(
+        &[Tensor::from_slice(&g.params).view([ti, ni, ai]), last.unsqueeze(0)],
+        0,
+    );
+    let truncation_at: Vec<(i64, i64)> = g.truncations.iter().map(|&(s, c)| (s as i64, c as i64)).collect();
+    let trunc = if truncation_at.is_empty() {
+        Tensor::zeros([0, ai], (Kind::Float, tch::Device::Cpu))
+    } else {
+        let cols: Vec<i64> = truncation_at.iter().map(|&(_, c)| c).collect();
+        forward(&g.truncation_obs, &cols, (s > 0).then_some(&g.truncation_states[..]))
+    };
+    let flag = |x: &[u8]| Tensor::from_slice(&x[..t * n]).view([ti, ni]).to_kind(Kind::Float);
+    let mut rewards = Tensor::from_slice(&g.rewards).view([ti, ni]);
+    if q.reward_clip > 0.0 {
+        rewards = rewards.clamp(-q.reward_clip, q.reward_clip);
+    }
+    if q.reward_scale != 1.0 {
+        rewards *= q.reward_scale;
+    }
+    let valid = flag(&g.valid);
+    let m = g.mask_width();
+    let masks = (m > 0).then(|| {
+        Tensor::from_slice(&g.masks[..t * n * m])
+            .view([ti, ni, m as i64])
+            .to_kind(Kind::Float)
+    });
+    let y = qv::targets(
+        &TargetInput {
+            q_online: &q_all,
+            q_target: &q_all,
+            trunc_online: &trunc,
+            trunc_target: &trunc,
+            truncation_at: &truncation_at,
+            rewards: &rewards,
+            terminated: &flag(&g.terminated),
+            truncated: &flag(&g.truncated),
+            valid: &valid,
+            masks: masks.as_ref(),
+        },
+        NStep {
+            n: q.n_step,
+            discount: q.discount,
+        },
+    );
+    let taken = match actions {
+        ActionRows::Discrete(x) => Tensor::from_slice(&x[..t * n]).view([ti, ni, 1]),
+        ActionRows::Continuous(_) => unreachable!("Q-values need a Discrete action space"),
+    };
+    let q_taken = q_all.narrow(0, 0, ti).gather(-1, &taken, false).squeeze_dim(-1);
+    qv::priorities(&((y - q_taken) * &valid), &valid, q.eta)
 }
 
 /// Packs group g's unroll into rollouts over disjoint ranges of whole envs, each under

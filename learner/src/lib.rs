@@ -420,21 +420,53 @@ pub async fn run(
         env: env_spec.clone(),
         state_size,
     });
-    let (replay_sampler, replay_writer) = if config.learner.replay_ratio > 0.0 {
+    let replay_link = if config.learner.replay_ratio > 0.0 || config.acts_on_q_values() {
         let address = args.replay.as_deref().unwrap_or(&args.coordinator);
         let link =
             troupe::replay::ReplayLink::connect(address, &security, &config.learner.replay_table, &env_spec.policy)
                 .context("--replay")?;
-        let k = config.learner.replayed_columns();
-        tracing::info!(address, table = %link.table, replayed_columns = k, batch = config.learner.batch_size, "replaying a share of each batch");
-        // With actors inserting, what they send is in replay already.
-        let writer = (config.learner.replay_inserter == ReplayInserter::Learner).then(|| {
-            troupe::replay::spawn_writer(link.clone(), troupe::replay::WriterMetrics::LEARNER, shutdown.clone())
-        });
-        let sampler = replay::Sampler::new(link, (*rollout_spec).clone(), tokio::runtime::Handle::current());
-        (Some((sampler, k)), writer)
+        Some((address.to_string(), link))
     } else {
-        (None, None)
+        None
+    };
+    let (replay_sampler, replay_writer, replay_only) = match replay_link {
+        Some((address, link)) if config.acts_on_q_values() => {
+            if !matches!(env_spec.action, troupe::spaces::ActionSpace::Discrete { .. }) {
+                anyhow::bail!(
+                    "learner.algorithm = \"apex_dqn\" needs a Discrete action space; policy {:?} has {:?}",
+                    env_spec.policy,
+                    env_spec.action
+                );
+            }
+            let t = config
+                .replay
+                .table(&config.learner.replay_table)
+                .expect("the config's validation checks the table");
+            tracing::info!(address, table = %link.table, batch = config.learner.batch_size, "Ape-X: every batch from replay");
+            let apex = config.apex();
+            let only = trainer::ReplayOnly {
+                sampler: replay::Sampler::new(link.clone(), (*rollout_spec).clone(), tokio::runtime::Handle::current()),
+                deadline: Duration::from_secs_f64(apex.sample_deadline_s),
+                beta0: t.importance_sampling_exponent,
+                beta1: t
+                    .importance_sampling_exponent_final
+                    .unwrap_or(t.importance_sampling_exponent),
+                anneal_updates: t.importance_sampling_anneal_updates,
+                priorities: replay::spawn_priority_updater(link, shutdown.clone()),
+            };
+            (None, None, Some(only))
+        }
+        Some((address, link)) => {
+            let k = config.learner.replayed_columns();
+            tracing::info!(address, table = %link.table, replayed_columns = k, batch = config.learner.batch_size, "replaying a share of each batch");
+            // With actors inserting, what they send is in replay already.
+            let writer = (config.learner.replay_inserter == ReplayInserter::Learner).then(|| {
+                troupe::replay::spawn_writer(link.clone(), troupe::replay::WriterMetrics::LEARNER, shutdown.clone())
+            });
+            let sampler = replay::Sampler::new(link, (*rollout_spec).clone(), tokio::runtime::Handle::current());
+            (Some((sampler, k)), writer, None)
+        }
+        None => (None, None, None),
     };
     let trainer_loop = trainer::TrainerLoop {
         trainer,
@@ -451,6 +483,7 @@ pub async fn run(
         checkpoints,
         minted,
         replay: replay_sampler,
+        replay_only,
     };
     let model_thread = std::thread::Builder::new()
         .name("model".into())

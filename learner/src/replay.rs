@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 use proto::v1::{ReplayItem, Rollout, SampleRequest};
+use tokio_util::sync::CancellationToken;
 use troupe::process::Backoff;
 use troupe::replay::{ReplayLink, ROLLOUT};
 use troupe::telemetry::names;
@@ -32,6 +33,30 @@ pub fn columns_of(item: &ReplayItem, spec: &RolloutSpec) -> Result<Columns, Stri
         .ok_or_else(|| format!("a replay item without a {ROLLOUT:?} tensor"))?;
     let r = Rollout::decode(t.data.clone()).map_err(|e| format!("a replay item's rollout: {e}"))?;
     validate(&r, spec, u64::MAX).map_err(|e| e.to_string())
+}
+
+/// Replayed columns, with each column's item key and the probability its draw had.
+pub struct Drawn {
+    pub cols: Vec<Columns>,
+    pub keys: Vec<u64>,
+    pub probabilities: Vec<f64>,
+    /// Items in the table when drawn (the largest the draws saw).
+    pub table_size: u64,
+}
+
+enum DrawError {
+    /// The table's rate limiter held sampling back for the request's whole timeout.
+    Limited,
+    Failed(String),
+}
+
+impl std::fmt::Display for DrawError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DrawError::Limited => f.write_str("the rate limiter held sampling back"),
+            DrawError::Failed(why) => f.write_str(why),
+        }
+    }
 }
 
 /// The sampling side, on the batcher thread.
@@ -66,7 +91,86 @@ impl Sampler {
         if Instant::now() < self.resume_at {
             return None;
         }
-        let mut got: Vec<Columns> = Vec::new();
+        match self.draw(k, newest) {
+            Ok(d) => {
+                self.backoff.reset();
+                Some(d.cols)
+            }
+            Err(why) => {
+                self.failed(&why.to_string());
+                None
+            }
+        }
+    }
+
+    /// A whole batch of `k` replayed columns (Ape-X: replay is the only source). Waits while
+    /// replay cannot give one (unreachable, below its minimum size, its rate limiter holding
+    /// sampling back), with backoff on errors; past `deadline` it says so in its log and in
+    /// `troupe_learner_replay_waiting`, and goes on waiting. `None` on shutdown.
+    pub fn batch(&mut self, k: usize, newest: u64, deadline: Duration, shutdown: &CancellationToken) -> Option<Drawn> {
+        let start = Instant::now();
+        let mut warned = false;
+        let waited = |warned: &mut bool, why: &str| {
+            if !*warned && start.elapsed() >= deadline {
+                *warned = true;
+                metrics::gauge!(names::LEARNER_REPLAY_WAITING).set(1.0);
+                tracing::warn!(
+                    why,
+                    waited_s = start.elapsed().as_secs_f64(),
+                    "no batch from replay yet: replay is this learner's only source, so it waits"
+                );
+            }
+        };
+        loop {
+            if shutdown.is_cancelled() {
+                return None;
+            }
+            let attempt = Instant::now();
+            match self.draw(k, newest) {
+                Ok(d) => {
+                    self.backoff.reset();
+                    if warned {
+                        tracing::info!(waited_s = start.elapsed().as_secs_f64(), "replay gives batches again");
+                    }
+                    metrics::gauge!(names::LEARNER_REPLAY_WAITING).set(0.0);
+                    // The time before the try that gave the batch.
+                    let waited_s = start.elapsed().saturating_sub(attempt.elapsed()).as_secs_f64();
+                    metrics::histogram!(names::LEARNER_REPLAY_WAIT_SECONDS).record(waited_s);
+                    return Some(d);
+                }
+                // The rate limiter held sampling back (its own wait was the request's): ask again.
+                Err(DrawError::Limited) => waited(&mut warned, "the rate limiter holds sampling back"),
+                Err(DrawError::Failed(why)) => {
+                    metrics::counter!(names::LEARNER_REPLAY_SAMPLE_FAILURES).increment(1);
+                    waited(&mut warned, &why);
+                    let wait = self.backoff.next_delay();
+                    if !warned {
+                        tracing::info!(why, retry_in_s = wait.as_secs_f64(), "no batch from replay; waiting");
+                    }
+                    let until = Instant::now() + wait;
+                    while Instant::now() < until {
+                        if shutdown.is_cancelled() {
+                            return None;
+                        }
+                        std::thread::sleep(
+                            until
+                                .saturating_duration_since(Instant::now())
+                                .min(Duration::from_millis(100)),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// One try at `k` columns: whole items, the last one cut to what is still needed.
+    fn draw(&mut self, k: usize, newest: u64) -> Result<Drawn, DrawError> {
+        let mut d = Drawn {
+            cols: Vec::new(),
+            keys: Vec::new(),
+            probabilities: Vec::new(),
+            table_size: 0,
+        };
         let mut have = 0;
         while have < k {
             let want = (k - have).div_ceil(self.per_item.max(1)).clamp(1, 256) as u32;
@@ -80,19 +184,17 @@ impl Sampler {
             let res = self
                 .runtime
                 .block_on(async move { tokio::time::timeout(Duration::from_secs(3), client.sample(req)).await });
-            let items = match res {
-                Ok(Ok(r)) => r.into_inner().items,
+            let r = match res {
+                Ok(Ok(r)) => r.into_inner(),
+                Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => return Err(DrawError::Limited),
                 Ok(Err(status)) => {
-                    self.failed(&format!("{:?}: {}", status.code(), status.message()));
-                    return None;
+                    return Err(DrawError::Failed(format!("{:?}: {}", status.code(), status.message())));
                 }
-                Err(_) => {
-                    self.failed("no answer within 3 s");
-                    return None;
-                }
+                Err(_) => return Err(DrawError::Failed("no answer within 3 s".into())),
             };
+            d.table_size = d.table_size.max(r.table_size);
             let before = have;
-            for s in items {
+            for s in r.items {
                 let Some(item) = s.item else { continue };
                 match columns_of(&item, &self.spec) {
                     Ok(cols) => {
@@ -100,7 +202,9 @@ impl Sampler {
                         metrics::histogram!(names::LEARNER_REPLAY_SAMPLE_AGE)
                             .record(newest.saturating_sub(cols.policy_version) as f64);
                         have += cols.n;
-                        got.push(cols);
+                        d.keys.extend(std::iter::repeat_n(s.key, cols.n));
+                        d.probabilities.extend(std::iter::repeat_n(s.probability, cols.n));
+                        d.cols.push(cols);
                     }
                     Err(e) => {
                         metrics::counter!(names::LEARNER_ROLLOUTS_REJECTED, "reason" => "replayed").increment(1);
@@ -111,20 +215,22 @@ impl Sampler {
             if have == before {
                 // Every item refused (an actor's rollouts of another shape, a table left over
                 // from another run): asking again at once would spin.
-                self.failed("every replayed rollout of a sample was refused");
-                return None;
+                return Err(DrawError::Failed(
+                    "every replayed rollout of a sample was refused".into(),
+                ));
             }
         }
-        self.backoff.reset();
         // Exactly k: the last rollout gives what is still needed.
         let extra = have - k;
         if extra > 0 {
-            let last = got.pop().expect("have > k > 0");
+            let last = d.cols.pop().expect("have > k > 0");
             let at = last.n - extra;
             let (keep, _) = last.split(at);
-            got.push(keep);
+            d.cols.push(keep);
+            d.keys.truncate(k);
+            d.probabilities.truncate(k);
         }
-        Some(got)
+        Ok(d)
     }
 
     fn failed(&mut self, why: &str) {
@@ -137,4 +243,60 @@ impl Sampler {
             "no replayed columns for this batch; filling it from the stream"
         );
     }
+}
+
+/// Priority updates waiting to be sent; beyond it they are dropped (counted): a slow replay
+/// service must not hold the model thread up, and an item whose update is lost keeps the
+/// priority it had.
+const PRIORITY_QUEUE: usize = 8;
+
+/// Each column's new priority, and the item key it came from.
+pub struct PriorityUpdate {
+    pub keys: Vec<u64>,
+    pub priorities: Vec<f64>,
+}
+
+/// Starts the task that sends the model thread's new priorities to replay: an item of several
+/// columns (a team's) takes the largest of theirs. Needs a Tokio runtime context.
+pub fn spawn_priority_updater(
+    link: ReplayLink,
+    shutdown: CancellationToken,
+) -> tokio::sync::mpsc::Sender<PriorityUpdate> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<PriorityUpdate>(PRIORITY_QUEUE);
+    tokio::spawn(async move {
+        loop {
+            let u = tokio::select! {
+                u = rx.recv() => u,
+                _ = shutdown.cancelled() => None,
+            };
+            let Some(u) = u else { return };
+            let mut by_key: Vec<(u64, f64)> = Vec::with_capacity(u.keys.len());
+            for (&k, &p) in u.keys.iter().zip(&u.priorities) {
+                match by_key.iter_mut().find(|(key, _)| *key == k) {
+                    Some((_, best)) => *best = best.max(p),
+                    None => by_key.push((k, p)),
+                }
+            }
+            let n = by_key.len() as u64;
+            let req = proto::v1::UpdatePrioritiesRequest {
+                table: link.table.clone(),
+                policy: link.policy.clone(),
+                keys: by_key.iter().map(|&(k, _)| k).collect(),
+                priorities: by_key.iter().map(|&(_, p)| p).collect(),
+            };
+            let mut client = link.client.clone();
+            match tokio::time::timeout(Duration::from_secs(5), client.update_priorities(req)).await {
+                Ok(Ok(_)) => metrics::counter!(names::LEARNER_PRIORITY_UPDATES).increment(n),
+                Ok(Err(status)) => {
+                    metrics::counter!(names::LEARNER_PRIORITY_UPDATE_ERRORS).increment(1);
+                    tracing::warn!(code = ?status.code(), error = %status.message(), "a priority update failed");
+                }
+                Err(_) => {
+                    metrics::counter!(names::LEARNER_PRIORITY_UPDATE_ERRORS).increment(1);
+                    tracing::warn!("a priority update had no answer within 5 s");
+                }
+            }
+        }
+    });
+    tx
 }

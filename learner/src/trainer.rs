@@ -50,6 +50,8 @@ pub struct UpdateStats {
     /// Why SGD steps were skipped, if any were: `non_finite_loss` or `non_finite_gradient`.
     /// The batch's remaining steps are dropped with it.
     pub skipped: Option<&'static str>,
+    /// Each column's new replay priority, from an algorithm that prioritizes its replay.
+    pub priorities: Option<Vec<f64>>,
 }
 
 impl UpdateStats {
@@ -140,11 +142,13 @@ impl Trainer {
             },
         };
         let opt = optimizer::Optimizer::new(net.var_store(), rule, l.learning_rate);
+        let mut algorithm = algorithms::build(run);
+        algorithm.reset(&net);
         Ok(Trainer {
             net,
             opt,
             cfg: l.clone(),
-            algorithm: algorithms::build(run),
+            algorithm,
             device,
             rng_seed: run.env.seed ^ 0x7472_6f75_7065,
             updates: 0,
@@ -164,6 +168,7 @@ impl Trainer {
     /// Starts from stored weights (a restarted learner resumes from the latest version).
     pub fn load(&mut self, version: u64, learner_step: u64, frames: u64, blob: &[u8]) -> anyhow::Result<()> {
         self.net.load_safetensors(blob)?;
+        self.algorithm.reset(&self.net);
         self.version = version;
         self.updates = learner_step;
         self.frames = frames;
@@ -187,6 +192,8 @@ impl Trainer {
     /// Continues from a checkpoint written by [`Trainer::checkpoint`].
     pub fn restore(&mut self, state: &crate::checkpoint::Loaded) -> anyhow::Result<()> {
         self.net.load_safetensors(&state.policy)?;
+        // A target network is not checkpointed: it starts again from the restored weights.
+        self.algorithm.reset(&self.net);
         self.opt.restore(state.optimizer_steps, &state.optimizer)?;
         self.version = state.version;
         self.updates = state.learner_step;
@@ -271,6 +278,7 @@ impl Trainer {
             learning_rate: lr,
             sgd_steps: 0,
             skipped: None,
+            priorities: None,
         };
         'passes: for epoch in 0..passes.epochs {
             if passes.minibatches > 1 {
@@ -309,6 +317,10 @@ impl Trainer {
                 if epoch == 0 {
                     sums.add(&loss.value_targets, &loss.values, &mb.valid);
                 }
+                // Priorities are the batch's columns' in order: one pass, one minibatch.
+                if passes.epochs == 1 && passes.minibatches == 1 {
+                    stats.priorities = loss.priorities;
+                }
                 stats.sgd_steps += 1;
                 stats.total_loss += total;
                 stats.grad_norm += grad_norm;
@@ -342,6 +354,7 @@ impl Trainer {
         self.update_value_stats(&sums);
         self.updates += 1;
         self.frames += (b.t * b.b) as u64;
+        self.algorithm.after_update(&self.net, self.updates);
         stats
     }
 
@@ -424,6 +437,31 @@ pub struct TrainerLoop {
     /// With `learner.replay_ratio`: the sampling side of replay and the replayed columns per
     /// batch.
     pub replay: Option<(crate::replay::Sampler, usize)>,
+    /// With Ape-X DQN: every batch comes from replay, and priorities go back to it.
+    pub replay_only: Option<ReplayOnly>,
+}
+
+/// An Ape-X learner's batch source: replay alone.
+pub struct ReplayOnly {
+    pub sampler: crate::replay::Sampler,
+    /// How long a batch may take before the learner says it is waiting.
+    pub deadline: Duration,
+    /// beta of the importance weights: from `beta0` to `beta1` over `anneal_updates`.
+    pub beta0: f64,
+    pub beta1: f64,
+    pub anneal_updates: u64,
+    pub priorities: mpsc::Sender<crate::replay::PriorityUpdate>,
+}
+
+impl ReplayOnly {
+    /// beta for the batch of update `u`.
+    pub fn beta(&self, u: u64) -> f64 {
+        if self.anneal_updates == 0 {
+            return self.beta0;
+        }
+        let frac = (u as f64 / self.anneal_updates as f64).min(1.0);
+        self.beta0 + (self.beta1 - self.beta0) * frac
+    }
 }
 
 /// libtorch's intra-op threads for `configured` (0: every core this process may use).
@@ -453,7 +491,15 @@ impl TrainerLoop {
             checkpoints,
             minted,
             replay,
+            replay_only,
         } = self;
+        let (replay_only, priorities) = match replay_only {
+            Some(r) => {
+                let tx = r.priorities.clone();
+                (Some(r), Some(tx))
+            }
+            None => (None, None),
+        };
         let stream_share = batch_size - replay.as_ref().map_or(0, |(_, k)| *k);
         let batcher = BatcherThread {
             batcher: Batcher::new(stream_share),
@@ -464,8 +510,10 @@ impl TrainerLoop {
             runtime,
             shutdown: shutdown.clone(),
             replay,
+            replay_only,
             batch_size,
             known_version: known_version.clone(),
+            updates: trainer.updates,
         };
         let trainer_updates = trainer.updates;
         ModelThread {
@@ -479,6 +527,7 @@ impl TrainerLoop {
             last_checkpoint: Instant::now(),
             checkpointed_updates: trainer_updates,
             minted,
+            priorities,
         }
         .run(threads, batcher)
     }
@@ -497,6 +546,8 @@ struct ModelThread {
     /// The learner step of the last checkpoint taken.
     checkpointed_updates: u64,
     minted: Arc<AtomicU64>,
+    /// Where new priorities go, with Ape-X.
+    priorities: Option<mpsc::Sender<crate::replay::PriorityUpdate>>,
 }
 
 impl ModelThread {
@@ -539,6 +590,7 @@ impl ModelThread {
                 }
             }
             self.record(&p, &stats, secs);
+            self.send_priorities(&p, &stats);
             if self.panic_after.is_some_and(|n| self.trainer.updates >= n) {
                 panic!("injected fault after {} updates", self.trainer.updates);
             }
@@ -598,6 +650,20 @@ impl ModelThread {
         self.snapshots.send_replace(Some(Arc::new(snap)));
     }
 
+    /// Hands the update's new priorities to the updater; dropped (counted) if it is behind.
+    fn send_priorities(&self, p: &Prepared, s: &UpdateStats) {
+        let (Some(tx), Some(priorities), Some(replayed)) = (&self.priorities, &s.priorities, &p.batch.replay) else {
+            return;
+        };
+        let update = crate::replay::PriorityUpdate {
+            keys: replayed.keys.clone(),
+            priorities: priorities.clone(),
+        };
+        if tx.try_send(update).is_err() {
+            metrics::counter!(names::LEARNER_PRIORITY_UPDATE_ERRORS).increment(1);
+        }
+    }
+
     fn record(&self, p: &Prepared, s: &UpdateStats, secs: f64) {
         let algorithm = self.trainer.algorithm().name();
         metrics::counter!(names::LEARNER_UPDATES).increment(1);
@@ -645,12 +711,58 @@ struct BatcherThread {
     shutdown: CancellationToken,
     /// With `learner.replay_ratio`: where the replayed share comes from, and its columns.
     replay: Option<(crate::replay::Sampler, usize)>,
+    replay_only: Option<ReplayOnly>,
     batch_size: usize,
     known_version: Arc<AtomicU64>,
+    /// Batches handed over so far, counted from the trainer's updates at the start.
+    updates: u64,
 }
 
 impl BatcherThread {
-    fn run(mut self, ready: std::sync::mpsc::SyncSender<Prepared>) {
+    fn run(self, ready: std::sync::mpsc::SyncSender<Prepared>) {
+        if self.replay_only.is_some() {
+            self.run_replay_only(ready)
+        } else {
+            self.run_stream(ready)
+        }
+    }
+
+    /// Ape-X: every batch is `batch_size` columns drawn from replay, with their keys and
+    /// importance weights.
+    fn run_replay_only(mut self, ready: std::sync::mpsc::SyncSender<Prepared>) {
+        let mut r = self.replay_only.take().expect("replay only");
+        metrics::gauge!(names::LEARNER_REPLAYED_FRACTION).set(1.0);
+        loop {
+            let newest = self.known_version.load(Ordering::Acquire);
+            let Some(d) = r.sampler.batch(self.batch_size, newest, r.deadline, &self.shutdown) else {
+                return;
+            };
+            let batch = crate::batch::assemble(&d.cols);
+            let beta = r.beta(self.updates);
+            let weights = crate::algorithms::dqn::importance_weights(&d.probabilities, d.table_size, beta);
+            let weights: Vec<f32> = weights.iter().map(|&w| w as f32).collect();
+            let mut tb = TrainBatch::from_batch(&batch, &self.spec, self.state_size);
+            tb.replay = Some(crate::algorithms::Replayed {
+                keys: d.keys,
+                weights: Tensor::from_slice(&weights),
+            });
+            let bytes = tb.bytes();
+            metrics::gauge!(names::LEARNER_PREFETCH_BYTES).set(bytes as f64);
+            // Policy lag is the stream's: replayed columns are old by design (their age is
+            // `troupe_learner_replay_sample_age`).
+            let p = Prepared {
+                batch: tb,
+                versions: Vec::new(),
+                bytes,
+            };
+            if ready.send(p).is_err() {
+                return; // the model thread has stopped
+            }
+            self.updates += 1;
+        }
+    }
+
+    fn run_stream(mut self, ready: std::sync::mpsc::SyncSender<Prepared>) {
         loop {
             let cols = self.runtime.block_on(async {
                 tokio::select! {
@@ -918,5 +1030,48 @@ mod tests {
             let leaked = loss(&b, lstm);
             assert!((base.0 - leaked.0).abs() > 1e-3, "lstm {lstm}: {base:?} vs {leaked:?}");
         }
+    }
+
+    /// Ape-X DQN: each update gives one priority per column, and the target network follows
+    /// the online one every `target_update_period` updates, not between: with the same weights
+    /// and batches, a learner syncing every 2 updates takes its second update with the targets
+    /// of a learner that never syncs, and its third with other ones.
+    #[test]
+    fn apex_gives_priorities_and_syncs_its_target_every_period() {
+        let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+        let losses = |period: u64| -> (Vec<f64>, Vec<Vec<f64>>) {
+            let s = spec();
+            let mut run = RunConfig {
+                model: s.model.clone(),
+                ..RunConfig::default()
+            };
+            run.learner.algorithm = troupe::config::AlgorithmKind::ApexDqn;
+            run.apex = Some(troupe::config::ApexConfig {
+                target_update_period: period,
+                ..Default::default()
+            });
+            tch::manual_seed(3);
+            let mut trainer = Trainer::new(&run, &s, Device::Cpu).unwrap();
+            let stats: Vec<UpdateStats> = (0..3).map(|_| trainer.update_batch(&batch(None))).collect();
+            (
+                stats.iter().map(|s| s.total_loss).collect(),
+                stats
+                    .iter()
+                    .map(|s| s.priorities.clone().expect("priorities"))
+                    .collect(),
+            )
+        };
+        let (never, priorities) = losses(1000);
+        let (every_2, _) = losses(2);
+        for p in &priorities {
+            assert_eq!(p.len(), 4, "one per column");
+            assert!(p.iter().all(|&x| x.is_finite() && x > 0.0), "{p:?}");
+        }
+        assert_eq!(never[0], every_2[0]);
+        assert_eq!(never[1], every_2[1], "no sync after update 1");
+        assert!(
+            (never[2] - every_2[2]).abs() > 1e-9,
+            "a sync after update 2: {never:?} {every_2:?}"
+        );
     }
 }

@@ -230,6 +230,53 @@ async fn simple_spread_beats_random_play_with_a_training_central_critic() -> any
     Ok(())
 }
 
+/// Ape-X DQN (configs/cartpole-apex.toml) solves CartPole-v1: the actors act epsilon-greedily
+/// (8 envs over the paper's schedule, from 0.4 down to 0.4^8) and write to a prioritized table
+/// in Redis with their own initial priorities; the learner trains on replay alone and sends new
+/// priorities back. The mean return counts every env's episodes, the exploring ones included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apex_dqn_solves_cartpole() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let config = shipped_config("cartpole-apex");
+    assert_eq!(config.learner.algorithm, troupe::config::AlgorithmKind::ApexDqn);
+    let mut cluster = Cluster::start(&config).await?;
+    cluster.add_actor().await?;
+    cluster.add_actor().await?;
+    cluster.wait_learner().await?;
+    let start = Instant::now();
+    let s = tests::wait_solved(&cluster, 475.0, Duration::from_secs(480)).await;
+    let m = tests::scrape(&cluster.learner_metrics)?;
+    let updates = tests::metric(&m, "troupe_learner_updates_total").unwrap_or(0.0);
+    let fraction = tests::metric(&m, "troupe_learner_replayed_fraction").unwrap_or(0.0);
+    let prioritized = tests::metric(&m, "troupe_learner_priority_updates_total").unwrap_or(0.0);
+    let c = tests::scrape(&cluster.coordinator_metrics)?;
+    let sampled = tests::metric(&c, "troupe_replay_samples_total").unwrap_or(0.0);
+    let inserted = tests::metric(&c, "troupe_replay_inserts_total").unwrap_or(0.0);
+    println!(
+        "cartpole-apex: mean return {:.1} after {:.1}s, {} frames, {updates} updates, {inserted} inserted, {sampled} sampled, {prioritized} priorities updated",
+        s.mean_return_100,
+        start.elapsed().as_secs_f64(),
+        s.frames
+    );
+    assert!(s.mean_return_100 >= 475.0);
+    assert_eq!(fraction, 1.0, "every batch is replayed: {m}");
+    // 32 columns of one item each per update; the rate limiter holds about 8 samples per insert
+    // (within its error buffer of 800).
+    assert!(
+        sampled >= 32.0 * updates * 0.9,
+        "sampled {sampled} for {updates} updates"
+    );
+    assert!(
+        sampled <= 8.0 * inserted + 800.0 + 32.0 * 4.0,
+        "samples per insert: {sampled} sampled, {inserted} inserted"
+    );
+    assert!(
+        prioritized >= 0.5 * sampled,
+        "the learner sends its priorities back: {prioritized} of {sampled}"
+    );
+    Ok(())
+}
+
 /// IMPALA with half of each batch replayed (configs/cartpole-replay.toml: the learner writes
 /// every accepted rollout to a replay table in Redis through the coordinator's replay service,
 /// and draws 8 of its 16 columns back) still solves CartPole-v1, and the learner says it

@@ -26,6 +26,8 @@ pub struct RunConfig {
     pub impala: Option<ImpalaConfig>,
     /// APPO's settings; only with `learner.algorithm = "appo"`.
     pub appo: Option<AppoConfig>,
+    /// Ape-X DQN's settings; only with `learner.algorithm = "apex_dqn"`.
+    pub apex: Option<ApexConfig>,
     pub coordinator: CoordinatorConfig,
     /// How a multi-agent env's agents map to policies, and what reward they train on.
     pub policies: PoliciesConfig,
@@ -397,6 +399,10 @@ pub enum AlgorithmKind {
     /// APPO: V-trace targets with PPO's clipped surrogate (Schulman et al. 2017), as Sample
     /// Factory and RLlib define it, and an optional KL penalty to the behaviour policy.
     Appo,
+    /// Ape-X DQN (Horgan et al. 2018): n-step double DQN with a dueling head, trained on
+    /// prioritized replay alone; the actors act epsilon-greedily and write to replay.
+    #[serde(rename = "apex_dqn")]
+    ApexDqn,
 }
 
 impl AlgorithmKind {
@@ -404,6 +410,15 @@ impl AlgorithmKind {
         match self {
             AlgorithmKind::Impala => "impala",
             AlgorithmKind::Appo => "appo",
+            AlgorithmKind::ApexDqn => "apex_dqn",
+        }
+    }
+
+    /// The section its settings go in.
+    pub fn section(self) -> &'static str {
+        match self {
+            AlgorithmKind::ApexDqn => "apex",
+            other => other.name(),
         }
     }
 }
@@ -520,6 +535,49 @@ pub struct AppoConfig {
     pub epochs: usize,
     /// Minibatches per pass (the batch's columns are split; B must divide evenly).
     pub minibatches: usize,
+}
+
+/// Ape-X DQN's settings (the learner's `algorithms::apex` gives the rule in full). The batch
+/// is `learner.batch_size` columns drawn from `learner.replay_table`, each column a T-step
+/// sequence of one env; its Q-values come from the model's heads (dueling: `Q = V + A -
+/// mean(A)`, with the policy head as A and the value head as V; else the policy head is Q).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApexConfig {
+    /// n of the n-step returns.
+    pub n_step: usize,
+    /// Copy the online network into the target network every this many learner updates.
+    pub target_update_period: u64,
+    /// A dueling head (Wang et al. 2016).
+    pub dueling: bool,
+    /// A sequence's priority: `eta * max|td| + (1 - eta) * mean|td|` (R2D2's mixture; 1 is the
+    /// max, 0 the mean).
+    pub priority_eta: f64,
+    /// The actors' exploration: env i of N acts with `epsilon_base^(1 + epsilon_alpha * i / (N -
+    /// 1))`, N = `num_actors * actor.num_envs`, i = `((actor id - 1) mod num_actors) *
+    /// num_envs + env`.
+    pub epsilon_base: f64,
+    pub epsilon_alpha: f64,
+    /// Actors the schedule spreads over (the deployment's actor count).
+    pub num_actors: usize,
+    /// How long the learner waits for replay to give a batch before it logs that it is still
+    /// waiting (it goes on waiting, with backoff: replay is its only source).
+    pub sample_deadline_s: f64,
+}
+
+impl Default for ApexConfig {
+    fn default() -> Self {
+        ApexConfig {
+            n_step: 3,
+            target_update_period: 100,
+            dueling: true,
+            priority_eta: 0.9,
+            epsilon_base: 0.4,
+            epsilon_alpha: 7.0,
+            num_actors: 1,
+            sample_deadline_s: 10.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -679,6 +737,7 @@ impl Default for RunConfig {
             learner: LearnerConfig::default(),
             impala: None,
             appo: None,
+            apex: None,
             coordinator: CoordinatorConfig::default(),
             policies: PoliciesConfig::default(),
             replay: ReplayConfig::default(),
@@ -725,6 +784,16 @@ impl RunConfig {
     /// APPO's settings (the `[appo]` section, or its defaults).
     pub fn appo(&self) -> AppoConfig {
         self.appo.clone().unwrap_or_default()
+    }
+
+    /// Ape-X DQN's settings (the `[apex]` section, or its defaults).
+    pub fn apex(&self) -> ApexConfig {
+        self.apex.clone().unwrap_or_default()
+    }
+
+    /// The actors act epsilon-greedily over Q-values and write to replay, not to the stream.
+    pub fn acts_on_q_values(&self) -> bool {
+        self.learner.algorithm == AlgorithmKind::ApexDqn
     }
 
     /// The canonical TOML form, as sent to the learner and actors.
@@ -806,8 +875,20 @@ impl RunConfig {
                 &a.minibatches.to_string(),
             );
         }
-        for (section, given) in [("impala", self.impala.is_some()), ("appo", self.appo.is_some())] {
-            if given && section != l.algorithm.name() {
+        let x = self.apex();
+        check_range("apex.n_step", x.n_step as f64, 1.0, 1000.0)?;
+        check_range("apex.target_update_period", x.target_update_period as f64, 1.0, 1e9)?;
+        check_range("apex.priority_eta", x.priority_eta, 0.0, 1.0)?;
+        check_open_range("apex.epsilon_base", x.epsilon_base, 0.0, 1.0)?;
+        check_range("apex.epsilon_alpha", x.epsilon_alpha, 0.0, 1e3)?;
+        check_range("apex.num_actors", x.num_actors as f64, 1.0, 1e6)?;
+        check_open_range("apex.sample_deadline_s", x.sample_deadline_s, 0.0, 86400.0)?;
+        for (section, given) in [
+            ("impala", self.impala.is_some()),
+            ("appo", self.appo.is_some()),
+            ("apex", self.apex.is_some()),
+        ] {
+            if given && section != l.algorithm.section() {
                 return bad(
                     section,
                     &format!(
@@ -850,15 +931,57 @@ impl RunConfig {
         self.policies.validate()?;
         self.replay.validate()?;
         check_range("learner.replay_ratio", l.replay_ratio, 0.0, 0.9)?;
-        if l.replay_ratio > 0.0 {
-            if self.replay.table(&l.replay_table).is_none() {
-                let known: Vec<&str> = self.replay.tables.iter().map(|t| t.name.as_str()).collect();
+        // `learner.replay_table` must name a table when `why` needs one.
+        let known_table = |why: &str| -> Result<(), ConfigError> {
+            if self.replay.table(&l.replay_table).is_some() {
+                return Ok(());
+            }
+            let known: Vec<&str> = self.replay.tables.iter().map(|t| t.name.as_str()).collect();
+            bad(
+                "learner.replay_table",
+                &format!("one of the run's [[replay.tables]] {known:?} with {why}"),
+                &format!("{:?}", l.replay_table),
+            )
+        };
+        if l.algorithm == AlgorithmKind::ApexDqn {
+            known_table("learner.algorithm = \"apex_dqn\"")?;
+            if l.replay_ratio != 0.0 {
                 return bad(
-                    "learner.replay_table",
-                    &format!("one of the run's [[replay.tables]] {known:?} with learner.replay_ratio > 0"),
-                    &format!("{:?}", l.replay_table),
+                    "learner.replay_ratio",
+                    "0 with learner.algorithm = \"apex_dqn\" (its batches are all replayed)",
+                    &l.replay_ratio.to_string(),
                 );
             }
+            if l.replay_inserter != ReplayInserter::Actors {
+                return bad(
+                    "learner.replay_inserter",
+                    "\"actors\" with learner.algorithm = \"apex_dqn\" (Ape-X's actors write to replay, with priorities)",
+                    "\"learner\"",
+                );
+            }
+            if self.model.lstm_size > 0 {
+                return bad(
+                    "model.lstm_size",
+                    "0 with learner.algorithm = \"apex_dqn\" (a recurrent Q-network, R2D2, is not built)",
+                    &self.model.lstm_size.to_string(),
+                );
+            }
+            if self.model.central_critic {
+                return bad(
+                    "model.central_critic",
+                    "false with learner.algorithm = \"apex_dqn\" (Q-values read the agent's own observation)",
+                    "true",
+                );
+            }
+            if l.value_normalization != ValueNormalization::None {
+                return bad(
+                    "learner.value_normalization",
+                    "\"none\" with learner.algorithm = \"apex_dqn\" (the value head is part of the Q-values)",
+                    &format!("{:?}", l.value_normalization).to_lowercase(),
+                );
+            }
+        } else if l.replay_ratio > 0.0 {
+            known_table("learner.replay_ratio > 0")?;
             let k = l.replayed_columns();
             if k == 0 || k >= l.batch_size {
                 return bad(
@@ -1238,6 +1361,54 @@ mod tests {
         .unwrap();
         let t = ok.replay.table("t").unwrap();
         assert_eq!((t.sampler, t.error_buffer()), (SamplerKind::Prioritized, Some(400.0)));
+    }
+
+    /// Ape-X DQN's requirements are each refused by name, and the shipped arrangement passes.
+    #[test]
+    fn apex_needs_its_table_the_actors_and_a_feed_forward_q_network() {
+        let base = "[learner]\nalgorithm = \"apex_dqn\"\nreplay_table = \"t\"\nreplay_inserter = \"actors\"\n";
+        let table = "[[replay.tables]]\nname = \"t\"\nsampler = \"prioritized\"\n";
+        let ok = RunConfig::from_toml(&format!("{base}[apex]\nnum_actors = 4\n{table}")).unwrap();
+        assert!(ok.acts_on_q_values());
+        assert_eq!((ok.apex().num_actors, ok.apex().n_step), (4, 3));
+        let cases = [
+            (
+                base.to_string(),
+                "learner.replay_table: expected one of the run's [[replay.tables]] []",
+            ),
+            (
+                format!("[learner]\nalgorithm = \"apex_dqn\"\nreplay_table = \"t\"\n{table}"),
+                "learner.replay_inserter: expected \"actors\"",
+            ),
+            (
+                format!("[model]\nlstm_size = 8\n{base}{table}"),
+                "model.lstm_size: expected 0 with learner.algorithm = \"apex_dqn\"",
+            ),
+            (
+                format!("{base}value_normalization = \"popart\"\n{table}"),
+                "learner.value_normalization: expected \"none\"",
+            ),
+            (
+                format!("{base}replay_ratio = 0.5\n{table}"),
+                "learner.replay_ratio: expected 0 with learner.algorithm = \"apex_dqn\"",
+            ),
+            (
+                format!("{base}[apex]\nn_step = 0\n{table}"),
+                "apex.n_step: expected a value in [1, 1000]",
+            ),
+            (
+                format!("{base}[impala]\nentropy_cost = 0.1\n{table}"),
+                "impala: expected no [impala] section, as learner.algorithm is \"apex_dqn\"",
+            ),
+            (
+                format!("[apex]\nn_step = 2\n"),
+                "apex: expected no [apex] section, as learner.algorithm is \"impala\"",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = RunConfig::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
     }
 
     #[test]

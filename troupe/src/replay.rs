@@ -79,6 +79,11 @@ impl ReplayLink {
 
 /// An accepted rollout as a replay item: its encoded bytes, as one u8 tensor.
 pub fn item_of(r: &Rollout) -> ReplayItem {
+    item_with_priority(r, 1.0)
+}
+
+/// [`item_of`] with its initial priority (Ape-X's actors compute it).
+pub fn item_with_priority(r: &Rollout, priority: f64) -> ReplayItem {
     let bytes = r.encode_to_vec();
     ReplayItem {
         tensors: vec![NamedTensor {
@@ -89,7 +94,7 @@ pub fn item_of(r: &Rollout) -> ReplayItem {
                 bytes.into(),
             )),
         }],
-        priority: 1.0,
+        priority,
         policy_version: r.policy_version,
     }
 }
@@ -145,7 +150,16 @@ async fn write(
             items,
             timeout_s: 5.0,
         };
-        match link.client.insert(req).await {
+        // The rate limiter holding inserts back (the learner behind) is backpressure, not a
+        // failure: the same items go again, and what the caller sends waits for room.
+        let mut result = link.client.insert(req.clone()).await;
+        while matches!(&result, Err(s) if s.code() == tonic::Code::DeadlineExceeded) {
+            if shutdown.is_cancelled() {
+                return;
+            }
+            result = link.client.insert(req.clone()).await;
+        }
+        match result {
             Ok(_) => {
                 backoff.reset();
                 metrics::counter!(m.inserted, &labels).increment(n);

@@ -82,6 +82,11 @@ pub mod names {
     pub const LEARNER_REPLAY_DROPPED: &str = "troupe_learner_replay_dropped_total";
     pub const LEARNER_REPLAY_WRITE_ERRORS: &str = "troupe_learner_replay_write_errors_total";
     pub const LEARNER_REPLAY_SAMPLE_FAILURES: &str = "troupe_learner_replay_sample_failures_total";
+    // Learner, with Ape-X DQN (replay its only source).
+    pub const LEARNER_REPLAY_WAIT_SECONDS: &str = "troupe_learner_replay_wait_seconds";
+    pub const LEARNER_REPLAY_WAITING: &str = "troupe_learner_replay_waiting";
+    pub const LEARNER_PRIORITY_UPDATES: &str = "troupe_learner_priority_updates_total";
+    pub const LEARNER_PRIORITY_UPDATE_ERRORS: &str = "troupe_learner_priority_update_errors_total";
     // Replay (the replay service: the coordinator, or `coordinator --role replay`).
     pub const REPLAY_ITEMS: &str = "troupe_replay_items";
     pub const REPLAY_BYTES: &str = "troupe_replay_bytes";
@@ -289,6 +294,25 @@ fn describe_all() {
         Unit::Count,
         "batches whose replayed share replay could not give (filled from the stream instead)"
     );
+    describe_histogram!(
+        LEARNER_REPLAY_WAIT_SECONDS,
+        Unit::Seconds,
+        "how long an Ape-X learner waited for replay to give each batch (unreachable, below its minimum size, rate-limited)"
+    );
+    describe_gauge!(
+        LEARNER_REPLAY_WAITING,
+        "1 while an Ape-X learner has waited past apex.sample_deadline_s for a batch from replay"
+    );
+    describe_counter!(
+        LEARNER_PRIORITY_UPDATES,
+        Unit::Count,
+        "replay items whose priority the learner updated from its loss"
+    );
+    describe_counter!(
+        LEARNER_PRIORITY_UPDATE_ERRORS,
+        Unit::Count,
+        "priority updates that failed or were dropped (their items keep their old priorities)"
+    );
     describe_gauge!(REPLAY_ITEMS, "items a replay table holds, by policy and table");
     describe_gauge!(REPLAY_BYTES, "payload bytes a replay table holds, by policy and table");
     describe_counter!(
@@ -446,6 +470,10 @@ pub fn install_metrics(
         .set_buckets_for_metric(
             Matcher::Full(names::LEARNER_REPLAY_SAMPLE_AGE.to_string()),
             &[0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full(names::LEARNER_REPLAY_WAIT_SECONDS.to_string()),
+            &[0.0, 0.001, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0],
         )?
         .set_buckets_for_metric(
             Matcher::Full(names::REPLAY_WAIT_SECONDS.to_string()),

@@ -363,3 +363,98 @@ fn an_unroll_too_large_for_one_column_is_refused_at_start() {
         .to_string();
     assert!(err.contains("actor.unroll_length"), "{err}");
 }
+
+/// Ape-X acting: one rollout per env; an env with epsilon 0 takes the action of highest Q
+/// (the behaviour parameters hold the dueling Q-values the model gives), one with epsilon 1
+/// acts at random; each rollout's initial priority is the R2D2 mixture of its n-step TD errors
+/// under the actor's own Q-values, recomputed here from the rollout alone.
+#[test]
+fn apex_acting_is_epsilon_greedy_with_initial_priorities_per_env() {
+    use troupe::model::q;
+    let env = NativeVecEnv::new("CartPole-v1", &[1, 2, 3]).unwrap();
+    let spec = env.spec().clone();
+    tch::manual_seed(4);
+    let net = model_for(&spec, 0);
+    let t = 32usize;
+    let mut runner = EnvRunner::single(Box::new(env), t, 0, 5).unwrap();
+    let qa = QActing {
+        epsilons: vec![0.0, 1.0, 0.0],
+        dueling: true,
+        n_step: 3,
+        discount: 0.99,
+        eta: 0.9,
+        reward_clip: 0.0,
+        reward_scale: 1.0,
+    };
+    runner.act_on_q_values(qa.clone());
+    let parts = runner.unroll_one(&net, 7, 3, &mut |_| {}).unwrap();
+    assert_eq!(parts.len(), 3, "one rollout per env");
+    let priorities = runner.priorities().to_vec();
+    assert_eq!(priorities.len(), 3);
+    for (e, r) in parts.iter().enumerate() {
+        let obs = TensorView::new::<f32>("observations", r.observations.as_ref()).unwrap();
+        obs.expect_shape(&[Some(t + 1), Some(1), Some(4)]).unwrap();
+        let o = obs.to_finite_f32().unwrap();
+        let qs = TensorView::new::<f32>("behaviour_params", r.behaviour_params.as_ref())
+            .unwrap()
+            .to_finite_f32()
+            .unwrap();
+        let actions = TensorView::new::<i64>("actions", r.actions.as_ref())
+            .unwrap()
+            .to_vec::<i64>();
+        // The Q-values the model gives for the rollout's observations.
+        let x = Tensor::from_slice(&o).view([t as i64 + 1, 4]);
+        let out = net.step(&x, &Tensor::zeros([t as i64 + 1, 0], (Kind::Float, tch::Device::Cpu)));
+        let q_all = q::q_values(&out.params, &out.value, true);
+        let expect = Vec::<f32>::try_from(q_all.narrow(0, 0, t as i64).flatten(0, -1)).unwrap();
+        for (a, b) in qs.iter().zip(&expect) {
+            assert!((a - b).abs() < 1e-5, "env {e}: {a} vs {b}");
+        }
+        let greedy = (0..t)
+            .filter(|&s| actions[s] == if qs[2 * s + 1] > qs[2 * s] { 1 } else { 0 })
+            .count();
+        if qa.epsilons[e] == 0.0 {
+            assert_eq!(greedy, t, "env {e} acts greedily");
+        } else {
+            assert!(greedy < t - 4, "env {e} acts at random: {greedy} of {t} greedy");
+        }
+        // Its priority, from the rollout alone.
+        let flag = |v: &Option<WireTensor>, name| {
+            let f = TensorView::new::<u8>(name, v.as_ref()).unwrap().to_flags().unwrap();
+            Tensor::from_slice(&f.iter().map(|&b| b as u8 as f32).collect::<Vec<f32>>()).view([t as i64, 1])
+        };
+        let rewards = TensorView::new::<f32>("rewards", r.rewards.as_ref())
+            .unwrap()
+            .to_finite_f32()
+            .unwrap();
+        let rewards = Tensor::from_slice(&rewards).view([t as i64, 1]);
+        let (term, trunc) = (flag(&r.terminated, "terminated"), flag(&r.truncated, "truncated"));
+        let valid = Tensor::ones([t as i64, 1], (Kind::Float, tch::Device::Cpu));
+        let q3 = q_all.unsqueeze(1);
+        let none = Tensor::zeros([0, 2], (Kind::Float, tch::Device::Cpu));
+        let y = q::targets(
+            &q::TargetInput {
+                q_online: &q3,
+                q_target: &q3,
+                trunc_online: &none,
+                trunc_target: &none,
+                truncation_at: &[],
+                rewards: &rewards,
+                terminated: &term,
+                truncated: &trunc,
+                valid: &valid,
+                masks: None,
+            },
+            q::NStep { n: 3, discount: 0.99 },
+        );
+        let a = Tensor::from_slice(&actions).view([t as i64, 1, 1]);
+        let taken = q3.narrow(0, 0, t as i64).gather(-1, &a, false).squeeze_dim(-1);
+        let p = q::priorities(&(y - taken), &valid, 0.9)[0];
+        assert!(
+            (p - priorities[e]).abs() < 1e-4 * p.max(1.0),
+            "env {e}: {p} vs {}",
+            priorities[e]
+        );
+        assert!(priorities[e] > q::PRIORITY_EPSILON);
+    }
+}

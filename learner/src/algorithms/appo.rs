@@ -81,6 +81,7 @@ impl Algorithm for Appo {
             terms,
             value_targets: f.vtrace.vs,
             values: f.values,
+            priorities: None,
         }
     }
 }
@@ -180,6 +181,7 @@ mod tests {
             agents: Tensor::zeros([B as i64], (Kind::Int64, Device::Cpu)),
             states: None,
             truncation_states: None,
+            replay: None,
         }
     }
 

@@ -1,139 +1,26 @@
-//! Ape-X DQN's learning rule (Horgan et al. 2018, "Distributed Prioritized Experience Replay"):
-//! n-step double-DQN targets (van Hasselt et al. 2016), an importance-weighted Huber loss over
-//! prioritized replay (Schaul et al. 2016), and each replayed sequence's new priority from its
-//! TD errors (R2D2's mixture of their max and mean, Kapturowski et al. 2019).
+//! Ape-X DQN (Horgan et al. 2018, "Distributed Prioritized Experience Replay"): n-step
+//! double-DQN targets (van Hasselt et al. 2016) from a target network synced every
+//! `apex.target_update_period` updates, a dueling head (Wang et al. 2016), an
+//! importance-weighted Huber loss over prioritized replay (Schaul et al. 2016), and each
+//! replayed sequence's new priority from its TD errors (R2D2's mixture of their max and mean,
+//! Kapturowski et al. 2019).
 //!
-//! These are functions of Q-values over `[T, B]` sequences laid out as every batch is (see
-//! [`super::TrainBatch`]): `obs[t]` is seen before step `t`, `terminated[t]`/`truncated[t]` end
-//! the episode after it, and `obs[t + 1]` then starts the next one (a truncated episode's last
-//! observation is kept apart). For a valid step `t`, the n-step target is
+//! A batch is `learner.batch_size` columns drawn from replay, each a T-step sequence of one
+//! env that an actor acted epsilon-greedily (see `troupe::model::q` for the Q-values and the
+//! targets, which the actors share to compute each sequence's initial priority). The loss is
 //!
 //! ```text
-//! y_t = sum_{k < m} gamma^k r_{t+k} + gamma^m * bootstrap
+//! L = sum_{t,b} w_b * huber(y_t,b - Q(x_t,b, a_t,b)) / (valid steps)
 //! ```
 //!
-//! where the window takes up to `n` of the column's valid steps and stops early after a step
-//! that ends the episode (terminated: bootstrap 0; truncated: the value of its last
-//! observation, discounted once more) or at the end of the unroll (bootstrap from `obs[T]`);
-//! after `n` steps it bootstraps from the next valid step's observation. A step that is not
-//! valid (its agent absent: another's turn) passes the window through, as V-trace does (see
-//! [`crate::vtrace::vtrace_from_flags`]): its reward counts, it is not discounted and does not
-//! count towards `n`, and its flags still end the episode. A bootstrap value is double DQN's:
-//! `Q_target(x, argmax_a Q_online(x, a))`, the argmax over legal actions where a mask is known.
-//!
-//! The algorithm around them (its target network and when it syncs, a batch source that is
-//! replay alone, the actors' epsilon-greedy acting and initial priorities) is not built yet.
+//! with `w_b` the column's importance weight (`(N * P(b))^-beta`, over the batch's largest).
 
 use tch::{Kind, Tensor};
+use troupe::config::ApexConfig;
+use troupe::model::q::{self, NStep, TargetInput};
+use troupe::model::Model;
 
-/// The n-step window and its discount.
-#[derive(Debug, Clone, Copy)]
-pub struct NStep {
-    pub n: usize,
-    pub discount: f64,
-}
-
-/// What the targets are computed from. Shapes: `T` steps, `B` columns, `A` actions, `K`
-/// truncated steps.
-pub struct TargetInput<'a> {
-    /// The online network's Q at every observation, `[T + 1, B, A]`.
-    pub q_online: &'a Tensor,
-    /// The target network's Q at every observation, `[T + 1, B, A]`.
-    pub q_target: &'a Tensor,
-    /// Both networks' Q at each truncated step's last observation, `[K, A]`.
-    pub trunc_online: &'a Tensor,
-    pub trunc_target: &'a Tensor,
-    /// (t, b) of each truncated step, in the order of the `trunc_*` rows.
-    pub truncation_at: &'a [(i64, i64)],
-    /// `[T, B]` floats, 0/1.
-    pub rewards: &'a Tensor,
-    pub terminated: &'a Tensor,
-    pub truncated: &'a Tensor,
-    pub valid: &'a Tensor,
-    /// Legal actions at each of the first `T` observations, `[T, B, A]` (0/1); the last
-    /// observation's are not in a batch, so its argmax is over every action.
-    pub masks: Option<&'a Tensor>,
-}
-
-/// Double DQN's bootstrap value of each row of `online`/`target` (`[..., A]`), with the argmax
-/// over legal actions where `mask` (`[..., A]`, 0/1) is given.
-pub fn double_q(online: &Tensor, target: &Tensor, mask: Option<&Tensor>) -> Tensor {
-    let scores = match mask {
-        Some(m) => online.masked_fill(&m.eq(0.0), f64::NEG_INFINITY),
-        None => online.shallow_clone(),
-    };
-    let best = scores.argmax(-1, true);
-    target.gather(-1, &best, false).squeeze_dim(-1)
-}
-
-/// `x` `[R, B]` moved up `k` rows (row `t` holds row `t + k`), rows past the end zero: `[T, B]`.
-fn ahead(x: &Tensor, k: i64, t: i64) -> Tensor {
-    let rows = x.size()[0];
-    let have = (rows - k).clamp(0, t);
-    let mut shape = x.size();
-    shape[0] = t - have;
-    let pad = Tensor::zeros(shape.as_slice(), (x.kind(), x.device()));
-    if have == 0 {
-        return pad;
-    }
-    Tensor::cat(&[x.narrow(0, k, have), pad], 0)
-}
-
-/// The n-step double-DQN targets `y_t`, `[T, B]`, without gradient (0 where a step is not
-/// valid).
-pub fn targets(x: &TargetInput<'_>, w: NStep) -> Tensor {
-    tch::no_grad(|| {
-        let size = x.rewards.size();
-        let (t, b) = (size[0], size[1]);
-        let dev = x.rewards.device();
-        // Each observation's bootstrap value; row T has no mask.
-        let boot_obs = {
-            let first = double_q(&x.q_online.narrow(0, 0, t), &x.q_target.narrow(0, 0, t), x.masks);
-            let last = double_q(&x.q_online.narrow(0, t, 1), &x.q_target.narrow(0, t, 1), None);
-            Tensor::cat(&[first, last], 0)
-        };
-        // Each truncated step's bootstrap value, at its (t, b); 0 elsewhere.
-        let boot_trunc = Tensor::zeros([t, b], (Kind::Float, dev));
-        if !x.truncation_at.is_empty() {
-            let values = double_q(x.trunc_online, x.trunc_target, None);
-            let flat: Vec<i64> = x.truncation_at.iter().map(|&(s, c)| s * b + c).collect();
-            let index = Tensor::from_slice(&flat).to_device(dev);
-            let _ = boot_trunc.view([-1]).index_copy_(0, &index, &values);
-        }
-        let ones = Tensor::ones([t, b], (Kind::Float, dev));
-        // Row t of `inside` at offset k: step t + k is inside the unroll.
-        let rows = Tensor::arange(t, (Kind::Float, dev)).unsqueeze(1).expand([t, b], false);
-        let mut open = x.valid.shallow_clone();
-        let mut disc = ones.shallow_clone();
-        let mut count = Tensor::zeros([t, b], (Kind::Float, dev));
-        let mut sum = Tensor::zeros([t, b], (Kind::Float, dev));
-        let mut boot = Tensor::zeros([t, b], (Kind::Float, dev));
-        // Absent steps stretch a window, so it may reach the end of the unroll whatever n.
-        for k in 0..=t {
-            let obs_k = ahead(&boot_obs, k, t);
-            // Past the last step: bootstrap from obs[T].
-            let inside = rows.lt((t - k) as f64).to_kind(Kind::Float);
-            boot += &open * (&ones - &inside) * &disc * &obs_k;
-            open = &open * &inside;
-            let valid = ahead(x.valid, k, t);
-            // n steps taken: bootstrap from the next valid step's observation.
-            let full = &open * &valid * count.ge(w.n as f64).to_kind(Kind::Float);
-            boot += &full * &disc * &obs_k;
-            open = &open - &full;
-            sum += &open * &disc * ahead(x.rewards, k, t);
-            let terminated = ahead(x.terminated, k, t);
-            let term = &open * &terminated;
-            let trunc = &open * ahead(x.truncated, k, t) * (&ones - &terminated);
-            // A valid step is discounted; an absent one is not.
-            let gamma = &valid * w.discount + (&ones - &valid);
-            boot += &trunc * &disc * &gamma * ahead(&boot_trunc, k, t);
-            open = &open * (&ones - &term) * (&ones - &trunc);
-            count += &valid;
-            disc = &disc * &gamma;
-        }
-        (sum + boot) * x.valid
-    })
-}
+use super::{Algorithm, Loss, Passes, TrainBatch};
 
 /// Importance-sampling weights of sampled items (Schaul et al. 2016): `(N * P(i))^-beta`,
 /// divided by the batch's largest, so they only ever scale updates down. `probabilities` are
@@ -153,14 +40,10 @@ pub fn huber(x: &Tensor) -> Tensor {
     a.le(1.0).to_kind(Kind::Float) * 0.5 * x.square() + a.gt(1.0).to_kind(Kind::Float) * (&a - 0.5)
 }
 
-/// Added to every priority (Schaul et al.'s epsilon), so no item's chance of being drawn
-/// again falls to 0.
-pub const PRIORITY_EPSILON: f64 = 1e-6;
-
 /// The loss and new priorities of one batch: `td = y - Q_online(x_t, a_t)` over valid steps,
 /// `loss = sum(w_b * huber(td)) / (valid steps)` with `w_b` the column's importance weight
 /// (`[B]`), and each column's priority `eta * max|td| + (1 - eta) * mean|td| +`
-/// [`PRIORITY_EPSILON`].
+/// [`q::PRIORITY_EPSILON`].
 pub struct TdLoss {
     pub loss: Tensor,
     /// `[T, B]`, detached.
@@ -173,14 +56,7 @@ pub fn td_loss(q_taken: &Tensor, y: &Tensor, valid: &Tensor, weights: &Tensor, e
     let td = (y - q_taken) * valid;
     let count = valid.sum(Kind::Float).clamp_min(1.0);
     let loss = (huber(&td) * weights.unsqueeze(0) * valid).sum(Kind::Float) / &count;
-    let abs = td.detach().abs();
-    let steps = valid.sum_dim_intlist(0, false, Kind::Float);
-    let max = abs.amax(0, false);
-    let mean = abs.sum_dim_intlist(0, false, Kind::Float) / steps.clamp_min(1.0);
-    let p = (max * eta + mean * (1.0 - eta) + PRIORITY_EPSILON)
-        .to_kind(Kind::Double)
-        .to_device(tch::Device::Cpu);
-    let priorities = Vec::<f64>::try_from(&p).expect("a [B] tensor of doubles on the CPU");
+    let priorities = q::priorities(&td, valid, eta);
     TdLoss {
         loss,
         td: td.detach(),
@@ -188,11 +64,141 @@ pub fn td_loss(q_taken: &Tensor, y: &Tensor, valid: &Tensor, weights: &Tensor, e
     }
 }
 
+pub struct ApexDqn {
+    cfg: ApexConfig,
+    discount: f64,
+    /// The target network: the online weights as they were at the last sync.
+    target: Option<Model>,
+}
+
+impl ApexDqn {
+    pub fn new(cfg: ApexConfig, discount: f64) -> ApexDqn {
+        ApexDqn {
+            cfg,
+            discount,
+            target: None,
+        }
+    }
+
+    fn q(&self, model: &Model, obs: &Tensor, state0: &Tensor, starts: &Tensor) -> Tensor {
+        let (params, values, _) = model.unroll(obs, state0, starts);
+        q::q_values(&params, &values, self.cfg.dueling)
+    }
+}
+
+impl Algorithm for ApexDqn {
+    fn name(&self) -> &'static str {
+        "apex_dqn"
+    }
+
+    fn passes(&self) -> Passes {
+        Passes {
+            epochs: 1,
+            minibatches: 1,
+        }
+    }
+
+    fn reset(&mut self, online: &Model) {
+        let mut target = Model::new(online.spec(), online.device()).expect("the online model's spec builds");
+        copy_weights(&mut target, online);
+        self.target = Some(target);
+    }
+
+    fn after_update(&mut self, online: &Model, updates: u64) {
+        if updates.is_multiple_of(self.cfg.target_update_period) {
+            match self.target.as_mut() {
+                Some(target) => copy_weights(target, online),
+                None => self.reset(online),
+            }
+        }
+    }
+
+    fn loss(&self, model: &Model, b: &TrainBatch) -> Loss {
+        let target = self
+            .target
+            .as_ref()
+            .expect("the trainer resets the algorithm before training");
+        let dev = model.device();
+        let (t, n) = (b.t, b.b);
+        let obs = b.input(model);
+        // A feed-forward Q-network (the config refuses a recurrent one): no state to reset.
+        let starts = Tensor::zeros([t + 1, n], (Kind::Float, dev));
+        let q_online = self.q(model, &obs, &b.state0, &starts);
+        let q_target = tch::no_grad(|| self.q(target, &obs, &b.state0, &starts));
+        let a = q_online.size()[2];
+        let (trunc_online, trunc_target) = if b.truncation_at.is_empty() {
+            let empty = Tensor::zeros([0, a], (Kind::Float, dev));
+            (empty.shallow_clone(), empty)
+        } else {
+            let x = b.truncation_input(model);
+            let k = x.size()[0];
+            let s0 = Tensor::zeros([k, 0], (Kind::Float, dev));
+            tch::no_grad(|| {
+                let on = model.step(&x, &s0);
+                let tg = target.step(&x, &s0);
+                (
+                    q::q_values(&on.params, &on.value, self.cfg.dueling),
+                    q::q_values(&tg.params, &tg.value, self.cfg.dueling),
+                )
+            })
+        };
+        let masks = b.masks.as_ref().map(|m| m.to_kind(Kind::Float));
+        let q_detached = q_online.detach();
+        let y = q::targets(
+            &TargetInput {
+                q_online: &q_detached,
+                q_target: &q_target,
+                trunc_online: &trunc_online,
+                trunc_target: &trunc_target,
+                truncation_at: &b.truncation_at,
+                rewards: &b.rewards,
+                terminated: &b.terminated,
+                truncated: &b.truncated,
+                valid: &b.valid,
+                masks: masks.as_ref(),
+            },
+            NStep {
+                n: self.cfg.n_step,
+                discount: self.discount,
+            },
+        );
+        let q_taken = q_online
+            .narrow(0, 0, t)
+            .gather(-1, &b.actions.narrow(2, 0, 1), false)
+            .squeeze_dim(-1);
+        let weights = match &b.replay {
+            Some(r) => r.weights.shallow_clone(),
+            None => Tensor::ones([n], (Kind::Float, dev)),
+        };
+        let td = td_loss(&q_taken, &y, &b.valid, &weights, self.cfg.priority_eta);
+        let q_mean = b.masked_mean(&q_taken.detach());
+        Loss {
+            terms: vec![("td", td.loss.detach()), ("q", q_mean)],
+            total: td.loss,
+            value_targets: y,
+            values: q_taken.detach(),
+            priorities: Some(td.priorities),
+        }
+    }
+}
+
+/// `to`'s weights (and observation statistics) become `from`'s.
+fn copy_weights(to: &mut Model, from: &Model) {
+    tch::no_grad(|| {
+        let src = from.var_store().variables();
+        for (name, mut dst) in to.var_store().variables() {
+            let s = src.get(&name).expect("the same spec has the same variables");
+            dst.copy_(s);
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
     use tch::Device;
+    use troupe::model::q::{targets, PRIORITY_EPSILON};
 
     fn tensor(data: &[f32], shape: &[i64]) -> Tensor {
         Tensor::from_slice(data).reshape(shape)

@@ -60,6 +60,7 @@ impl Algorithm for Impala {
             terms,
             value_targets: f.vtrace.vs,
             values: f.values,
+            priorities: None,
         }
     }
 }

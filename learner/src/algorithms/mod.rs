@@ -10,8 +10,8 @@
 //!
 //! - [`impala`]: V-trace targets and the V-trace policy gradient.
 //! - [`appo`]: V-trace targets with PPO's clipped surrogate and a KL penalty.
-//! - [`dqn`]: Ape-X DQN's n-step double-DQN targets, importance-weighted loss and priorities
-//!   (the rule alone: no algorithm drives it yet).
+//! - [`dqn`]: Ape-X DQN: n-step double DQN with a target network, trained on prioritized
+//!   replay alone, with each column's new priority out of its loss.
 
 pub mod appo;
 pub mod dqn;
@@ -44,6 +44,8 @@ pub struct Loss {
     pub value_targets: Tensor,
     /// The value net's estimates in return units, `[T, B]`, detached.
     pub values: Tensor,
+    /// Each column's new replay priority, with an algorithm that prioritizes its replay.
+    pub priorities: Option<Vec<f64>>,
 }
 
 pub trait Algorithm: Send {
@@ -53,6 +55,13 @@ pub trait Algorithm: Send {
 
     /// The loss on `batch` under the model's current weights.
     fn loss(&self, model: &Model, batch: &TrainBatch) -> Loss;
+
+    /// The algorithm's own state (a target network) starts again from the online weights: at
+    /// the start, and after weights are loaded or restored.
+    fn reset(&mut self, _online: &Model) {}
+
+    /// After each update (`updates` counts them, this one included).
+    fn after_update(&mut self, _online: &Model, _updates: u64) {}
 }
 
 /// The algorithm the run config names, with its section's settings.
@@ -61,6 +70,7 @@ pub fn build(run: &RunConfig) -> Box<dyn Algorithm> {
     match run.learner.algorithm {
         AlgorithmKind::Impala => Box::new(impala::Impala::new(run.impala(), discount)),
         AlgorithmKind::Appo => Box::new(appo::Appo::new(run.appo(), discount)),
+        AlgorithmKind::ApexDqn => Box::new(dqn::ApexDqn::new(run.apex(), discount)),
     }
 }
 
@@ -99,6 +109,16 @@ pub struct TrainBatch {
     pub states: Option<Tensor>,
     /// The state at each truncated step, `[K, S]`, with a centralized critic.
     pub truncation_states: Option<Tensor>,
+    /// Where the columns came from, when they were all drawn from replay.
+    pub replay: Option<Replayed>,
+}
+
+/// Replayed columns' keys and importance weights.
+pub struct Replayed {
+    /// Each column's item key (the columns of one item share it).
+    pub keys: Vec<u64>,
+    /// `[B]` floats.
+    pub weights: Tensor,
 }
 
 impl TrainBatch {
@@ -158,6 +178,7 @@ impl TrainBatch {
                 .state
                 .as_ref()
                 .map(|space| of(&c.truncation_states, &[k, space.size() as i64], Kind::Float)),
+            replay: None,
         }
     }
 
@@ -180,6 +201,10 @@ impl TrainBatch {
             agents: self.agents.to_device(dev),
             states: self.states.as_ref().map(|x| x.to_device(dev)),
             truncation_states: self.truncation_states.as_ref().map(|x| x.to_device(dev)),
+            replay: self.replay.as_ref().map(|r| Replayed {
+                keys: r.keys.clone(),
+                weights: r.weights.to_device(dev),
+            }),
         }
     }
 
@@ -221,6 +246,10 @@ impl TrainBatch {
             agents: pick(&self.agents, 0),
             states: self.states.as_ref().map(|x| pick(x, 1)),
             truncation_states: self.truncation_states.as_ref().map(|x| x.index_select(0, &keep)),
+            replay: self.replay.as_ref().map(|r| Replayed {
+                keys: cols.iter().map(|&c| r.keys[c as usize]).collect(),
+                weights: pick(&r.weights, 0),
+            }),
         }
     }
 

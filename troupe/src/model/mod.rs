@@ -33,6 +33,7 @@
 
 pub mod dist;
 pub mod normalize;
+pub mod q;
 mod torso;
 
 use std::collections::HashMap;
