@@ -520,6 +520,7 @@ fn run_envs(env_loop: EnvLoop) -> anyhow::Result<()> {
             eta: apex.priority_eta,
             reward_clip: reg.config.learner.reward_clip,
             reward_scale: reg.config.learner.reward_scale,
+            vdn: apex.vdn,
         });
     }
     let mut acting: Vec<ActingPolicy> = names

@@ -165,6 +165,9 @@ pub struct QActing {
     pub eta: f64,
     pub reward_clip: f64,
     pub reward_scale: f64,
+    /// VDN: an env's priority comes from its team's TD errors (the sums of its agents' Qs and
+    /// targets), each agent's target on its share of the team reward.
+    pub vdn: bool,
 }
 
 impl EnvRunner {
@@ -634,6 +637,9 @@ fn initial_priorities(g: &Group, actions: &ActionRows, net: &Model, t: usize, q:
     if q.reward_scale != 1.0 {
         rewards *= q.reward_scale;
     }
+    if q.vdn {
+        rewards /= g.a as f64;
+    }
     let valid = flag(&g.valid);
     let m = g.mask_width();
     let masks = (m > 0).then(|| {
@@ -664,7 +670,17 @@ fn initial_priorities(g: &Group, actions: &ActionRows, net: &Model, t: usize, q:
         ActionRows::Continuous(_) => unreachable!("Q-values need a Discrete action space"),
     };
     let q_taken = q_all.narrow(0, 0, ti).gather(-1, &taken, false).squeeze_dim(-1);
-    qv::priorities(&((y - q_taken) * &valid), &valid, q.eta)
+    let td = (y - q_taken) * &valid;
+    if !q.vdn {
+        return qv::priorities(&td, &valid, q.eta);
+    }
+    let ga = g.a as i64;
+    let team = td.view([ti, ni / ga, ga]).sum_dim_intlist(-1, false, Kind::Float);
+    let team_valid = valid.view([ti, ni / ga, ga]).amax(-1, false);
+    qv::priorities(&team, &team_valid, q.eta)
+        .into_iter()
+        .flat_map(|p| std::iter::repeat_n(p, g.a))
+        .collect()
 }
 
 /// Packs group g's unroll into rollouts over disjoint ranges of whole envs, each under

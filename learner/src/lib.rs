@@ -444,6 +444,13 @@ pub async fn run(
                 .expect("the config's validation checks the table");
             tracing::info!(address, table = %link.table, batch = config.learner.batch_size, "Ape-X: every batch from replay");
             let apex = config.apex();
+            let agents = env_spec.agents_per_env();
+            if apex.vdn && !config.learner.batch_size.is_multiple_of(agents) {
+                anyhow::bail!(
+                    "learner.batch_size: expected a multiple of the {agents} agents per env with apex.vdn (a batch holds whole teams), got {}",
+                    config.learner.batch_size
+                );
+            }
             let only = trainer::ReplayOnly {
                 sampler: replay::Sampler::new(link.clone(), (*rollout_spec).clone(), tokio::runtime::Handle::current()),
                 deadline: Duration::from_secs_f64(apex.sample_deadline_s),

@@ -233,7 +233,11 @@ async fn simple_spread_beats_random_play_with_a_training_central_critic() -> any
 /// Ape-X DQN (configs/cartpole-apex.toml) solves CartPole-v1: the actors act epsilon-greedily
 /// (8 envs over the paper's schedule, from 0.4 down to 0.4^8) and write to a prioritized table
 /// in Redis with their own initial priorities; the learner trains on replay alone and sends new
-/// priorities back. The mean return counts every env's episodes, the exploring ones included.
+/// priorities back. Solved is judged as Ape-X judges it, on the greedy policy apart from the
+/// exploring actors: the latest version, played greedily for 20 episodes in Gymnasium's own
+/// CartPole-v1 (scripts/load_policy.py), averages at least 475. (The actors' mean counts the
+/// exploring envs' short episodes most: it sat near 300 in a run whose greedy policy was at
+/// 500.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn apex_dqn_solves_cartpole() -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -244,7 +248,25 @@ async fn apex_dqn_solves_cartpole() -> anyhow::Result<()> {
     cluster.add_actor().await?;
     cluster.wait_learner().await?;
     let start = Instant::now();
-    let s = tests::wait_solved(&cluster, 475.0, Duration::from_secs(480)).await;
+    let path = cluster.dir.path().join("policy.safetensors");
+    let mut greedy = 0.0;
+    let mut judged = 0;
+    while start.elapsed() < Duration::from_secs(480) {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let (meta, blob) = troupe::client::fetch_policy(&mut cluster.client().await?, 0).await?;
+        std::fs::write(&path, &blob)?;
+        let report = tests::load_policy(&path, &["--episodes", "20"])?;
+        greedy = report["mean_return"].as_f64().unwrap_or(0.0);
+        judged = meta.version;
+        println!(
+            "cartpole-apex: version {judged} plays greedily for {greedy:.1} after {:.0}s",
+            start.elapsed().as_secs_f64()
+        );
+        if greedy >= 475.0 {
+            break;
+        }
+    }
+    let s = cluster.status().await?;
     let m = tests::scrape(&cluster.learner_metrics)?;
     let updates = tests::metric(&m, "troupe_learner_updates_total").unwrap_or(0.0);
     let fraction = tests::metric(&m, "troupe_learner_replayed_fraction").unwrap_or(0.0);
@@ -253,12 +275,12 @@ async fn apex_dqn_solves_cartpole() -> anyhow::Result<()> {
     let sampled = tests::metric(&c, "troupe_replay_samples_total").unwrap_or(0.0);
     let inserted = tests::metric(&c, "troupe_replay_inserts_total").unwrap_or(0.0);
     println!(
-        "cartpole-apex: mean return {:.1} after {:.1}s, {} frames, {updates} updates, {inserted} inserted, {sampled} sampled, {prioritized} priorities updated",
-        s.mean_return_100,
+        "cartpole-apex: greedy {greedy:.1} at version {judged} after {:.1}s, {} frames, actors' mean {:.1}, {updates} updates, {inserted} inserted, {sampled} sampled, {prioritized} priorities updated",
         start.elapsed().as_secs_f64(),
-        s.frames
+        s.frames,
+        s.mean_return_100,
     );
-    assert!(s.mean_return_100 >= 475.0);
+    assert!(greedy >= 475.0, "the greedy policy's mean return: {greedy}");
     assert_eq!(fraction, 1.0, "every batch is replayed: {m}");
     // 32 columns of one item each per update; the rate limiter holds about 8 samples per insert
     // (within its error buffer of 800).

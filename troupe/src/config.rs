@@ -563,6 +563,10 @@ pub struct ApexConfig {
     /// How long the learner waits for replay to give a batch before it logs that it is still
     /// waiting (it goes on waiting, with backoff: replay is its only source).
     pub sample_deadline_s: f64,
+    /// Value decomposition for teams (VDN, Sunehag et al. 2018): the team's Q is the sum of its
+    /// agents' Qs, trained on the team reward (`policies.mapping = "shared"`, `policies.reward =
+    /// "team"`).
+    pub vdn: bool,
 }
 
 impl Default for ApexConfig {
@@ -576,6 +580,7 @@ impl Default for ApexConfig {
             epsilon_alpha: 7.0,
             num_actors: 1,
             sample_deadline_s: 10.0,
+            vdn: false,
         }
     }
 }
@@ -970,6 +975,15 @@ impl RunConfig {
                 return bad(
                     "model.central_critic",
                     "false with learner.algorithm = \"apex_dqn\" (Q-values read the agent's own observation)",
+                    "true",
+                );
+            }
+            if self.apex().vdn
+                && (self.policies.mapping != PolicyMapping::Shared || self.policies.reward != RewardMode::Team)
+            {
+                return bad(
+                    "apex.vdn",
+                    "policies.mapping = \"shared\" and policies.reward = \"team\" with it (the team's agents in one Q-network, trained on the team reward)",
                     "true",
                 );
             }

@@ -385,6 +385,7 @@ fn apex_acting_is_epsilon_greedy_with_initial_priorities_per_env() {
         eta: 0.9,
         reward_clip: 0.0,
         reward_scale: 1.0,
+        vdn: false,
     };
     runner.act_on_q_values(qa.clone());
     let parts = runner.unroll_one(&net, 7, 3, &mut |_| {}).unwrap();

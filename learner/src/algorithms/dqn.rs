@@ -144,6 +144,13 @@ impl Algorithm for ApexDqn {
         };
         let masks = b.masks.as_ref().map(|m| m.to_kind(Kind::Float));
         let q_detached = q_online.detach();
+        // VDN: each agent's target takes its share of the team reward, so the agents' targets
+        // sum to the team's (the windows of a team's agents are the same steps).
+        let rewards = if self.cfg.vdn {
+            &b.rewards / model.spec().env.agents_per_env() as f64
+        } else {
+            b.rewards.shallow_clone()
+        };
         let y = q::targets(
             &TargetInput {
                 q_online: &q_detached,
@@ -151,7 +158,7 @@ impl Algorithm for ApexDqn {
                 trunc_online: &trunc_online,
                 trunc_target: &trunc_target,
                 truncation_at: &b.truncation_at,
-                rewards: &b.rewards,
+                rewards: &rewards,
                 terminated: &b.terminated,
                 truncated: &b.truncated,
                 valid: &b.valid,
@@ -170,7 +177,23 @@ impl Algorithm for ApexDqn {
             Some(r) => r.weights.shallow_clone(),
             None => Tensor::ones([n], (Kind::Float, dev)),
         };
-        let td = td_loss(&q_taken, &y, &b.valid, &weights, self.cfg.priority_eta);
+        let td = if self.cfg.vdn {
+            // The team's Q and target are sums over each env's columns (an item's, side by
+            // side); the target's rewards were each agent's share of the team reward.
+            let a = model.spec().env.agents_per_env() as i64;
+            let team = |x: &Tensor| x.view([t, n / a, a]).sum_dim_intlist(-1, false, Kind::Float);
+            let valid = b.valid.view([t, n / a, a]).amax(-1, false);
+            let w = weights.view([n / a, a]).select(1, 0);
+            let mut td = td_loss(&team(&q_taken), &team(&y), &valid, &w, self.cfg.priority_eta);
+            td.priorities = td
+                .priorities
+                .iter()
+                .flat_map(|&p| std::iter::repeat_n(p, a as usize))
+                .collect();
+            td
+        } else {
+            td_loss(&q_taken, &y, &b.valid, &weights, self.cfg.priority_eta)
+        };
         let q_mean = b.masked_mean(&q_taken.detach());
         Loss {
             terms: vec![("td", td.loss.detach()), ("q", q_mean)],
