@@ -514,6 +514,7 @@ fn run_envs(env_loop: EnvLoop) -> anyhow::Result<()> {
         tracing::info!(?epsilons, "acting epsilon-greedily over Q-values (Ape-X)");
         envs.act_on_q_values(runner::QActing {
             epsilons,
+            anneal_frames: apex.epsilon_anneal_frames,
             dueling: apex.dueling,
             n_step: apex.n_step,
             discount: reg.config.learner.discount,

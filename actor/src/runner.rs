@@ -148,6 +148,8 @@ pub struct EnvRunner {
     q_acting: Option<QActing>,
     /// The last unroll's rollouts' priorities, in their order (with `q_acting`).
     priorities: Vec<f64>,
+    /// Env steps taken (for epsilon's annealing).
+    frames: u64,
 }
 
 /// Ape-X's acting (Horgan et al. 2018): each env acts epsilon-greedily over the model's
@@ -159,6 +161,9 @@ pub struct EnvRunner {
 pub struct QActing {
     /// One per env.
     pub epsilons: Vec<f64>,
+    /// Each epsilon starts at 1 and reaches its own after this many of the runner's frames
+    /// (0: from the start).
+    pub anneal_frames: u64,
     pub dueling: bool,
     pub n_step: usize,
     pub discount: f64,
@@ -258,6 +263,7 @@ impl EnvRunner {
             spec,
             q_acting: None,
             priorities: Vec::new(),
+            frames: 0,
         })
     }
 
@@ -371,9 +377,18 @@ impl EnvRunner {
             g.initial_state = Vec::<f32>::try_from(g.state.flatten(0, -1)).expect("f32 state");
         }
         for t in 0..t_len {
+            let q = self.q_acting.as_ref().map(|q| {
+                let mut q = q.clone();
+                if q.anneal_frames > 0 {
+                    let frac = (self.frames as f64 / q.anneal_frames as f64).min(1.0);
+                    q.epsilons.iter_mut().for_each(|e| *e = 1.0 + (*e - 1.0) * frac);
+                }
+                q
+            });
             for ((g, a), net) in self.groups.iter_mut().zip(&mut self.actions).zip(nets) {
-                act(g, a, net, t, &mut self.rng, self.q_acting.as_ref());
+                act(g, a, net, t, &mut self.rng, q.as_ref());
             }
+            self.frames += self.envs as u64;
             let before: Vec<(usize, usize)> = self
                 .groups
                 .iter()

@@ -560,6 +560,10 @@ pub struct ApexConfig {
     pub epsilon_alpha: f64,
     /// Actors the schedule spreads over (the deployment's actor count).
     pub num_actors: usize,
+    /// Each env's epsilon starts at 1 and falls linearly to its own over this many of its
+    /// actor's frames (EPyMARL's and CleanRL's annealing, for tasks that random play must
+    /// explore first); 0: the paper's fixed epsilons from the start.
+    pub epsilon_anneal_frames: u64,
     /// How long the learner waits for replay to give a batch before it logs that it is still
     /// waiting (it goes on waiting, with backoff: replay is its only source).
     pub sample_deadline_s: f64,
@@ -579,6 +583,7 @@ impl Default for ApexConfig {
             epsilon_base: 0.4,
             epsilon_alpha: 7.0,
             num_actors: 1,
+            epsilon_anneal_frames: 0,
             sample_deadline_s: 10.0,
             vdn: false,
         }

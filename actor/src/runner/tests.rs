@@ -379,6 +379,7 @@ fn apex_acting_is_epsilon_greedy_with_initial_priorities_per_env() {
     let mut runner = EnvRunner::single(Box::new(env), t, 0, 5).unwrap();
     let qa = QActing {
         epsilons: vec![0.0, 1.0, 0.0],
+        anneal_frames: 0,
         dueling: true,
         n_step: 3,
         discount: 0.99,
