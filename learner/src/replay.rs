@@ -143,20 +143,11 @@ impl Sampler {
                 Err(DrawError::Failed(why)) => {
                     metrics::counter!(names::LEARNER_REPLAY_SAMPLE_FAILURES).increment(1);
                     waited(&mut warned, &why);
-                    let wait = self.backoff.next_delay();
                     if !warned {
-                        tracing::info!(why, retry_in_s = wait.as_secs_f64(), "no batch from replay; waiting");
+                        tracing::info!(why, "no batch from replay; waiting");
                     }
-                    let until = Instant::now() + wait;
-                    while Instant::now() < until {
-                        if shutdown.is_cancelled() {
-                            return None;
-                        }
-                        std::thread::sleep(
-                            until
-                                .saturating_duration_since(Instant::now())
-                                .min(Duration::from_millis(100)),
-                        );
+                    if !self.runtime.block_on(self.backoff.wait(shutdown)) {
+                        return None;
                     }
                 }
             }
