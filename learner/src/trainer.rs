@@ -143,6 +143,7 @@ impl Trainer {
         };
         let opt = optimizer::Optimizer::new(net.var_store(), rule, l.learning_rate);
         let mut algorithm = algorithms::build(run);
+        algorithm.initialize(&net);
         algorithm.reset(&net);
         Ok(Trainer {
             net,
@@ -1030,6 +1031,43 @@ mod tests {
             let leaked = loss(&b, lstm);
             assert!((base.0 - leaked.0).abs() > 1e-3, "lstm {lstm}: {base:?} vs {leaked:?}");
         }
+    }
+
+    /// A fresh Ape-X learner's Q-values are all 0 (its output layers start at zero, so no
+    /// random spread becomes a bias through the targets' max), and its first update moves them;
+    /// other algorithms keep the model's own initialisation.
+    #[test]
+    fn apex_starts_from_zero_q_values_and_learns_from_there() {
+        let _rng = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+        let s = spec();
+        let trainer = |apex: bool| {
+            let mut run = RunConfig {
+                model: s.model.clone(),
+                ..RunConfig::default()
+            };
+            if apex {
+                run.learner.algorithm = troupe::config::AlgorithmKind::ApexDqn;
+                run.apex = Some(troupe::config::ApexConfig::default());
+            }
+            tch::manual_seed(5);
+            Trainer::new(&run, &s, Device::Cpu).unwrap()
+        };
+        let x = Tensor::randn([32, 4], (Kind::Float, Device::Cpu)) * 5.0;
+        let largest_q = |t: &Trainer| {
+            let out = t.model().step(&x, &t.model().initial_state(32));
+            troupe::model::q::q_values(&out.params, &out.value, true)
+                .abs()
+                .max()
+                .double_value(&[])
+        };
+        let mut apex = trainer(true);
+        assert_eq!(largest_q(&apex), 0.0);
+        apex.update_batch(&batch(None));
+        assert!(largest_q(&apex) > 1e-4, "the first update moves the Q-values");
+        assert!(
+            largest_q(&trainer(false)) > 1e-3,
+            "IMPALA keeps the default initialisation"
+        );
     }
 
     /// Ape-X DQN: each update gives one priority per column, and the target network follows

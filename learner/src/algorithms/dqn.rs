@@ -98,6 +98,21 @@ impl Algorithm for ApexDqn {
         }
     }
 
+    /// The Q-network's output layers start at zero, so every initial Q-value is 0. With the
+    /// default initialisation a fresh network's Q-values spread over several units (LBF's
+    /// unnormalised coordinates gave team Q-values of 6-8 where no return exceeds 1), the max in
+    /// every target turns that spread into a bias that a discount of 0.99 takes hundreds of
+    /// target syncs to shed, and a rare reward's TD error no longer stands out in its priority.
+    fn initialize(&self, fresh: &Model) {
+        tch::no_grad(|| {
+            for (name, mut v) in fresh.var_store().variables() {
+                if name.starts_with("policy.head.") || name.starts_with("value.head.") {
+                    let _ = v.zero_();
+                }
+            }
+        });
+    }
+
     fn reset(&mut self, online: &Model) {
         let mut target = Model::new(online.spec(), online.device()).expect("the online model's spec builds");
         copy_weights(&mut target, online);

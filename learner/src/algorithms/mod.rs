@@ -56,6 +56,10 @@ pub trait Algorithm: Send {
     /// The loss on `batch` under the model's current weights.
     fn loss(&self, model: &Model, batch: &TrainBatch) -> Loss;
 
+    /// Fresh weights, before the first update of a run that does not resume: an algorithm
+    /// that wants other initial weights than the model's own sets them here.
+    fn initialize(&self, _fresh: &Model) {}
+
     /// The algorithm's own state (a target network) starts again from the online weights: at
     /// the start, and after weights are loaded or restored.
     fn reset(&mut self, _online: &Model) {}
