@@ -302,8 +302,9 @@ async fn apex_dqn_solves_cartpole() -> anyhow::Result<()> {
 /// VDN on Ape-X's replay (configs/lbf-vdn.toml: one Q-network shared by both agents, the team's
 /// Q the sum of theirs, trained on the team reward from a prioritized table) learns cooperative
 /// LBF (native Foraging-8x8-2p-2f-coop-v3): the actors, acting epsilon-greedily with epsilon
-/// 0.05, reach a mean team return of 0.8 over 100 episodes (one run here: 0.9 after 494 s and
-/// 1.74 M frames).
+/// 0.05, reach a mean team return of 0.8 over 100 episodes. How long that takes varies widely:
+/// 330 s (1.16 M frames) in one run of this test here, about 1,000 s in a fresh-clone run of the
+/// suite on the same machine; the 2,400 s bound leaves room for a slower machine.
 ///
 /// The policy then plays the lbforaging package's own env (the same rules) through
 /// `scripts/load_policy.py`, both agents greedy: greedy play loops at times (both agents wait
@@ -319,7 +320,7 @@ async fn vdn_reaches_a_team_return_of_0_8_on_cooperative_foraging() -> anyhow::R
     cluster.add_actor().await?;
     cluster.wait_learner().await?;
     let start = Instant::now();
-    let s = tests::wait_solved(&cluster, 0.8, Duration::from_secs(1200)).await;
+    let s = tests::wait_solved(&cluster, 0.8, Duration::from_secs(2400)).await;
     let m = tests::scrape(&cluster.learner_metrics)?;
     let fraction = tests::metric(&m, "troupe_learner_replayed_fraction").unwrap_or(0.0);
     println!(
