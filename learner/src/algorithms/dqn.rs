@@ -99,10 +99,10 @@ impl Algorithm for ApexDqn {
     }
 
     /// The Q-network's output layers start at zero, so every initial Q-value is 0. With the
-    /// default initialisation a fresh network's Q-values spread over several units (LBF's
-    /// unnormalised coordinates gave team Q-values of 6-8 where no return exceeds 1), the max in
-    /// every target turns that spread into a bias that a discount of 0.99 takes hundreds of
-    /// target syncs to shed, and a rare reward's TD error no longer stands out in its priority.
+    /// default initialisation, LBF's unnormalised coordinates gave a fresh network team
+    /// Q-values of 6-8 where no return exceeds 1 (the first update's targets averaged 19, the
+    /// max over that spread); they stayed there for the 5 k updates logged, and a rare reward's TD error
+    /// no longer stood out in its priority.
     fn initialize(&self, fresh: &Model) {
         tch::no_grad(|| {
             for (name, mut v) in fresh.var_store().variables() {
